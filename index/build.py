@@ -1,0 +1,245 @@
+"""Bulk build of a SPANN index directory from an array-like of vectors.
+
+Stages: stream the input into the vector file -> train the INT8 quantizer -> hierarchical balanced k-means
+heads -> head index -> closure assignment (RNG rule, replicas, cap) -> encode and write postings -> metadata.
+Everything is written into a temporary sibling directory and published with one atomic rename, so a crash
+mid-build leaves any previous index at the destination intact.
+
+The input is read in chunks (`source[s:e]` on a numpy memmap, an h5py dataset, ...); after the first pass the
+build reads the vectors back from its own vector file, so it never holds several float32 copies in RAM.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from index.assign import closure_assign
+from index.centroids import HeadIndex
+from index.clustering import hierarchical_heads
+from index.distance import as_matrix, normalize, prepare_base
+from index.errors import InvalidParameterError, InvalidVectorsError
+from index.quantize import Int8Quantizer
+from index.types import BuildParams, Metric
+from storage import IndexDir
+from storage.fileio import publish_dir
+from storage.indexdir import FORMAT_NAME, FORMAT_VERSION
+
+log = logging.getLogger(__name__)
+CHUNK = 65536
+MAX_EXT_ID = (1 << 63) - 1
+POSTING_BATCH = 4096
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+ProgressFactory = Callable[[str, int], object]  # (stage, total) -> object with update(n) and close()
+
+
+def _null_progress(stage: str, total: int) -> _NullBar:
+    return _NullBar()
+
+
+class HeadSpaceView:
+    """Row access to stored vectors mapped into head space (unit sphere for ip; stored vectors otherwise)."""
+
+    def __init__(self, matrix: np.ndarray, metric: Metric):
+        self.matrix, self.metric = matrix, metric
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        x = np.ascontiguousarray(self.matrix[rows], dtype=np.float32)
+        return normalize(x, allow_zero=True) if self.metric is Metric.IP else x
+
+
+def validate_ids(ids, n: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) != n:
+        raise InvalidVectorsError(f"ids must be a 1-D array of {n} ids (one per vector), got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidVectorsError(f"ids must be integers, got dtype {ids.dtype}")
+    if len(ids) and (ids.min() < 0 or (ids.dtype == np.uint64 and ids.max() > MAX_EXT_ID)):
+        raise InvalidVectorsError(f"ids must be in [0, 2**63 - 1]")
+    ids = ids.astype(np.int64)
+    uniq = np.unique(ids)
+    if len(uniq) != len(ids):
+        raise InvalidVectorsError(f"ids contain {len(ids) - len(uniq)} duplicate(s)")
+    return ids
+
+
+def _stream_vectors(source, d: IndexDir, metric: Metric, progress: ProgressFactory) -> int:
+    n, dim = source.shape
+    bar = progress("read vectors", n)
+    for s in range(0, n, CHUNK):
+        x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(n, s + CHUNK) - 1}")
+        try:
+            x = prepare_base(x, metric)
+        except InvalidVectorsError as e:
+            raise InvalidVectorsError(f"input rows from {s}: {e}") from None
+        d.vectors.append(x)
+        bar.update(len(x))
+    bar.close()
+    return n
+
+
+def _encode_all(vec: np.ndarray, quantizer: Int8Quantizer, progress: ProgressFactory) -> np.ndarray:
+    from storage.posting_format import code_bytes
+    codes = np.empty((len(vec), code_bytes(vec.shape[1])), np.int8)
+    bar = progress("encode int8", len(vec))
+    for s in range(0, len(vec), CHUNK):
+        codes[s: s + CHUNK] = quantizer.encode(np.asarray(vec[s: s + CHUNK], dtype=np.float32))
+        bar.update(min(CHUNK, len(vec) - s))
+    bar.close()
+    return codes
+
+
+def _write_postings(d: IndexDir, assignment, codes: np.ndarray, slack: float, progress: ProgressFactory) -> None:
+    rec = d.postings.record_dtype
+    n_heads = len(assignment.starts) - 1
+    bar = progress("write postings", n_heads)
+    for first in range(0, n_heads, POSTING_BATCH):
+        lists, caps = [], []
+        for h in range(first, min(n_heads, first + POSTING_BATCH)):
+            members = assignment.members(h)
+            r = np.zeros(len(members), rec)
+            r["id"] = members
+            r["code"] = codes[members]
+            lists.append(r)
+            caps.append(int(np.ceil(len(members) * (1 + slack))) + 1)
+        d.postings.add_postings(lists, caps)
+        bar.update(len(lists))
+    bar.close()
+
+
+def length_stats(lengths: np.ndarray) -> dict:
+    if len(lengths) == 0:
+        return {"min": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0, "std": 0.0}
+    return {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 2),
+            "p50": float(np.percentile(lengths, 50)), "p99": float(np.percentile(lengths, 99)),
+            "max": int(lengths.max()), "std": round(float(lengths.std()), 2)}
+
+
+def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildParams | None = None,
+                overwrite: bool = False, progress: ProgressFactory | None = None) -> dict:
+    """Build an index of `source` (array-like [n, dim], sliceable) into `out_dir`. Returns a summary dict."""
+    progress = progress or _null_progress
+    params = params or BuildParams()
+    shape = getattr(source, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise InvalidVectorsError(f"input must be a 2-D array of vectors, got shape {shape}")
+    n, dim = int(shape[0]), int(shape[1])
+    if n == 0 or dim == 0:
+        raise InvalidVectorsError(f"input is empty (shape {shape})")
+    params = params.resolved(dim)
+    metric = Metric.parse(params.metric)
+    ext_ids = validate_ids(ids, n) if ids is not None else np.arange(n, dtype=np.int64)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InvalidParameterError(f"{out_dir} already exists; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.build-{uuid.uuid4().hex[:8]}"
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    d = IndexDir.create(tmp, dim)
+    try:
+        summary = _build_into(d, source, ext_ids, params, metric, progress, timings)
+        d.vectors.finish(), d.heads.finish(), d.postings.finish()
+        d.close()
+    except BaseException:
+        d.close()
+        _remove_tree(tmp)
+        raise
+    publish_dir(tmp, out_dir, overwrite=overwrite)
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    summary["timings_s"] = timings
+    summary["path"] = str(out_dir)
+    return summary
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metric, progress, timings) -> dict:
+    n, dim = source.shape
+    t = time.perf_counter()
+    _stream_vectors(source, d, metric, progress)
+    vec = d.vectors.matrix()[:, :dim]
+    timings["read"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    rng = np.random.default_rng(params.seed)
+    sample_rows = np.sort(rng.choice(n, min(n, 100_000), replace=False))
+    quantizer = Int8Quantizer.train(np.asarray(vec[sample_rows], dtype=np.float32))
+    hs = HeadSpaceView(vec, metric)
+    n_target = max(1, int(round(params.head_ratio * n)))
+    bar = progress("cluster heads", n_target)
+    heads = hierarchical_heads(hs, n_target, params, spherical=metric.angular, progress=bar.update)
+    bar.close()
+    timings["cluster"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    head_index = HeadIndex.build(heads, angular=metric.angular, kind=params.head_index, m=params.hnsw_m,
+                                 ef_construction=params.hnsw_ef_construction)
+    timings["head_index"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    bar = progress("assign (RNG rule)", n)
+    assignment = closure_assign(hs, n, heads, head_index, params, progress=bar.update)
+    bar.close()
+    empty = assignment.lengths() == 0
+    if empty.any():  # a head no vector chose wastes a probe slot: drop it and re-index the rest
+        heads = heads[~empty]
+        assignment = assignment.without_empty()
+        head_index = HeadIndex.build(heads, angular=metric.angular, kind=params.head_index, m=params.hnsw_m,
+                                     ef_construction=params.hnsw_ef_construction)
+    timings["assign"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    codes = _encode_all(vec, quantizer, progress)
+    _write_postings(d, assignment, codes, params.extent_slack, progress)
+    del codes
+    d.heads.append(heads)
+    timings["write"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    lengths = assignment.lengths()
+    replicas = np.bincount(assignment.vec, minlength=n)
+    stats = {
+        "n_vectors": int(n), "dim": int(dim), "metric": metric.value, "n_heads": int(len(heads)),
+        "head_index": head_index.kind, "posting_cap": int(assignment.cap),
+        "postings_over_cap": int(assignment.over_cap), "posting_lengths": length_stats(lengths),
+        "records": int(len(assignment.vec)), "replicas_mean": round(float(replicas.mean()), 3),
+        "replicas_max": int(replicas.max()), "vectors_without_posting": int((replicas == 0).sum()),
+    }
+    manifest = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dim": int(dim), "metric": metric.value,
+        "n_rows": int(n), "n_heads": int(len(heads)), "build_params": params.to_dict(), "build_stats": stats,
+        "quantizer": "int8-per-dim", "checkpoint_lsn": 0,
+    }
+    order = np.argsort(ext_ids, kind="stable")
+    with d.meta.write() as w:
+        w.put_array("directory", d.postings.dir.to_array())
+        w.put_array("state", np.zeros(n, np.uint8))
+        w.put_array("int2ext", ext_ids)
+        w.put_array("quantizer", quantizer.to_array())
+        w.put_array("head_index", head_index.to_bytes())
+        w.put_ids(ext_ids[order], order.astype(np.int64), sorted_new=True)
+        w.set_manifest(manifest)
+    timings["metadata"] = round(time.perf_counter() - t, 3)
+    log.info("built %d vectors into %d postings", n, len(heads))
+    return dict(stats)

@@ -1,0 +1,149 @@
+"""Hierarchical balanced k-means: choose the heads (centroids) whose postings SPANN stores.
+
+Posting length drives both search latency and its variance, so the heads must split the data into cells of
+even size. The tree is built top down: a node with a target of `t` heads is split into `branching` children
+by k-means on a sample (upper levels), and child targets are apportioned to the children's sizes so dense
+regions get more heads; a node with t <= leaf_split_max is clustered directly into t cells with a
+capacity-constrained assignment (every cell holds at most slack * n / t points), which is what makes the
+leaves even.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import faiss
+import numpy as np
+
+from index.kernels import balanced_assign, cluster_means, kmeans_pp_init, sq_dists
+from index.types import BuildParams
+
+log = logging.getLogger(__name__)
+CHUNK = 65536
+BALANCE_SAMPLE = 100_000
+SMALL_PROBLEM = 4_000_000  # n * k below which leaves are clustered in numba
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, spherical: bool, niter: int = 12) -> np.ndarray:
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=spherical, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=1 << 20)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return km.centroids
+
+
+def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    d = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    return np.maximum(d, 0).astype(np.float32)
+
+
+def _nearest(data, rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each row of data[rows], computed in chunks to bound memory."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids))
+    out = np.empty(len(rows), np.int64)
+    for s in range(0, len(rows), CHUNK):
+        _, lab = index.search(_take(data, rows[s: s + CHUNK]), 1)
+        out[s: s + CHUNK] = lab[:, 0]
+    return out
+
+
+def _take(data, rows: np.ndarray) -> np.ndarray:
+    """Gather rows (ascending, so memmap reads stay sequential-ish) as a float32 copy."""
+    return np.ascontiguousarray(data[rows], dtype=np.float32)
+
+
+def _apportion(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` heads over children in proportion to their sizes (largest remainder), >= 1 if non-empty."""
+    nonempty = sizes > 0
+    share = sizes / sizes.sum() * total
+    t = np.floor(share).astype(np.int64)
+    t[nonempty] = np.maximum(t[nonempty], 1)
+    t = np.minimum(t, sizes)
+    rest = total - t.sum()
+    order = np.argsort(-(share - np.floor(share)))
+    i = 0
+    while rest > 0 and i < 4 * len(order):
+        c = order[i % len(order)]
+        if t[c] < sizes[c]:
+            t[c] += 1
+            rest -= 1
+        i += 1
+    return t
+
+
+def balanced_leaves(x: np.ndarray, t: int, params: BuildParams, seed: int, spherical: bool) -> np.ndarray:
+    """Cluster x [n, dim] into exactly t centroids of near-equal population."""
+    if len(x) > BALANCE_SAMPLE:  # the balance is enforced on a sample; all points are assigned later anyway
+        pick = np.random.default_rng(seed + 7).choice(len(x), BALANCE_SAMPLE, replace=False)
+        x = x[np.sort(pick)]
+    n = len(x)
+    if t >= n:
+        return x.copy()
+    if t == 1:
+        c = x.mean(0, keepdims=True).astype(np.float32)
+        return _unit(c) if spherical else c
+    small = n * t <= SMALL_PROBLEM
+    if small:  # many tiny leaves: numba beats faiss's per-call overhead by far
+        c = kmeans_pp_init(x, t, seed % (2 ** 31))
+        c = _lloyd(x, c, spherical, iters=4)
+    else:
+        sample = x if n <= params.train_samples else x[np.sort(
+            np.random.default_rng(seed).choice(n, params.train_samples, replace=False))]
+        c = _kmeans(sample, t, seed, spherical)
+    capacity = int(np.ceil(params.balance_slack * n / t))
+    for _ in range(3):  # alternate balanced assignment and centroid update
+        d = sq_dists(x, c) if small else _sq_dists(x, c)
+        c = cluster_means(x, balanced_assign(d, capacity), t, c)
+        if spherical:
+            c = _unit(c)
+    return c
+
+
+def _lloyd(x: np.ndarray, c: np.ndarray, spherical: bool, iters: int) -> np.ndarray:
+    for _ in range(iters):
+        c = cluster_means(x, sq_dists(x, c).argmin(1), len(c), c)
+        if spherical:
+            c = _unit(c)
+    return c
+
+
+def _unit(c: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(c, axis=1, keepdims=True)
+    return (c / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+def hierarchical_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Return about `n_heads` head vectors [H, dim] for the rows of `data` (array-like, e.g. a memmap).
+
+    `data` must already be in head space (unit vectors when `spherical`)."""
+    n = len(data)
+    n_heads = int(min(max(n_heads, 1), n))
+    out: list[np.ndarray] = []
+    stack = [(np.arange(n, dtype=np.int64), n_heads, params.seed)]
+    while stack:
+        rows, t, seed = stack.pop()
+        if t <= params.leaf_split_max or len(rows) <= params.train_samples // 4:
+            heads = balanced_leaves(_take(data, rows), min(t, len(rows)), params, seed, spherical)
+            out.append(heads)
+            if progress:
+                progress(len(heads))
+            continue
+        k = min(params.branching, t)
+        rng = np.random.default_rng(seed)
+        sample_rows = rows if len(rows) <= params.train_samples else np.sort(
+            rng.choice(rows, params.train_samples, replace=False))
+        centroids = _kmeans(_take(data, sample_rows), k, seed, spherical)
+        labels = _nearest(data, rows, centroids)
+        sizes = np.bincount(labels, minlength=k)
+        targets = _apportion(sizes, t)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        for child in range(k):
+            if targets[child] == 0:
+                continue
+            child_rows = rows[order[bounds[child]: bounds[child + 1]]]
+            stack.append((child_rows, int(targets[child]), seed * 31 + child + 1))
+    heads = np.concatenate(out).astype(np.float32)
+    log.info("hierarchical balanced k-means: %d heads for %d vectors", len(heads), n)
+    return heads

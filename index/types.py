@@ -1,0 +1,104 @@
+"""Parameters: build-time knobs (persisted with the index, immutable) apart from query-time knobs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+
+from index.errors import InvalidParameterError
+
+
+class Metric(str, Enum):
+    """Distances returned are always "smaller is nearer":
+    l2 -> squared Euclidean distance; ip -> negative inner product; cosine -> 1 - cosine similarity."""
+
+    L2 = "l2"
+    IP = "ip"
+    COSINE = "cosine"
+
+    @classmethod
+    def parse(cls, value: "str | Metric") -> "Metric":
+        try:
+            return cls(value.value if isinstance(value, Metric) else str(value).lower())
+        except ValueError:
+            raise InvalidParameterError(f"unknown metric {value!r}: use l2, ip or cosine") from None
+
+    @property
+    def angular(self) -> bool:
+        """Heads live on the unit sphere for ip/cosine (spherical k-means, as faiss IVF does for IP)."""
+        return self is not Metric.L2
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    metric: str = "l2"
+    head_ratio: float = 0.02          # heads as a fraction of N (SPANN uses 0.08-0.16; see docs/benchmarks.md)
+    branching: int = 32               # children per node of the hierarchical balanced k-means
+    leaf_split_max: int = 128         # a node whose head target is at most this is clustered directly
+    train_samples: int = 10_000       # k-means training sample per node
+    balance_slack: float = 3.0        # leaf cluster capacity = slack * n / k (1.1 cost 20 points of recall)
+    candidates: int = 32              # nearest heads considered per vector in the closure assignment
+    max_replicas: int = 8             # SPANN: 8 (4 at dim >= 768, applied in resolved())
+    rng_factor: float = 1.0           # RNG rule: accept head c unless rng_factor * d(c, a) < d(x, c)
+    closure_eps: float = 10.0         # replicate only into heads with d(x, c) <= (1 + closure_eps) d(x, c_1)
+    posting_cap: int = 0              # 0: automatic (about 3x the mean posting length, at least 64)
+    extent_slack: float = 0.25        # free append space per posting extent (online inserts)
+    head_index: str = "auto"          # auto | flat | hnsw
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    seed: int = 0
+
+    def resolved(self, dim: int) -> "BuildParams":
+        """Validate and fill the automatic choices that depend on the data."""
+        replicas = self.max_replicas if dim < 768 else min(self.max_replicas, 4)
+        checks = [
+            (0 < self.head_ratio <= 1, "head_ratio must be in (0, 1]"),
+            (self.branching >= 2, "branching must be >= 2"),
+            (self.leaf_split_max >= 2, "leaf_split_max must be >= 2"),
+            (self.train_samples >= 100, "train_samples must be >= 100"),
+            (self.balance_slack >= 1.0, "balance_slack must be >= 1"),
+            (self.candidates >= 1, "candidates must be >= 1"),
+            (1 <= self.max_replicas <= 64, "max_replicas must be in [1, 64]"),
+            (self.rng_factor > 0, "rng_factor must be > 0"),
+            (self.closure_eps >= 0, "closure_eps must be >= 0"),
+            (self.posting_cap >= 0, "posting_cap must be >= 0"),
+            (self.extent_slack >= 0, "extent_slack must be >= 0"),
+            (self.head_index in ("auto", "flat", "hnsw"), "head_index must be auto, flat or hnsw"),
+            (self.hnsw_m >= 4, "hnsw_m must be >= 4"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidParameterError(message)
+        Metric.parse(self.metric)
+        return BuildParams(**{**asdict(self), "max_replicas": replicas,
+                              "candidates": max(self.candidates, replicas)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BuildParams":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InvalidParameterError(f"unknown build parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    nprobe: int = 32          # heads probed at most
+    eps: float = 1.0          # probe head i only if d(q, c_i) <= (1 + eps) * d(q, c_1) (plain, not squared)
+    rerank_k: int = 0         # INT8 candidates re-ranked with float32; 0: automatic, max(4k, 64)
+    ef_search: int = 0        # head-index HNSW beam; 0: automatic, max(2 * nprobe, 64)
+    prefetch: bool = False    # MADV_WILLNEED the chosen postings before scanning (helps a cold cache)
+
+    def resolved(self, k: int) -> "SearchParams":
+        if self.nprobe < 1:
+            raise InvalidParameterError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.eps < 0:
+            raise InvalidParameterError(f"eps must be >= 0, got {self.eps}")
+        if self.rerank_k < 0 or self.ef_search < 0:
+            raise InvalidParameterError("rerank_k and ef_search must be >= 0")
+        rerank = self.rerank_k or max(4 * k, 64)
+        return SearchParams(self.nprobe, self.eps, max(rerank, k), self.ef_search or max(2 * self.nprobe, 64),
+                            self.prefetch)

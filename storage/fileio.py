@@ -1,0 +1,91 @@
+"""Durable file primitives: fsync helpers, atomic file publish, atomic directory publish.
+
+Every file that must survive a crash is published as temp -> fsync -> os.replace -> fsync(parent dir):
+a reader sees either the old complete file or the new complete file, never a torn one.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so that renames and creations inside it are durable."""
+    fsync_path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and directory below `root` (used before publishing a built directory)."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fsync_path(os.path.join(dirpath, name))
+        fsync_dir(dirpath)
+
+
+_RENAME_EXCHANGE = 2
+_libc = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False if the kernel/libc lacks it."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = getattr(_libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Make a fully written `tmp_dir` visible as `final_dir` in one atomic step.
+
+    The caller has closed every file in `tmp_dir`. With `overwrite`, an existing `final_dir` is swapped out
+    atomically (renameat2 RENAME_EXCHANGE) and then removed, so a crash at any point leaves one complete
+    directory at `final_dir`.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    fsync_tree(tmp_dir)
+    if final_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{final_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+        if _exchange(tmp_dir, final_dir):
+            fsync_dir(final_dir.parent)
+            shutil.rmtree(tmp_dir)  # now holds the old content
+            return
+        # Fallback without renameat2: a short window where final_dir is absent (old copy kept aside).
+        aside = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final_dir, aside)
+        os.rename(tmp_dir, final_dir)
+        fsync_dir(final_dir.parent)
+        shutil.rmtree(aside)
+        return
+    os.rename(tmp_dir, final_dir)
+    fsync_dir(final_dir.parent)

@@ -1,0 +1,81 @@
+"""One index (or collection) directory: the files it holds and how they are opened together.
+
+    DIR/LOCK          flock: one writer or many readers
+    DIR/meta/         LMDB metadata store (storage.meta)
+    DIR/vectors.f32   full-precision rows by internal id (storage.vectors)
+    DIR/heads.f32     head (centroid) rows by posting id, same format
+    DIR/postings.dat  INT8 posting extents (storage.postings)
+
+This is the narrow port through which the index layer reaches storage.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from storage.errors import FormatError
+from storage.lock import DirLock
+from storage.meta import MetaStore
+from storage.postings import PostingStore
+from storage.vectors import VectorFile
+
+META, VECTORS, HEADS, POSTINGS = "meta", "vectors.f32", "heads.f32", "postings.dat"
+FORMAT_NAME = "vdb-index"
+FORMAT_VERSION = 1
+
+
+class IndexDir:
+    def __init__(self, path: Path, lock: DirLock, meta: MetaStore, manifest: dict, vectors: VectorFile,
+                 heads: VectorFile, postings: PostingStore):
+        self.path, self.lock, self.meta, self.manifest = path, lock, meta, manifest
+        self.vectors, self.heads, self.postings = vectors, heads, postings
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, dim: int) -> "IndexDir":
+        """Create the files of a new, empty directory (used by builds, inside a temp directory)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=False)
+        lock = DirLock(path, exclusive=True)
+        (path / META).mkdir()
+        meta = MetaStore(path / META, create=True)
+        return cls(path, lock, meta, {}, VectorFile.create(path / VECTORS, dim),
+                   VectorFile.create(path / HEADS, dim), PostingStore.create(path / POSTINGS, dim))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, writable: bool = False, verify: str = "lazy") -> "IndexDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise FormatError(f"{path}: no such index directory")
+        lock = DirLock(path, exclusive=writable)
+        opened: list = [lock]
+        try:
+            meta = MetaStore(path / META, readonly=not writable)
+            opened.append(meta)
+            manifest = meta.manifest()
+            if manifest.get("format") != FORMAT_NAME:
+                raise FormatError(f"{path}: manifest format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise FormatError(f"{path}: format version {manifest.get('format_version')} is not supported "
+                                  f"(this vdb reads {FORMAT_VERSION})")
+            vectors = VectorFile.open(path / VECTORS, manifest["n_rows"], writable=writable)
+            opened.append(vectors)
+            heads = VectorFile.open(path / HEADS, manifest["n_heads"], writable=writable)
+            opened.append(heads)
+            directory = meta.get_array("directory")
+            if directory is None:
+                raise FormatError(f"{path}: metadata store has no posting directory")
+            postings = PostingStore.open(path / POSTINGS, directory, writable=writable, verify=verify)
+        except BaseException:
+            for thing in reversed(opened):
+                thing.close()
+            raise
+        return cls(path, lock, meta, manifest, vectors, heads, postings)
+
+    def disk_bytes(self) -> dict[str, int]:
+        """Logical bytes per file (sparse growth tails excluded)."""
+        return {VECTORS: self.vectors.nbytes, HEADS: self.heads.nbytes, POSTINGS: self.postings.file_bytes,
+                META: self.meta.disk_bytes()}
+
+    def close(self) -> None:
+        for thing in (self.postings, self.heads, self.vectors, self.meta, self.lock):
+            thing.close()

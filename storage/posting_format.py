@@ -1,0 +1,40 @@
+"""Constants and record layout of the posting file (spec: docs/storage_format.md).
+
+One constants module shared by the writer and the reader, as LevelDB does with log_format.h.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MAGIC = b"VDBPOST1"
+VERSION = 1
+PAGE_SIZE = 4096          # extents start on page boundaries and span whole pages
+RECORD_HEADER = 8         # u32 internal id, u8 version, 3 reserved bytes
+FLAG_RETIRED = 1          # directory flag: the posting was split or merged away; its head is gone
+
+# Directory entry as persisted in the metadata store (key "directory"): one row per posting id.
+DIRECTORY_DTYPE = np.dtype([("offset", "<u8"), ("capacity", "<u4"), ("count", "<u4"),
+                            ("crc", "<u4"), ("flags", "<u4")])
+
+
+def code_bytes(dim: int) -> int:
+    """INT8 codes are padded to a multiple of 4 bytes so every record (and its id) stays 4-byte aligned."""
+    return (dim + 3) // 4 * 4
+
+
+def record_size(dim: int) -> int:
+    return RECORD_HEADER + code_bytes(dim)
+
+
+def record_dtype(dim: int) -> np.dtype:
+    return np.dtype([("id", "<u4"), ("version", "u1"), ("reserved", "u1", (3,)),
+                     ("code", "i1", (code_bytes(dim),))])
+
+
+def pages_for(capacity: int, rec_size: int) -> int:
+    return max(1, -(-capacity * rec_size // PAGE_SIZE))
+
+
+def capacity_of(pages: int, rec_size: int) -> int:
+    """Records that fit in `pages` whole pages: the slack after `count` is free append space."""
+    return pages * PAGE_SIZE // rec_size

@@ -1,0 +1,273 @@
+"""The posting store: INT8-coded posting lists in one page-aligned, mmap'd file.
+
+Each posting is an *extent* of whole pages holding `capacity` fixed-size records, of which the first `count`
+are valid. The directory (offset, capacity, count, crc, flags per posting id) lives in memory and is
+persisted by the caller in the metadata store at checkpoints. Extents are never overwritten once a persisted
+directory may reference their first `count` records: appends write into the free slack after `count`, and
+growth, rewrites and splits allocate a fresh extent at the end of the file (copy on write). A crash therefore
+always leaves the last persisted directory pointing at intact bytes.
+
+Thread model: one writer (the index maintenance thread) and any number of concurrent readers. Appends publish
+by bumping `count` after the records are written; structural changes build a new directory and swap it in.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage import posting_format as fmt
+from storage.errors import CorruptionError, TruncatedError
+from storage.fileheader import HEADER_SIZE, FileHeader, unpack_header
+from storage.mapped import MappedFile
+
+
+@dataclass
+class PostingDirectory:
+    """Per-posting arrays. Replaced as a whole on structural change; `count`/`crc` grow in place on append."""
+
+    offset: np.ndarray    # int64 byte offset of the extent
+    capacity: np.ndarray  # int32 records the extent can hold
+    count: np.ndarray     # int32 valid records
+    crc: np.ndarray       # uint32 CRC-32 of the valid records' bytes
+    flags: np.ndarray     # uint32 (fmt.FLAG_RETIRED)
+
+    @classmethod
+    def empty(cls) -> "PostingDirectory":
+        return cls.from_array(np.zeros(0, fmt.DIRECTORY_DTYPE))
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> "PostingDirectory":
+        return cls(a["offset"].astype(np.int64), a["capacity"].astype(np.int32), a["count"].astype(np.int32),
+                   a["crc"].astype(np.uint32), a["flags"].astype(np.uint32))
+
+    def to_array(self) -> np.ndarray:
+        a = np.zeros(len(self.offset), fmt.DIRECTORY_DTYPE)
+        a["offset"], a["capacity"], a["count"] = self.offset, self.capacity, self.count
+        a["crc"], a["flags"] = self.crc, self.flags
+        return a
+
+    def copy(self) -> "PostingDirectory":
+        return PostingDirectory(self.offset.copy(), self.capacity.copy(), self.count.copy(), self.crc.copy(),
+                                self.flags.copy())
+
+    def grown(self, n: int) -> "PostingDirectory":
+        """A copy with room for `n` more postings (zeroed)."""
+        def pad(a):
+            return np.concatenate([a, np.zeros(n, a.dtype)])
+        return PostingDirectory(pad(self.offset), pad(self.capacity), pad(self.count), pad(self.crc),
+                                pad(self.flags))
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+
+class PostingStore:
+    def __init__(self, mapped: MappedFile, dim: int, directory: PostingDirectory, *, verify: str = "lazy"):
+        if verify not in ("lazy", "full", "none"):
+            raise ValueError(f"verify must be lazy|full|none, not {verify!r}")
+        self._file, self.path, self.dim = mapped, mapped.path, dim
+        self.rec_size = fmt.record_size(dim)
+        self.record_dtype = fmt.record_dtype(dim)
+        self.dir = directory
+        self._verify_mode = verify
+        self._verified = np.zeros(len(directory), bool) if verify != "none" else np.ones(len(directory), bool)
+        self._verify_lock = threading.Lock()
+        self._end = self._compute_end()
+        if verify == "full":
+            bad = self.verify_all()
+            if bad:
+                self.raise_corrupt(bad[0])
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, dim: int) -> "PostingStore":
+        mapped = MappedFile(path, writable=True, create=True)
+        mapped.pwrite(FileHeader(fmt.MAGIC, fmt.VERSION, dim, fmt.record_size(dim)).pack(), 0)
+        return cls(mapped, dim, PostingDirectory.empty())
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, directory: np.ndarray, *, writable: bool = False,
+             verify: str = "lazy") -> "PostingStore":
+        """Open with the persisted `directory` (fmt.DIRECTORY_DTYPE array from the metadata store)."""
+        mapped = MappedFile(path, writable=writable)
+        try:
+            header = unpack_header(path, bytes(mapped.buffer[:HEADER_SIZE]), magic=fmt.MAGIC,
+                                   versions=(fmt.VERSION,))
+            if header.record_size != fmt.record_size(header.dim):
+                raise CorruptionError(path, f"record size {header.record_size} does not match dim {header.dim}",
+                                      offset=20, length=4)
+            d = PostingDirectory.from_array(directory)
+            _check_directory(path, d, fmt.record_size(header.dim), mapped.size)
+            return cls(mapped, header.dim, d, verify=verify)
+        except BaseException:
+            mapped.close()
+            raise
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _compute_end(self) -> int:
+        if len(self.dir) == 0:
+            return HEADER_SIZE
+        ends = self.dir.offset + self._extent_bytes(self.dir.capacity)
+        return int(max(HEADER_SIZE, ends.max()))
+
+    def _extent_bytes(self, capacity):
+        pages = -(-(np.asarray(capacity, np.int64) * self.rec_size) // fmt.PAGE_SIZE)
+        return np.maximum(pages, 1) * fmt.PAGE_SIZE
+
+    # -- reading ----------------------------------------------------------------------------------------
+    @property
+    def n_postings(self) -> int:
+        return len(self.dir)
+
+    @property
+    def buffer(self) -> np.ndarray:
+        return self._file.buffer
+
+    def records(self, pid: int) -> np.ndarray:
+        """The valid records of posting `pid` as a structured read-only view (checksum verified once)."""
+        d = self.dir
+        self.ensure_verified(np.array([pid]))
+        off, n = int(d.offset[pid]), int(d.count[pid])
+        return self.buffer[off: off + n * self.rec_size].view(self.record_dtype)
+
+    def ensure_verified(self, pids: np.ndarray) -> None:
+        """Verify the checksum of every posting in `pids` not yet verified by this process."""
+        if self._verify_mode == "none":
+            return
+        verified = self._verified
+        todo = pids[~verified[pids]] if len(verified) >= len(self.dir) else pids
+        if len(todo) == 0:
+            return
+        with self._verify_lock:
+            if len(self._verified) < len(self.dir):
+                self._verified = np.concatenate([self._verified, np.zeros(len(self.dir) - len(self._verified),
+                                                                          bool)])
+            for pid in todo:
+                pid = int(pid)
+                if not self._check(pid):
+                    self.raise_corrupt(pid)
+                self._verified[pid] = True
+
+    def _check(self, pid: int) -> bool:
+        d = self.dir
+        off, n = int(d.offset[pid]), int(d.count[pid])
+        return zlib.crc32(self.buffer[off: off + n * self.rec_size]) == int(d.crc[pid])
+
+    def raise_corrupt(self, pid: int) -> None:
+        d = self.dir
+        raise CorruptionError(self.path, f"posting {pid} fails its checksum",
+                              offset=int(d.offset[pid]), length=int(d.count[pid]) * self.rec_size)
+
+    def verify_all(self) -> list[int]:
+        """Check every live posting; return the ids that fail (used by `vdbctl check`)."""
+        return [pid for pid in range(len(self.dir)) if self.dir.count[pid] and not self._check(pid)]
+
+    def willneed(self, pids: np.ndarray) -> None:
+        d = self.dir
+        for pid in pids:
+            self._file.willneed(int(d.offset[pid]), int(d.count[pid]) * self.rec_size)
+
+    def bytes_of(self, pids: np.ndarray) -> int:
+        """Bytes a read of these postings touches, in whole pages."""
+        d = self.dir
+        return int(self._extent_bytes(d.count[pids]).sum()) if len(pids) else 0
+
+    @property
+    def file_bytes(self) -> int:
+        return self._end
+
+    def drop_cache(self) -> None:
+        self._file.drop_cache()
+
+    # -- writing (single writer) ------------------------------------------------------------------------
+    def _allocate(self, capacity: int) -> tuple[int, int]:
+        """Reserve a fresh extent at the end of the file; return (offset, capacity rounded up to its pages)."""
+        pages = fmt.pages_for(capacity, self.rec_size)
+        off = self._end
+        self._end += pages * fmt.PAGE_SIZE
+        self._file.ensure_size(self._end)
+        return off, fmt.capacity_of(pages, self.rec_size)
+
+    def _write_extent(self, records: np.ndarray, capacity: int) -> tuple[int, int, int]:
+        off, cap = self._allocate(max(capacity, len(records), 1))
+        data = np.ascontiguousarray(records, dtype=self.record_dtype)
+        if len(data):
+            self._file.pwrite(data, off)
+        return off, cap, zlib.crc32(data)
+
+    def add_postings(self, record_lists: list[np.ndarray], capacities: list[int]) -> np.ndarray:
+        """Write new postings; return their ids. Published to readers in one directory swap."""
+        new = self.dir.grown(len(record_lists))
+        base = len(self.dir)
+        for i, (recs, cap) in enumerate(zip(record_lists, capacities)):
+            off, c, crc = self._write_extent(recs, cap)
+            new.offset[base + i], new.capacity[base + i], new.count[base + i] = off, c, len(recs)
+            new.crc[base + i] = crc
+        self._publish(new)
+        return np.arange(base, base + len(record_lists))
+
+    def append(self, pid: int, records: np.ndarray, grow_to: int | None = None) -> None:
+        """Append records to posting `pid`; moves it to a bigger extent when its slack is used up."""
+        d = self.dir
+        n, cap = int(d.count[pid]), int(d.capacity[pid])
+        data = np.ascontiguousarray(records, dtype=self.record_dtype)
+        if n + len(data) <= cap:
+            self._file.pwrite(data, int(d.offset[pid]) + n * self.rec_size)
+            d.crc[pid] = zlib.crc32(data, int(d.crc[pid]))
+            d.count[pid] = n + len(data)  # publish last: readers never see unwritten records
+            return
+        old = self.records(pid)
+        self.rewrite(pid, np.concatenate([old, data]), capacity=max(grow_to or 0, 2 * (n + len(data))))
+
+    def rewrite(self, pid: int, records: np.ndarray, capacity: int | None = None) -> None:
+        """Replace the content of posting `pid` (copy on write into a fresh extent)."""
+        off, cap, crc = self._write_extent(records, capacity or len(records))
+        new = self.dir.copy()
+        new.offset[pid], new.capacity[pid], new.count[pid], new.crc[pid] = off, cap, len(records), crc
+        new.flags[pid] = 0
+        self._publish(new)
+
+    def retire(self, pids) -> None:
+        """Mark postings as gone (their heads were split or merged away). Their bytes become garbage."""
+        new = self.dir.copy()
+        new.count[pids] = 0
+        new.crc[pids] = 0
+        new.flags[pids] |= fmt.FLAG_RETIRED
+        self._publish(new)
+
+    def _publish(self, new: PostingDirectory) -> None:
+        if len(self._verified) < len(new):
+            self._verified = np.concatenate([self._verified, np.ones(len(new) - len(self._verified), bool)])
+        self.dir = new  # one reference swap: readers see the old or the new directory, never a mix
+
+    def garbage_bytes(self) -> int:
+        """Bytes in the file not referenced by any live extent (reclaimed by compaction)."""
+        live = self._extent_bytes(self.dir.capacity[(self.dir.flags & fmt.FLAG_RETIRED) == 0]).sum()
+        return int(self._end - HEADER_SIZE - live)
+
+    def sync(self) -> None:
+        self._file.sync()
+
+    def finish(self) -> None:
+        """Cut the sparse growth tail (bulk builds end with an exact-size file)."""
+        self._file.truncate(self._end)
+
+
+def _check_directory(path, d: PostingDirectory, rec_size: int, file_size: int) -> None:
+    """Reject a directory that points outside the file or is internally inconsistent."""
+    if len(d) == 0:
+        return
+    bad = np.nonzero((d.count > d.capacity) | (d.offset < HEADER_SIZE) | (d.offset % fmt.PAGE_SIZE != 0))[0]
+    if len(bad):
+        pid = int(bad[0])
+        raise CorruptionError(path, f"directory entry for posting {pid} is invalid (offset {int(d.offset[pid])}, "
+                                    f"count {int(d.count[pid])}, capacity {int(d.capacity[pid])})")
+    live_end = int((d.offset + d.count.astype(np.int64) * rec_size).max())
+    if live_end > file_size:
+        raise TruncatedError(path, f"file has {file_size} bytes but its postings extend to byte {live_end}")

@@ -1,0 +1,149 @@
+"""The full-precision vector file: float32 rows addressed by internal id, each with its own checksum.
+
+Layout (spec: docs/storage_format.md): a 4 KiB header page (storage.fileheader, magic b"VDBVEC01"), then row i
+at byte 4096 + i * (4 * dim + 4): `dim` float32 values followed by a u32 checksum of that row.
+
+The checksum is a position-weighted word sum, `(sum_j word_j * (2j + 1) + i * 0x9E3779B1) mod 2**32`, over the
+row's float32 words read as u32. Odd weights make every single-word change (so every bit flip) visible, the row
+index term catches a row written at the wrong place, and it is cheap enough to verify inline in the numba
+re-ranking kernel on every read. The number of valid rows is kept by the caller's manifest, not in this file:
+rows past it are scratch space that a crash may have left half written.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from storage.errors import CorruptionError, TruncatedError
+from storage.fileheader import HEADER_SIZE, FileHeader, unpack_header
+from storage.mapped import MappedFile
+
+MAGIC = b"VDBVEC01"
+VERSION = 1
+ROW_SALT = np.uint64(0x9E3779B1)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def row_bytes(dim: int) -> int:
+    return 4 * dim + 4
+
+
+def _weights(dim: int) -> np.ndarray:
+    return (2 * np.arange(dim, dtype=np.uint64) + 1)
+
+
+def row_checksums(vectors: np.ndarray, first_row: int) -> np.ndarray:
+    """Checksums (u32) for float32 `vectors` that will be stored at rows first_row, first_row+1, ..."""
+    words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    total = words @ _weights(words.shape[1]) if len(words) else np.zeros(0, np.uint64)
+    rows = np.arange(first_row, first_row + len(words), dtype=np.uint64)
+    return ((total + rows * ROW_SALT) & _MASK32).astype(np.uint32)
+
+
+class VectorFile:
+    """Append-only float32 row store. Not thread-safe for writers; readers may run concurrently."""
+
+    def __init__(self, mapped: MappedFile, dim: int, rows: int):
+        self._file, self.dim, self.rows = mapped, dim, rows
+        self.path = mapped.path
+        self.row_size = row_bytes(dim)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, dim: int) -> "VectorFile":
+        mapped = MappedFile(path, writable=True, create=True)
+        mapped.pwrite(FileHeader(MAGIC, VERSION, dim, row_bytes(dim)).pack(), 0)
+        return cls(mapped, dim, 0)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, rows: int, *, writable: bool = False) -> "VectorFile":
+        """Open with `rows` valid rows (from the manifest); a shorter file raises TruncatedError."""
+        mapped = MappedFile(path, writable=writable)
+        header = unpack_header(path, bytes(mapped.buffer[:HEADER_SIZE]), magic=MAGIC, versions=(VERSION,))
+        need = HEADER_SIZE + rows * header.record_size
+        if mapped.size < need:
+            mapped.close()
+            raise TruncatedError(path, f"file has {os.path.getsize(path)} bytes but {rows} rows of "
+                                       f"{header.record_size} bytes need {need}")
+        if header.record_size != row_bytes(header.dim):
+            mapped.close()
+            raise CorruptionError(path, f"row size {header.record_size} does not match dim {header.dim}",
+                                  offset=20, length=4)
+        return cls(mapped, header.dim, rows)
+
+    def close(self) -> None:
+        self._file.close()
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def write_rows(self, first_row: int, vectors: np.ndarray) -> None:
+        """Write rows [first_row, first_row + n). Rows become valid for readers once `rows` covers them."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected float32 [n, {self.dim}], got {vectors.shape}")
+        block = np.empty((len(vectors), self.dim + 1), dtype=np.float32)
+        block[:, : self.dim] = vectors
+        block.view(np.uint32)[:, self.dim] = row_checksums(vectors, first_row)
+        self._file.pwrite(block, HEADER_SIZE + first_row * self.row_size)
+
+    def append(self, vectors: np.ndarray) -> int:
+        """Append rows; return the first new row index. The caller persists `rows` in its manifest."""
+        first = self.rows
+        self.write_rows(first, vectors)
+        self.rows = first + len(vectors)
+        return first
+
+    def set_rows(self, rows: int) -> None:
+        """Declare the number of valid rows (recovery rolls back to the manifest's count)."""
+        self.rows = rows
+
+    def sync(self) -> None:
+        self._file.sync()
+
+    def finish(self) -> None:
+        """Cut the sparse growth tail off (bulk builds end with an exact-size file)."""
+        self._file.truncate(HEADER_SIZE + self.rows * self.row_size)
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def matrix(self) -> np.ndarray:
+        """float32 [rows, dim + 1] view: columns :dim are the vector, the last column holds the checksum bits."""
+        self._file.ensure_size(HEADER_SIZE + self.rows * self.row_size)
+        buf = self._file.buffer[HEADER_SIZE: HEADER_SIZE + self.rows * self.row_size]
+        return buf.view(np.float32).reshape(self.rows, self.dim + 1)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Copy rows out as float32 [n, dim], verifying each checksum."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.rows):
+            raise IndexError(f"row out of range [0, {self.rows})")
+        block = self.matrix()[rows]
+        vectors = np.ascontiguousarray(block[:, : self.dim])
+        stored = block.view(np.uint32)[:, self.dim]
+        expect = ((vectors.view(np.uint32).astype(np.uint64) @ _weights(self.dim)
+                   + rows.astype(np.uint64) * ROW_SALT) & _MASK32).astype(np.uint32)
+        bad = np.nonzero(stored != expect)[0]
+        if len(bad):
+            self.raise_corrupt_row(int(rows[bad[0]]))
+        return vectors
+
+    def raise_corrupt_row(self, row: int) -> None:
+        raise CorruptionError(self.path, f"checksum mismatch in vector row {row}",
+                              offset=HEADER_SIZE + row * self.row_size, length=self.row_size)
+
+    def verify(self, chunk: int = 65536) -> list[int]:
+        """Return every row whose checksum fails (used by `vdbctl check`)."""
+        bad: list[int] = []
+        m = self.matrix()
+        for start in range(0, self.rows, chunk):
+            block = m[start: start + chunk]
+            vecs = np.ascontiguousarray(block[:, : self.dim])
+            stored = block.view(np.uint32)[:, self.dim]
+            bad.extend((np.nonzero(stored != row_checksums(vecs, start))[0] + start).tolist())
+        return bad
+
+    def drop_cache(self) -> None:
+        self._file.drop_cache()
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_SIZE + self.rows * self.row_size

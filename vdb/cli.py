@@ -1,0 +1,186 @@
+"""vdbctl: the command line. Thin over the library; errors become one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+import numpy as np
+
+from vdb.errors import VdbError, translate
+
+EXIT_ERROR = 1
+
+
+class _Group(click.Group):
+    """Turns every library error into `Error: <message>` and exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except (VdbError, OSError, ValueError, KeyError) as e:
+            err = translate(e) if not isinstance(e, OSError) else e
+            raise click.ClickException(str(err)) from None
+        except Exception as e:  # storage / index errors and anything they wrap
+            from index.errors import VectorIndexError
+            from storage.errors import StorageError
+            if isinstance(e, (StorageError, VectorIndexError)):
+                raise click.ClickException(str(translate(e))) from None
+            raise
+
+
+def _bar_factory(quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    def make(stage: str, total: int):
+        return tqdm(total=total, desc=stage, file=sys.stderr, mininterval=0.5, unit_scale=True, leave=False)
+    return make
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
+def cli(verbose: int) -> None:
+    """vdb: a disk-resident SPANN vector database.
+
+    \b
+    Example:
+      vdbctl build base.fvecs --out idx/ --metric l2
+      vdbctl search idx/ --queries q.npy --top-k 10 --out res
+      vdbctl info idx/
+    """
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Index directory to create.")
+@click.option("--metric", type=click.Choice(["l2", "ip", "cosine"]), default="l2", show_default=True)
+@click.option("--ids", "ids_path", type=click.Path(dir_okay=False), help=".npy of int64 external ids, one per row.")
+@click.option("--dataset", default="train", show_default=True, help="HDF5 dataset to read (ann-benchmarks).")
+@click.option("--head-ratio", type=float, help="Heads as a fraction of the vectors (default 0.02).")
+@click.option("--max-replicas", type=int, help="Postings per vector at most (default 8).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other build parameter.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index at --out (atomically).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replicas, sets, overwrite, quiet):
+    """Bulk-build an index from a vector file; print a JSON summary.
+
+    INPUT is .npy, .fvecs/.bvecs, .fbin/.u8bin/.i8bin (big-ann) or .hdf5/.h5 (ann-benchmarks, dataset "train").
+
+    \b
+    Example:
+      vdbctl build sift_base.fvecs --out sift-idx/ --metric l2
+      vdbctl build docs.npy --out docs-idx/ --metric cosine --ids doc_ids.npy --set candidates=48
+    """
+    from index import BuildParams, build_index
+    from vdb.readers import load_ids, open_vectors
+    source = open_vectors(input_path, dataset=dataset)
+    ids = load_ids(ids_path) if ids_path else None
+    knobs = _parse_sets(sets)
+    knobs["metric"] = metric
+    if head_ratio is not None:
+        knobs["head_ratio"] = head_ratio
+    if max_replicas is not None:
+        knobs["max_replicas"] = max_replicas
+    params = BuildParams.from_dict({**BuildParams().to_dict(), **knobs})
+    summary = build_index(source, out_dir, ids=ids, params=params, overwrite=overwrite,
+                          progress=_bar_factory(quiet))
+    _echo_json(summary)
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+              help="Query vectors (.npy, .fvecs, .fbin, ...).")
+@click.option("--top-k", "top_k", type=int, default=10, show_default=True)
+@click.option("--nprobe", type=int, help="Postings probed per query (default 32).")
+@click.option("--eps", type=float, help="Query-aware pruning: probe heads within (1+eps) of the nearest.")
+@click.option("--rerank-k", type=int, help="INT8 candidates re-ranked with float32 (default max(4k, 64)).")
+@click.option("--dataset", default="test", show_default=True, help="HDF5 dataset holding the queries.")
+@click.option("--out", "out_prefix", help="Write PREFIX.ids.npy (int64 [nq, k]) and PREFIX.dist.npy.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Threads for the batch pass.")
+def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_prefix, threads):
+    """Search an index with a file of queries; print latency as JSON.
+
+    Each query is first run alone (latency p50/p99/mean), then all together as one batch (QPS).
+
+    \b
+    Example:
+      vdbctl search sift-idx/ --queries sift_query.fvecs --top-k 10 --nprobe 16 --out res
+    """
+    from index import SpannIndex
+    from vdb.readers import open_vectors
+    queries = np.asarray(open_vectors(queries_path, dataset=dataset), dtype=np.float32)
+    knobs = {k: v for k, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
+    with SpannIndex.open(index_dir) as idx:
+        idx.search(queries[:1], top_k, **knobs)  # warm up (JIT, page cache of the first postings)
+        lat = np.empty(len(queries))
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            idx.search(queries[i], top_k, **knobs)
+            lat[i] = time.perf_counter() - t
+        t = time.perf_counter()
+        ids, dists = idx.search(queries, top_k, threads=threads, **knobs)
+        batch = time.perf_counter() - t
+    if out_prefix:
+        np.save(f"{out_prefix}.ids.npy", ids)
+        np.save(f"{out_prefix}.dist.npy", dists)
+    _echo_json({"queries": len(queries), "top_k": top_k, "mean_latency_ms": round(lat.mean() * 1e3, 4),
+                "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
+                "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
+                "batch_qps": round(len(queries) / batch, 1), "threads": threads,
+                "out": [f"{out_prefix}.ids.npy", f"{out_prefix}.dist.npy"] if out_prefix else None})
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+def info(index_dir):
+    """Print what an index holds as JSON: counts, posting lengths, bytes on disk and in RAM, build parameters.
+
+    \b
+    Example:
+      vdbctl info sift-idx/
+    """
+    from index import SpannIndex
+    with SpannIndex.open(index_dir) as idx:
+        _echo_json(idx.info())
+
+
+def main() -> None:
+    cli(prog_name="vdbctl")
+
+
+if __name__ == "__main__":
+    main()

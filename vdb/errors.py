@@ -1,0 +1,99 @@
+"""The typed errors of vdb's public API, and the one table that maps every lower-layer error onto them.
+
+Each error carries the gRPC status code it travels as (`.code`), in-process and over the wire alike.
+"""
+from __future__ import annotations
+
+import grpc
+
+from index.errors import InvalidParameterError, InvalidVectorsError
+from storage.errors import (CorruptionError, FormatError, LockedError, MetaStoreError, StorageError,
+                            TruncatedError)
+
+
+class VdbError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str = ""):
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidArgumentError(VdbError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(VdbError, KeyError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return self.message
+
+
+class AlreadyExistsError(VdbError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhaustedError(VdbError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPreconditionError(VdbError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnavailableError(VdbError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLossError(VdbError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class UnauthenticatedError(VdbError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(VdbError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DeadlineExceededError(VdbError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InternalError(VdbError):
+    code = grpc.StatusCode.INTERNAL
+
+
+# Lower-layer error type -> public error type. First match wins, so subclasses come before their bases.
+TRANSLATION: tuple[tuple[type[BaseException], type[VdbError]], ...] = (
+    (InvalidVectorsError, InvalidArgumentError),
+    (InvalidParameterError, InvalidArgumentError),
+    (TruncatedError, DataLossError),
+    (CorruptionError, DataLossError),
+    (FormatError, FailedPreconditionError),
+    (LockedError, UnavailableError),
+    (MetaStoreError, ResourceExhaustedError),
+    (StorageError, InternalError),
+)
+
+BY_CODE: dict[grpc.StatusCode, type[VdbError]] = {
+    cls.code: cls for cls in (InvalidArgumentError, NotFoundError, AlreadyExistsError, ResourceExhaustedError,
+                              FailedPreconditionError, UnavailableError, DataLossError, UnauthenticatedError,
+                              PermissionDeniedError, DeadlineExceededError, InternalError)
+}
+
+
+def translate(exc: BaseException) -> VdbError:
+    """The public error for any exception (VdbErrors pass through unchanged)."""
+    if isinstance(exc, VdbError):
+        return exc
+    for source, target in TRANSLATION:
+        if isinstance(exc, source):
+            err = target(str(exc))
+            err.__cause__ = exc
+            return err
+    err = InternalError(f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import struct
+import threading
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,42 @@ def encode_ids(ids: np.ndarray) -> list[bytes]:
     return [raw[i: i + 8] for i in range(0, len(raw), 8)]
 
 
+# py-lmdb allows one Environment per path and process, so readers of the same directory share it.
+_ENVS: dict[str, list] = {}  # realpath -> [env, dbs, refcount]
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire(key: str, path: Path, readonly: bool, create: bool, map_size: int):
+    with _ENVS_LOCK:
+        if key in _ENVS:
+            entry = _ENVS[key]
+            entry[2] += 1
+            return entry[0], entry[1]
+        try:
+            # The directory lock (storage.lock) already excludes a concurrent writer, so read-only opens can
+            # skip LMDB's own lock file and work on read-only media.
+            env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_SUBDBS), readonly=readonly,
+                            lock=not readonly, subdir=True, create=create, readahead=False)
+        except lmdb.Error as e:
+            raise CorruptionError(path, f"cannot open LMDB environment: {e}") from e
+        try:
+            dbs = {name: env.open_db(name, create=not readonly) for name in _SUBDBS}
+        except lmdb.Error as e:
+            env.close()
+            raise FormatError(f"{path}: metadata store lacks its tables ({e})") from e
+        _ENVS[key] = [env, dbs, 1]
+        return env, dbs
+
+
+def _release(key: str) -> None:
+    with _ENVS_LOCK:
+        entry = _ENVS[key]
+        entry[2] -= 1
+        if entry[2] == 0:
+            entry[0].close()
+            del _ENVS[key]
+
+
 def _encode_array(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
@@ -47,21 +84,14 @@ class MetaStore:
         self.path = Path(path)
         if not create and not (self.path / "data.mdb").exists():
             raise FormatError(f"{self.path}: no metadata store here (missing data.mdb); is this a vdb directory?")
-        try:
-            # The directory lock (storage.lock) already excludes a concurrent writer, so read-only opens can
-            # skip LMDB's own lock file and work on read-only media.
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_SUBDBS), readonly=readonly,
-                                 lock=not readonly, subdir=True, create=create, readahead=False)
-        except lmdb.Error as e:
-            raise CorruptionError(self.path, f"cannot open LMDB environment: {e}") from e
-        try:
-            self._db = {name: self.env.open_db(name, create=not readonly) for name in _SUBDBS}
-        except lmdb.Error as e:
-            self.env.close()
-            raise FormatError(f"{self.path}: metadata store lacks its tables ({e})") from e
+        self._key = os.path.realpath(self.path)
+        self.env, self._db = _acquire(self._key, self.path, readonly, create, map_size)
+        self._closed = False
 
     def close(self) -> None:
-        self.env.close()
+        if not self._closed:
+            self._closed = True
+            _release(self._key)
 
     # -- reads ------------------------------------------------------------------------------------------
     def manifest(self) -> dict:

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from storage.errors import CorruptionError, FormatError, LockedError
+from storage.fileio import atomic_write_bytes, publish_dir
+from storage.lock import DirLock
+from storage.meta import MetaStore
+
+
+def test_manifest_arrays_ids_and_payloads_round_trip(tmp_path):
+    m = MetaStore(tmp_path, create=True)
+    with m.write() as w:
+        w.set_manifest({"dim": 4, "metric": "l2"})
+        w.put_array("state", np.arange(5, dtype=np.uint8))
+        w.put_ids(np.array([0, 7, 2**62]), np.array([0, 1, 2]))
+        w.put_payloads(np.array([7]), [{"tag": "x", "n": 3}])
+    assert m.manifest() == {"dim": 4, "metric": "l2"}
+    assert m.get_array("state").tolist() == [0, 1, 2, 3, 4]
+    assert m.get_array("missing") is None
+    assert m.lookup(np.array([7, 2**62, 5])).tolist() == [1, 2, -1]
+    assert m.payloads(np.array([7, 0])) == [{"tag": "x", "n": 3}, None]
+    assert dict(m.iter_ids()) == {0: 0, 7: 1, 2**62: 2}
+    with m.write() as w:
+        w.delete_ids(np.array([7]))
+    assert m.lookup(np.array([7])).tolist() == [-1]
+    m.close()
+
+
+def test_failed_transaction_changes_nothing(tmp_path):
+    m = MetaStore(tmp_path, create=True)
+    with m.write() as w:
+        w.set_manifest({"v": 1})
+    with pytest.raises(RuntimeError):
+        with m.write() as w:
+            w.set_manifest({"v": 2})
+            raise RuntimeError("crash mid-transaction")
+    assert m.manifest() == {"v": 1}
+    m.close()
+
+
+def test_corrupted_stored_array_is_detected(tmp_path):
+    m = MetaStore(tmp_path, create=True)
+    with m.write() as w:
+        w.put_array("a", np.arange(1000, dtype=np.int64))
+    with m.env.begin(write=True, db=m._db[b"arrays"]) as txn:
+        raw = bytearray(txn.get(b"a"))
+        raw[-5] ^= 0xFF
+        txn.put(b"a", bytes(raw))
+    with pytest.raises(CorruptionError, match="'a' fails its checksum"):
+        m.get_array("a")
+    m.close()
+
+
+def test_opening_a_directory_without_a_store_is_a_format_error(tmp_path):
+    with pytest.raises(FormatError, match="no metadata store"):
+        MetaStore(tmp_path)
+
+
+def test_exclusive_lock_excludes_writers_and_readers(tmp_path):
+    with DirLock(tmp_path, exclusive=True):
+        with pytest.raises(LockedError, match="in use"):
+            DirLock(tmp_path, exclusive=True)
+        with pytest.raises(LockedError):
+            DirLock(tmp_path, exclusive=False)
+    DirLock(tmp_path, exclusive=True).close()
+
+
+def test_shared_locks_coexist_but_exclude_a_writer(tmp_path):
+    a, b = DirLock(tmp_path, exclusive=False), DirLock(tmp_path, exclusive=False)
+    with pytest.raises(LockedError):
+        DirLock(tmp_path, exclusive=True)
+    a.close(), b.close()
+
+
+def test_lock_held_by_another_process_names_its_pid(tmp_path):
+    code = ("import sys, time; from storage.lock import DirLock; l = DirLock(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match=f"pid {child.pid}"):
+            DirLock(tmp_path)
+    finally:
+        child.kill()
+        child.wait()
+    DirLock(tmp_path).close()  # released by the kernel when the holder died
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    p = tmp_path / "f"
+    atomic_write_bytes(p, b"one")
+    atomic_write_bytes(p, b"two")
+    assert p.read_bytes() == b"two"
+    assert [x.name for x in tmp_path.iterdir()] == ["f"]
+
+
+def test_publish_dir_creates_and_atomically_replaces(tmp_path):
+    for content in (b"old", b"new"):
+        tmp = tmp_path / f".tmp-{content.decode()}"
+        tmp.mkdir()
+        (tmp / "data").write_bytes(content)
+        publish_dir(tmp, tmp_path / "idx", overwrite=True)
+        assert (tmp_path / "idx" / "data").read_bytes() == content
+        assert not tmp.exists()
+    tmp = tmp_path / ".tmp-x"
+    tmp.mkdir()
+    with pytest.raises(FileExistsError):
+        publish_dir(tmp, tmp_path / "idx")

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage import posting_format as fmt
+from storage.errors import CorruptionError, TruncatedError
+from storage.postings import PostingStore
+
+
+def _records(store, ids, seed=0):
+    r = np.zeros(len(ids), store.record_dtype)
+    r["id"] = ids
+    r["code"] = np.random.default_rng(seed).integers(-128, 128, (len(ids), fmt.code_bytes(store.dim)))
+    return r
+
+
+def test_records_round_trip_and_extents_are_page_aligned(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=10)
+    lists = [_records(s, np.arange(n), seed=n) for n in (0, 1, 30, 200)]
+    pids = s.add_postings(lists, [len(r) for r in lists])
+    for pid, recs in zip(pids, lists):
+        assert np.array_equal(s.records(pid), recs)
+    assert (s.dir.offset % fmt.PAGE_SIZE == 0).all()
+    assert (s.dir.capacity >= s.dir.count).all()
+    s.close()
+
+
+def test_capacity_fills_whole_pages():
+    rec = fmt.record_size(128)
+    assert fmt.capacity_of(fmt.pages_for(31, rec), rec) >= 31
+    assert fmt.capacity_of(1, rec) == fmt.PAGE_SIZE // rec
+
+
+def test_append_within_slack_keeps_the_extent(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    (pid,) = s.add_postings([_records(s, [1, 2])], [50])
+    off = int(s.dir.offset[pid])
+    s.append(pid, _records(s, [3], seed=9))
+    assert int(s.dir.offset[pid]) == off
+    assert s.records(pid)["id"].tolist() == [1, 2, 3]
+    s.close()
+
+
+def test_append_past_capacity_moves_to_a_new_extent(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    (pid,) = s.add_postings([_records(s, [1])], [1])
+    cap = int(s.dir.capacity[pid])
+    old_off = int(s.dir.offset[pid])
+    ids = list(range(2, cap + 3))
+    s.append(pid, _records(s, ids, seed=4))
+    assert int(s.dir.offset[pid]) != old_off
+    assert s.records(pid)["id"].tolist() == [1] + ids
+    assert s.garbage_bytes() > 0
+    s.close()
+
+
+def test_reopen_with_persisted_directory(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    lists = [_records(s, [5, 6, 7]), _records(s, [8])]
+    s.add_postings(lists, [3, 1])
+    s.append(0, _records(s, [9], seed=2))
+    directory = s.dir.to_array()
+    s.sync()
+    s.close()
+    r = PostingStore.open(tmp_path / "p", directory, verify="full")
+    assert r.records(0)["id"].tolist() == [5, 6, 7, 9]
+    r.close()
+
+
+def test_flipped_byte_is_reported_with_file_and_offset(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, [1, 2, 3])], [3])
+    directory, off = s.dir.to_array(), int(s.dir.offset[0])
+    s.close()
+    with open(tmp_path / "p", "r+b") as fh:
+        fh.seek(off + 20)
+        fh.write(b"\x55")
+    r = PostingStore.open(tmp_path / "p", directory)
+    with pytest.raises(CorruptionError) as e:
+        r.records(0)
+    assert "posting 0" in str(e.value) and str(tmp_path / "p") in str(e.value) and e.value.offset == off
+    assert r.verify_all() == [0]
+    r.close()
+
+
+def test_file_shorter_than_directory_is_truncated(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, list(range(100)))], [100])
+    directory = s.dir.to_array()
+    s.finish()
+    s.close()
+    with open(tmp_path / "p", "r+b") as fh:
+        fh.truncate(fmt.PAGE_SIZE + 100)
+    with pytest.raises(TruncatedError, match="extend to byte"):
+        PostingStore.open(tmp_path / "p", directory)
+
+
+def test_inconsistent_directory_entry_is_corruption(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, [1])], [1])
+    directory = s.dir.to_array()
+    s.close()
+    directory["count"][0] = directory["capacity"][0] + 1
+    with pytest.raises(CorruptionError, match="directory entry"):
+        PostingStore.open(tmp_path / "p", directory)
+
+
+def test_retired_postings_hold_nothing(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, [1]), _records(s, [2])], [1, 1])
+    s.retire([0])
+    assert s.dir.count[0] == 0 and s.dir.flags[0] & fmt.FLAG_RETIRED
+    assert s.records(1)["id"].tolist() == [2]
+    s.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**32 - 1), max_size=40), min_size=1, max_size=6),
+       st.integers(1, 40))
+def test_any_postings_survive_close_and_reopen(tmp_path_factory, lists, dim):
+    path = tmp_path_factory.mktemp("p") / "p"
+    s = PostingStore.create(path, dim=dim)
+    recs = [_records(s, ids, seed=i) for i, ids in enumerate(lists)]
+    s.add_postings(recs, [len(r) for r in recs])
+    directory = s.dir.to_array()
+    s.sync()
+    s.close()
+    r = PostingStore.open(path, directory, verify="full")
+    for pid, expect in enumerate(recs):
+        assert np.array_equal(r.records(pid), expect)
+    r.close()

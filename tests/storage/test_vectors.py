@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storage.errors import CorruptionError, FormatError, TruncatedError
+from storage.fileheader import HEADER_SIZE
+from storage.vectors import VectorFile, row_checksums
+
+
+def _write(path, rows=50, dim=8, seed=0):
+    x = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    f = VectorFile.create(path, dim)
+    f.append(x[:20])
+    f.append(x[20:])
+    f.finish()
+    f.close()
+    return x
+
+
+def test_round_trip_reads_exact_rows(tmp_path):
+    x = _write(tmp_path / "v.f32")
+    f = VectorFile.open(tmp_path / "v.f32", rows=50)
+    assert np.array_equal(f.read(np.array([0, 7, 49])), x[[0, 7, 49]])
+    assert np.array_equal(f.matrix()[:, :8], x)
+    assert f.verify() == []
+    f.close()
+
+
+def test_every_single_bit_flip_in_a_row_is_detected():
+    x = np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)
+    good = row_checksums(x, 5)[0]
+    words = x.view(np.uint32).copy()
+    for j in range(16):
+        for bit in (0, 13, 31):
+            flipped = words.copy()
+            flipped[0, j] ^= np.uint32(1 << bit)
+            assert row_checksums(flipped.view(np.float32), 5)[0] != good
+
+
+def test_row_written_at_the_wrong_index_is_detected():
+    x = np.ones((1, 4), np.float32)
+    assert row_checksums(x, 0)[0] != row_checksums(x, 1)[0]
+
+
+def test_corrupted_row_raises_with_file_and_offset(tmp_path):
+    _write(tmp_path / "v.f32")
+    with open(tmp_path / "v.f32", "r+b") as fh:
+        fh.seek(HEADER_SIZE + 3 * 36 + 4)
+        fh.write(b"\x7f")
+    f = VectorFile.open(tmp_path / "v.f32", rows=50)
+    with pytest.raises(CorruptionError) as e:
+        f.read(np.array([2, 3]))
+    assert "v.f32" in str(e.value) and "row 3" in str(e.value) and e.value.offset == HEADER_SIZE + 3 * 36
+    assert f.verify() == [3]
+    f.close()
+
+
+def test_truncated_file_raises_truncated_error(tmp_path):
+    _write(tmp_path / "v.f32")
+    with open(tmp_path / "v.f32", "r+b") as fh:
+        fh.truncate(HEADER_SIZE + 10 * 36)
+    with pytest.raises(TruncatedError, match="v.f32"):
+        VectorFile.open(tmp_path / "v.f32", rows=50)
+
+
+def test_wrong_magic_is_a_format_error(tmp_path):
+    (tmp_path / "junk").write_bytes(b"not a vector file" + b"\0" * 5000)
+    with pytest.raises(FormatError, match="junk"):
+        VectorFile.open(tmp_path / "junk", rows=0)
+
+
+def test_damaged_header_is_corruption(tmp_path):
+    _write(tmp_path / "v.f32")
+    with open(tmp_path / "v.f32", "r+b") as fh:
+        fh.seek(16)
+        fh.write(b"\x09")
+    with pytest.raises(CorruptionError, match="header checksum"):
+        VectorFile.open(tmp_path / "v.f32", rows=50)
+
+
+def test_empty_file_is_truncated(tmp_path):
+    (tmp_path / "e").write_bytes(b"")
+    with pytest.raises(TruncatedError):
+        VectorFile.open(tmp_path / "e", rows=0)

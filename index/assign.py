@@ -38,18 +38,28 @@ class Assignment:
         return Assignment(self.vec, self.dist, starts, self.cap, self.over_cap)
 
 
-def select_heads(x: np.ndarray, heads: np.ndarray, head_index: HeadIndex, params: BuildParams
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RNG-rule head choice for head-space vectors x; returns (sel [n, R] padded -1, sel_d, nsel)."""
-    d, cand = head_index.search(x, params.candidates, ef_search=max(2 * params.candidates, 64))
+def select_heads(x: np.ndarray, heads: np.ndarray, head_index: HeadIndex, params: BuildParams,
+                 excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RNG-rule head choice for head-space vectors x; returns (sel [n, R] padded -1, sel_d, nsel).
+
+    `heads` is indexed by posting id; `excluded` (bool per posting id) marks retired heads, never chosen."""
+    extra = int(excluded.sum()) if excluded is not None else 0
+    n_cand = params.candidates + min(extra, params.candidates)
+    d, cand = head_index.search(x, n_cand, ef_search=max(2 * n_cand, 64))
+    if extra:
+        dead = (cand < 0) | excluded[np.maximum(cand, 0)]
+        order = np.argsort(dead, axis=1, kind="stable")
+        d = np.take_along_axis(np.where(dead, np.inf, d), order, 1)
+        cand = np.take_along_axis(np.where(dead, -1, cand), order, 1)
     sel, sel_d, nsel = rng_select(cand, (d * d).astype(np.float32), heads, params.max_replicas,
                                   params.rng_factor, params.closure_eps)
     lost = np.nonzero(nsel == 0)[0]
     if len(lost):  # the approximate head search found nothing: fall back to an exact scan, never drop a vector
+        live = np.nonzero(~excluded)[0] if excluded is not None else np.arange(len(heads))
         flat = faiss.IndexFlatL2(heads.shape[1])
-        flat.add(heads)
+        flat.add(np.ascontiguousarray(heads[live], dtype=np.float32))
         fd, fi = flat.search(np.ascontiguousarray(x[lost]), 1)
-        sel[lost, 0], sel_d[lost, 0], nsel[lost] = fi[:, 0], fd[:, 0], 1
+        sel[lost, 0], sel_d[lost, 0], nsel[lost] = live[fi[:, 0]], fd[:, 0], 1
     return sel, sel_d, nsel
 
 

@@ -365,3 +365,18 @@ def kmeans_pp_init(x, k, seed):
             if acc < best[i]:
                 best[i] = acc
     return centers
+
+
+@njit(nogil=True, cache=True)
+def live_counts(buf_u32, buf_u8, offsets, counts, rec_size, state):
+    """Records per posting whose version matches its row's state (not deleted, not a stale replica)."""
+    out = np.zeros(offsets.shape[0], np.int32)
+    for p in range(offsets.shape[0]):
+        off = offsets[p]
+        live = 0
+        for r in range(counts[p]):
+            base = off + r * rec_size
+            if state[buf_u32[base >> 2]] == buf_u8[base + 4]:
+                live += 1
+        out[p] = live
+    return out

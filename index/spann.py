@@ -48,14 +48,17 @@ class SpannIndex:
         self.dim: int = int(m["dim"])
         self.metric = Metric.parse(m["metric"])
         self.build_params = BuildParams.from_dict(m["build_params"])
-        self.quantizer = Int8Quantizer.from_array(self._array("quantizer"))
-        self.head_index = HeadIndex.from_bytes(self._array("head_index"), self.metric.angular)
-        self.state = self._array("state").astype(np.uint8)
-        self.int2ext = self._array("int2ext").astype(np.int64)
-        if len(self.state) != m["n_rows"] or len(self.int2ext) != m["n_rows"]:
-            raise FormatError(f"{self.path}: row arrays disagree with the manifest ({m['n_rows']} rows)")
-        if self.head_index.size != m["n_heads"] or files.postings.n_postings != m["n_heads"]:
-            raise FormatError(f"{self.path}: head index, directory and manifest disagree on the number of heads")
+        q = files.meta.get_array("quantizer")
+        self.quantizer = Int8Quantizer.from_array(q) if q is not None else None
+        blob = files.meta.get_array("head_index")
+        self.head_index = HeadIndex.from_bytes(blob, self.metric.angular) if blob is not None else None
+        n_rows = int(m["n_rows"])
+        self.state = _row_array(files.meta.get_array("state"), n_rows, np.uint8, self.path, "state")
+        self.int2ext = _row_array(files.meta.get_array("int2ext"), n_rows, np.int64, self.path, "int2ext")
+        n_heads = int(m["n_heads"])
+        if files.postings.n_postings != n_heads or (n_heads and (self.head_index is None or self.quantizer is None)):
+            raise FormatError(f"{self.path}: posting directory, head index and manifest disagree on the heads")
+        self._retired_in_head_index = int(((files.postings.dir.flags & FLAG_RETIRED) != 0).sum())
         self._resident_cache: int | None = None
 
     def _array(self, name: str) -> np.ndarray:
@@ -117,22 +120,26 @@ class SpannIndex:
         return (ids[0], dists[0]) if single else (ids, dists)
 
     def probe(self, qs: np.ndarray, p: SearchParams) -> np.ndarray:
-        """Posting ids to scan per query [nq, nprobe], -1 where pruned or retired."""
-        hd, hids = self.head_index.search(head_space(qs, self.metric), p.nprobe, p.ef_search)
-        keep = hd <= (1.0 + p.eps) * hd[:, :1]
-        pids = np.where(keep & (hids >= 0), hids, -1)
-        flags = self.files.postings.dir.flags
-        live = pids >= 0
-        retired = np.zeros_like(live)
-        retired[live] = (flags[pids[live]] & FLAG_RETIRED) != 0
-        return np.where(retired, -1, pids)
+        """Posting ids to scan per query [nq, <= nprobe], -1 where pruned; retired heads are skipped."""
+        if self.head_index is None or self.head_index.size == 0:
+            return np.full((len(qs), 0), -1, np.int64)
+        extra = min(self._retired_in_head_index, p.nprobe)  # over-fetch so retired heads do not eat probes
+        hd, hids = self.head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
+        if extra:
+            flags = self.files.postings.dir.flags
+            dead = (hids < 0) | ((flags[np.maximum(hids, 0)] & FLAG_RETIRED) != 0)
+            order = np.argsort(dead, axis=1, kind="stable")[:, : p.nprobe]  # live heads first, nearest first
+            hd, hids = np.take_along_axis(np.where(dead, np.inf, hd), order, 1), np.take_along_axis(hids, order, 1)
+        keep = (hd <= (1.0 + p.eps) * hd[:, :1]) & (hids >= 0) & np.isfinite(hd)
+        return np.where(keep, hids, -1)
 
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, *, allow: np.ndarray | None = None,
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
         """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
         P = self.probe(qs, p)
         store = self.files.postings
-        directory = store.dir  # one snapshot for the whole call
+        directory = store.dir  # one snapshot for the whole call; the buffer is read after it (see PostingStore)
+        state = self.state
         used = np.unique(P[P >= 0])
         store.ensure_verified(used)
         if p.prefetch:
@@ -151,7 +158,7 @@ class SpannIndex:
 
         def run(lo: int, hi: int) -> int:
             return search_many(*args, P[lo:hi], store.rec_size, is_l2, QA[lo:hi], qw, QC[lo:hi], qs[lo:hi],
-                               self.state, allow, mat, mat.view(np.uint32), k, p.rerank_k, rerank,
+                               state, allow, mat, mat.view(np.uint32), k, p.rerank_k, rerank,
                                out_ids[lo:hi], out_d[lo:hi], scanned[lo:hi])
 
         if threads <= 1 or nq < 2 * threads:
@@ -173,6 +180,8 @@ class SpannIndex:
 
     def _prepare(self, qs: np.ndarray, is_l2: bool):
         qz = self.quantizer
+        if qz is None:  # no postings yet: the kernel never reads these
+            return qs, np.zeros(self.dim, np.float32), np.zeros(len(qs), np.float32)
         if is_l2:
             u, w = qz.query_l2(qs)
             return u, w, np.zeros(len(qs), np.float32)
@@ -184,7 +193,7 @@ class SpannIndex:
     def resident_bytes(self) -> dict[str, int]:
         """RAM the index keeps resident (not counting the page cache of the mmap'd files)."""
         if self._resident_cache is None:
-            self._resident_cache = self.head_index.resident_bytes()
+            self._resident_cache = self.head_index.resident_bytes() if self.head_index is not None else 0
         d = self.files.postings.dir
         parts = {
             "head_index": self._resident_cache,
@@ -192,7 +201,7 @@ class SpannIndex:
                                      + d.flags.nbytes),
             "row_state": int(self.state.nbytes),
             "id_map": int(self.int2ext.nbytes),
-            "quantizer": int(self.quantizer.lo.nbytes * 2),
+            "quantizer": int(self.quantizer.lo.nbytes * 2) if self.quantizer is not None else 0,
         }
         parts["total"] = sum(parts.values())
         return parts
@@ -205,7 +214,8 @@ class SpannIndex:
         disk = self.files.disk_bytes()
         return {
             "path": str(self.path), "vectors": len(self), "rows": self.n_rows, "dim": self.dim,
-            "metric": self.metric.value, "heads": int(live.sum()), "head_index": self.head_index.kind,
+            "metric": self.metric.value, "heads": int(live.sum()),
+            "head_index": self.head_index.kind if self.head_index is not None else None,
             "posting_lengths": length_stats(d.count[live]),
             "disk_bytes": {**disk, "total": sum(disk.values())},
             "resident_bytes": self.resident_bytes(),
@@ -216,6 +226,14 @@ class SpannIndex:
         """Evict the posting and vector files from the page cache (cold-cache benchmarks)."""
         self.files.postings.drop_cache()
         self.files.vectors.drop_cache()
+
+
+def _row_array(a: np.ndarray | None, n: int, dtype, path, name: str) -> np.ndarray:
+    a = np.zeros(0, dtype) if a is None and n == 0 else a
+    if a is None or len(a) != n:
+        raise FormatError(f"{path}: stored {name!r} array has {None if a is None else len(a)} rows, "
+                          f"the manifest says {n}")
+    return a.astype(dtype, copy=False)
 
 
 def _row_pages(dim: int) -> int:

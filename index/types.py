@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 
+import numpy as np
+
 from index.errors import InvalidParameterError
 
 
@@ -42,6 +44,10 @@ class BuildParams:
     closure_eps: float = 10.0         # replicate only into heads with d(x, c) <= (1 + closure_eps) d(x, c_1)
     posting_cap: int = 0              # 0: automatic (about 3x the mean posting length, at least 64)
     extent_slack: float = 0.25        # free append space per posting extent (online inserts)
+    split_limit: int = 0              # online: split a posting longer than this; 0: automatic, ceil(2.5 / head_ratio)
+    merge_limit: int = 0              # online: merge a posting with fewer live records; 0: split_limit // 8
+    reassign_neighbors: int = 8       # online: neighbouring postings re-checked after a split (SPFresh LIRE)
+    bootstrap_rows: int = 1000        # online: an empty collection gets its first heads at this many vectors
     head_index: str = "auto"          # auto | flat | hnsw
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
@@ -63,13 +69,21 @@ class BuildParams:
             (self.posting_cap >= 0, "posting_cap must be >= 0"),
             (self.extent_slack >= 0, "extent_slack must be >= 0"),
             (self.head_index in ("auto", "flat", "hnsw"), "head_index must be auto, flat or hnsw"),
+            (self.split_limit >= 0 and self.merge_limit >= 0, "split_limit and merge_limit must be >= 0"),
+            (self.split_limit == 0 or self.split_limit >= 8, "split_limit must be >= 8"),
+            (self.reassign_neighbors >= 0, "reassign_neighbors must be >= 0"),
+            (self.bootstrap_rows >= 1, "bootstrap_rows must be >= 1"),
             (self.hnsw_m >= 4, "hnsw_m must be >= 4"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InvalidParameterError(message)
         Metric.parse(self.metric)
-        return BuildParams(**{**asdict(self), "max_replicas": replicas,
+        split = self.split_limit or max(16, int(np.ceil(2.5 / self.head_ratio)))
+        merge = self.merge_limit or max(1, split // 8)
+        if merge * 2 >= split:
+            raise InvalidParameterError("merge_limit must be below half of split_limit")
+        return BuildParams(**{**asdict(self), "max_replicas": replicas, "split_limit": split, "merge_limit": merge,
                               "candidates": max(self.candidates, replicas)})
 
     def to_dict(self) -> dict:

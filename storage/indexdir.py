@@ -42,6 +42,17 @@ class IndexDir:
                    VectorFile.create(path / HEADS, dim), PostingStore.create(path / POSTINGS, dim))
 
     @classmethod
+    def create_empty(cls, path: str | os.PathLike, manifest: dict) -> "IndexDir":
+        """A directory with no vectors and no heads yet (a new collection), committed and reopened writable."""
+        d = cls.create(path, manifest["dim"])
+        from storage.posting_format import DIRECTORY_DTYPE
+        import numpy as np
+        d.commit({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_rows": 0, "n_heads": 0,
+                  "checkpoint_lsn": 0, **manifest}, {"directory": np.zeros(0, DIRECTORY_DTYPE)})
+        d.vectors.finish(), d.heads.finish(), d.postings.finish()
+        return d
+
+    @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = False, verify: str = "lazy") -> "IndexDir":
         path = Path(path)
         if not path.is_dir():
@@ -70,6 +81,28 @@ class IndexDir:
                 thing.close()
             raise
         return cls(path, lock, meta, manifest, vectors, heads, postings)
+
+    def commit(self, manifest: dict, arrays: dict, *, id_puts=None, id_deletes=None, payload_puts=None) -> None:
+        """Make a checkpoint durable: fsync the data files, then one LMDB transaction with all metadata.
+
+        Everything the new manifest and arrays reference must already be written to the data files; bytes
+        written later (appends past the counts recorded here) are ignored by recovery.
+        id_puts: (ext ids, rows); id_deletes: ext ids; payload_puts: (ext ids, list of dict or None).
+        """
+        self.vectors.sync()
+        self.heads.sync()
+        self.postings.sync()
+        with self.meta.write() as w:
+            for name, a in arrays.items():
+                w.put_array(name, a)
+            if id_deletes is not None and len(id_deletes):
+                w.delete_ids(id_deletes)
+            if id_puts is not None and len(id_puts[0]):
+                w.put_ids(*id_puts)
+            if payload_puts is not None and len(payload_puts[0]):
+                w.put_payloads(*payload_puts)
+            w.set_manifest(manifest)
+        self.manifest = manifest
 
     def disk_bytes(self) -> dict[str, int]:
         """Logical bytes per file (sparse growth tails excluded)."""

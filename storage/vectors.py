@@ -107,7 +107,7 @@ class VectorFile:
     # -- reading ----------------------------------------------------------------------------------------
     def matrix(self) -> np.ndarray:
         """float32 [rows, dim + 1] view: columns :dim are the vector, the last column holds the checksum bits."""
-        self._file.ensure_size(HEADER_SIZE + self.rows * self.row_size)
+        # The writer maps new space before it writes a row and bumps `rows` after, so no remap is needed here.
         buf = self._file.buffer[HEADER_SIZE: HEADER_SIZE + self.rows * self.row_size]
         return buf.view(np.float32).reshape(self.rows, self.dim + 1)
 

@@ -1,0 +1,364 @@
+"""MutableSpannIndex: a SPANN index that takes inserts and deletes without a rebuild (SPFresh's LIRE protocol).
+
+Rows (internal ids) are appended, never reused. Each row has a state byte: the high bit marks it deleted, the
+low 7 bits are its version. A posting record counts only if its version equals its row's state, so
+
+  * deleting a row hides every replica at once (the records are removed physically at the next split,
+    merge or garbage collection of the posting);
+  * reassigning a row writes new copies with version v+1 first and then bumps the state: the old copies
+    disappear and the new ones appear in one byte store, so a concurrent search sees exactly one set.
+
+Two threads touch an instance: writers (rows and state, under `lock`) and one maintenance thread (postings,
+heads, head index; each unit of work under `maint_lock`, which checkpoints also take so that they never see a
+half-done split). Searches take no lock: they read one directory snapshot and the state array.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from index.assign import select_heads
+from index.build import HeadSpaceView
+from index.centroids import HeadIndex
+from index.clustering import balanced_leaves, hierarchical_heads
+from index.distance import head_space
+from index.kernels import live_counts
+from index.quantize import Int8Quantizer
+from index.spann import SpannIndex
+from index.types import BuildParams, Metric
+from storage import IndexDir
+from storage.posting_format import FLAG_RETIRED
+
+log = logging.getLogger(__name__)
+DELETED = np.uint8(0x80)
+VERSION_MASK = np.uint8(0x7F)
+
+
+@dataclass
+class MaintenanceStats:
+    rows_indexed: int = 0
+    splits: int = 0
+    merges: int = 0
+    reassigned: int = 0
+    garbage_collected: int = 0
+    records_dropped: int = 0
+    bootstraps: int = 0
+    head_index_rebuilds: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+
+
+class MutableSpannIndex(SpannIndex):
+    def __init__(self, files: IndexDir):
+        super().__init__(files)
+        self.params = self.build_params.resolved(self.dim)
+        self.lock = threading.RLock()
+        self.maint_lock = threading.RLock()
+        self.stats = MaintenanceStats()
+        n = len(self.state)
+        self._state_buf = _grow(self.state, max(1024, n))
+        self._ext_buf = _grow(self.int2ext, max(1024, n), fill=-1)
+        self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
+        self._excluded = self._retired_mask()
+
+    @classmethod
+    def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
+        files = IndexDir.open(path, writable=True, verify=verify)
+        try:
+            return cls(files)
+        except BaseException:
+            files.close()
+            raise
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, dim: int, params: BuildParams,
+               extra_manifest: dict | None = None) -> "MutableSpannIndex":
+        """A new, empty index directory (no heads until `bootstrap_rows` vectors have arrived)."""
+        params = params.resolved(dim)
+        manifest = {"dim": dim, "metric": Metric.parse(params.metric).value, "build_params": params.to_dict(),
+                    **(extra_manifest or {})}
+        files = IndexDir.create_empty(path, manifest)
+        try:
+            return cls(files)
+        except BaseException:
+            files.close()
+            raise
+
+    # -- rows (writers, under self.lock) ---------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        return len(self.state)
+
+    def add_rows(self, vectors: np.ndarray, ext_ids: np.ndarray) -> np.ndarray:
+        """Append prepared (stored-form) vectors as new live rows; return their row ids. Not yet in postings."""
+        with self.lock:
+            first = self.files.vectors.append(vectors)
+            n = first + len(vectors)
+            if n > len(self._state_buf):
+                self._state_buf = _grow(self._state_buf[:first], 2 * n)
+                self._ext_buf = _grow(self._ext_buf[:first], 2 * n, fill=-1)
+            self._state_buf[first:n] = 0
+            self._ext_buf[first:n] = ext_ids
+            self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
+            return np.arange(first, n, dtype=np.int64)
+
+    def delete_rows(self, rows: np.ndarray) -> None:
+        with self.lock:
+            self.state[rows] |= DELETED
+            self.int2ext[rows] = -1
+
+    def truncate_rows(self, n: int) -> None:
+        """Recovery: forget rows >= n (written after the checkpoint; the WAL replay writes them again)."""
+        with self.lock:
+            self.files.vectors.set_rows(n)
+            self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """Prepared float32 vectors of rows, checksums verified."""
+        return self.files.vectors.read(rows)
+
+    # -- maintenance (one thread, each call under maint_lock) -----------------------------------------
+    @property
+    def bootstrapped(self) -> bool:
+        return self.head_index is not None and self.head_index.size > 0
+
+    def bootstrap(self, rows: np.ndarray) -> None:
+        """Train the quantizer and the first heads on `rows` (live vectors of a collection that had none)."""
+        with self.maint_lock:
+            x = self.vectors_of(rows)
+            rng = np.random.default_rng(self.params.seed)
+            sample = x[rng.choice(len(x), min(len(x), 100_000), replace=False)]
+            quantizer = Int8Quantizer.train(sample)
+            hs = head_space(x, self.metric)
+            n_heads = max(1, int(round(self.params.head_ratio * len(x))))
+            heads = hierarchical_heads(hs, n_heads, self.params, spherical=self.metric.angular)
+            empty = [np.zeros(0, self.files.postings.record_dtype)] * len(heads)
+            pids = self.files.postings.add_postings(empty, [self.params.split_limit] * len(heads))
+            self.files.heads.append(heads)
+            self.head_index = HeadIndex.build(heads, angular=self.metric.angular, kind=self.params.head_index,
+                                              m=self.params.hnsw_m, ids=pids,
+                                              ef_construction=self.params.hnsw_ef_construction)
+            self.quantizer = quantizer
+            self._excluded = self._retired_mask()
+            self.stats.bootstraps += 1
+            log.info("bootstrapped %d heads from %d vectors", len(heads), len(x))
+            self.insert(rows)
+
+    def insert(self, rows: np.ndarray) -> None:
+        """Put rows into the postings of their RNG-chosen heads, then split whatever overflowed."""
+        with self.maint_lock:
+            if len(rows) == 0:
+                return
+            overflow = self._place(rows, self.state[rows] & VERSION_MASK)
+            self.stats.rows_indexed += len(rows)
+            self._settle(overflow)
+
+    def _place(self, rows: np.ndarray, versions: np.ndarray, excluded: np.ndarray | None = None) -> set[int]:
+        """Append (row, version) records to the RNG-chosen postings; return postings now over the limit."""
+        x = self.vectors_of(rows)
+        hs = head_space(x, self.metric)
+        sel, _, _ = select_heads(hs, self._heads_matrix(), self.head_index, self.params,
+                                 excluded if excluded is not None else self._excluded)
+        codes = self.quantizer.encode(x)
+        owner, slot = np.nonzero(sel >= 0)
+        pids = sel[owner, slot]
+        order = np.argsort(pids, kind="stable")
+        owner, pids = owner[order], pids[order]
+        bounds = np.nonzero(np.diff(pids))[0] + 1
+        store = self.files.postings
+        overflow = set()
+        for group in np.split(np.arange(len(pids)), bounds):
+            if len(group) == 0:
+                continue
+            pid = int(pids[group[0]])
+            members = owner[group]
+            recs = np.zeros(len(members), store.record_dtype)
+            recs["id"], recs["version"], recs["code"] = rows[members], versions[members], codes[members]
+            store.append(pid, recs, grow_to=self.params.split_limit + 1)
+            if store.dir.count[pid] > self.params.split_limit:
+                overflow.add(pid)
+        return overflow
+
+    def _settle(self, overflow: set[int]) -> None:
+        """Split (or clean) overflowing postings until none is left; splits may overflow neighbours."""
+        budget = 4 * (len(overflow) + self.files.postings.n_postings)  # anything left over: next sweep
+        while overflow and budget:
+            budget -= 1
+            pid = overflow.pop()
+            if self.files.postings.dir.flags[pid] & FLAG_RETIRED:
+                continue
+            overflow |= self._split(pid)
+
+    def _live_records(self, pid: int) -> np.ndarray:
+        recs = self.files.postings.records(pid)
+        return recs[self.state[recs["id"]] == recs["version"]]
+
+    def _split(self, pid: int) -> set[int]:
+        """Drop dead records; if still too long, split by balanced 2-means and reassign nearby vectors."""
+        store = self.files.postings
+        live = self._live_records(pid).copy()
+        dropped = int(store.dir.count[pid]) - len(live)
+        self.stats.records_dropped += dropped
+        if len(live) <= self.params.split_limit:
+            store.rewrite(pid, live, capacity=self.params.split_limit + 1)
+            self.stats.garbage_collected += 1
+            return set()
+        rows = live["id"].astype(np.int64)
+        hs = head_space(self.vectors_of(rows), self.metric)
+        centers = balanced_leaves(hs, 2, self.params, seed=self.params.seed + pid, spherical=self.metric.angular)
+        if len(centers) < 2:  # all records identical: nothing to split on; let the posting grow
+            store.rewrite(pid, live, capacity=len(live) + self.params.split_limit)
+            return set()
+        d_new = ((hs[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+        side = d_new.argmin(1)
+        new_pids = store.add_postings([live[side == 0], live[side == 1]], [self.params.split_limit + 1] * 2)
+        old_head = self._heads_matrix()[pid].copy()
+        self.files.heads.append(centers)
+        self.head_index.add(centers, new_pids)
+        self._retire([pid])
+        self.stats.splits += 1
+        # LIRE: vectors that the old head held closer than either new head may now belong elsewhere, and
+        # vectors of neighbouring postings may now be closer to a new head than to their own.
+        d_old = ((hs - old_head) ** 2).sum(1)
+        near_old = d_old <= d_new.min(1)
+        home = np.asarray(new_pids)
+        moved = [rows[near_old][~np.isin(self._nearest_head(hs[near_old]), home)]]
+        for nb_rows, nb_hs in self._neighbour_candidates(old_head, centers, set(home.tolist()) | {pid}):
+            moved.append(nb_rows[np.isin(self._nearest_head(nb_hs), home)])
+        return self._reassign(np.unique(np.concatenate(moved)))
+
+    def _nearest_head(self, hs: np.ndarray) -> np.ndarray:
+        """The nearest live head of each head-space vector."""
+        if len(hs) == 0:
+            return np.zeros(0, np.int64)
+        extra = min(int(self._excluded.sum()), 8)
+        _, near = self.head_index.search(hs, 1 + extra)
+        if extra:
+            dead = (near < 0) | self._excluded[np.maximum(near, 0)]
+            near = np.take_along_axis(near, np.argsort(dead, axis=1, kind="stable"), 1)
+        return near[:, 0]
+
+    def _neighbour_candidates(self, old_head: np.ndarray, centers: np.ndarray, skip: set[int]):
+        """(rows, head-space vectors) of nearby postings that are closer to a new head than to their own: SPFresh
+        moves such a vector when a new head became its nearest one (checked by the caller)."""
+        k = self.params.reassign_neighbors
+        if k == 0:
+            return
+        _, near = self.head_index.search(old_head[None, :], k + len(skip) + min(int(self._excluded.sum()), k))
+        heads = self._heads_matrix()
+        seen = 0
+        for nb in near[0]:
+            if nb < 0 or nb in skip or self._excluded[nb]:
+                continue
+            seen += 1
+            recs = self._live_records(int(nb))
+            if len(recs):
+                rows = recs["id"].astype(np.int64)
+                y = head_space(self.vectors_of(rows), self.metric)
+                d_own = ((y - heads[nb]) ** 2).sum(1)
+                closer = ((y[:, None, :] - centers[None, :, :]) ** 2).sum(-1).min(1) < d_own
+                if closer.any():
+                    yield rows[closer], y[closer]
+            if seen == k:
+                break
+
+    def _reassign(self, rows: np.ndarray, excluded: np.ndarray | None = None) -> set[int]:
+        """Give rows a new version and new postings: new copies are written first, then the state flips."""
+        if len(rows) == 0:
+            return set()
+        with self.lock:
+            rows = rows[(self.state[rows] & DELETED) == 0]
+            new_version = ((self.state[rows] & VERSION_MASK) + 1) & VERSION_MASK
+        if len(rows) == 0:
+            return set()
+        overflow = self._place(rows, new_version.astype(np.uint8), excluded)
+        with self.lock:
+            still = (self.state[rows] & DELETED) == 0  # deleted meanwhile: keep the deleted bit
+            self.state[rows] = np.where(still, new_version, self.state[rows] | DELETED).astype(np.uint8)
+        self.stats.reassigned += len(rows)
+        return overflow
+
+    def sweep(self) -> None:
+        """Garbage-collect postings that are mostly dead records and merge postings with too few live ones."""
+        with self.maint_lock:
+            if not self.bootstrapped:
+                return
+            store = self.files.postings
+            d = store.dir
+            buf = store.buffer
+            live = live_counts(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset, d.count, store.rec_size,
+                               self.state)
+            alive = (d.flags & FLAG_RETIRED) == 0
+            overflow: set[int] = set()
+            for pid in np.nonzero(alive & (live < self.params.merge_limit))[0]:
+                if int(alive.sum()) <= 1:
+                    break
+                overflow |= self._merge(int(pid))
+                alive[pid] = False
+            for pid in np.nonzero(alive & (((d.count >= 16) & (live * 2 < d.count))
+                                           | (d.count > self.params.split_limit)))[0]:
+                overflow |= self._split(int(pid))
+            self._settle(overflow)
+            if self._excluded.mean() > 0.2:
+                self.rebuild_head_index()
+
+    def _merge(self, pid: int) -> set[int]:
+        """Retire a posting with few live records; its vectors move to their next best postings."""
+        rows = self._live_records(pid)["id"].astype(np.int64)
+        excluded = self._excluded.copy()
+        excluded[pid] = True
+        overflow = self._reassign(rows, excluded)  # new copies land elsewhere before the posting goes
+        self._retire([pid])
+        self.stats.merges += 1
+        return overflow
+
+    def _retire(self, pids: list[int]) -> None:
+        self.files.postings.retire(pids)
+        self._excluded = self._retired_mask()
+        self._retired_in_head_index = int(self._excluded.sum())
+
+    def rebuild_head_index(self) -> None:
+        """Re-index only live heads (faiss HNSW cannot delete; retired heads otherwise cost probes)."""
+        with self.maint_lock:
+            live = np.nonzero(~self._excluded)[0]
+            heads = self._heads_matrix()[live]
+            self.head_index = HeadIndex.build(heads, angular=self.metric.angular, kind=self.params.head_index,
+                                              m=self.params.hnsw_m, ids=live,
+                                              ef_construction=self.params.hnsw_ef_construction)
+            self._retired_in_head_index = 0
+            self.stats.head_index_rebuilds += 1
+
+    def _heads_matrix(self) -> np.ndarray:
+        return self.files.heads.matrix()[:, : self.dim]
+
+    def _retired_mask(self) -> np.ndarray:
+        return (self.files.postings.dir.flags & FLAG_RETIRED) != 0
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[dict, dict]:
+        """(manifest fields, arrays) describing the current state; call with maint_lock and lock held."""
+        arrays = {"directory": self.files.postings.dir.to_array(), "state": self.state.copy(),
+                  "int2ext": self.int2ext.copy()}
+        if self.quantizer is not None:
+            arrays["quantizer"] = self.quantizer.to_array()
+            arrays["head_index"] = self.head_index.to_bytes()
+        fields_ = {"n_rows": int(self.n_rows), "n_heads": int(self.files.heads.rows)}
+        return fields_, arrays
+
+    def maintenance_stats(self) -> dict:
+        d = self.files.postings.dir
+        alive = (d.flags & FLAG_RETIRED) == 0
+        return {**self.stats.as_dict(), "postings": int(alive.sum()), "retired_postings": int((~alive).sum()),
+                "posting_garbage_bytes": self.files.postings.garbage_bytes()}
+
+
+def _grow(a: np.ndarray, capacity: int, fill=0) -> np.ndarray:
+    out = np.full(capacity, fill, dtype=a.dtype)
+    out[: len(a)] = a
+    return out

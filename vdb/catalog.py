@@ -1,0 +1,85 @@
+"""The catalog of a data directory: which collections exist and where their files are.
+
+    DATA/LOCK                  exclusive lock: one server (or embedded process) per data directory
+    DATA/catalog.json          {"collections": {name: {"path": ...}}}, replaced atomically
+    DATA/collections/<name>/   a collection: an index directory plus its WAL
+
+Names are validated ([A-Za-z0-9_-]{1,64}) before they are ever joined to a path. An attached bulk-built
+index keeps its own absolute path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from storage.fileio import atomic_write_bytes, fsync_dir
+from vdb.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CATALOG = "catalog.json"
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidArgumentError(f"invalid collection name {name!r}: use 1-64 characters from A-Z a-z 0-9 _ -")
+    return name
+
+
+class Catalog:
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "collections").mkdir(parents=True, exist_ok=True)
+        path = root / CATALOG
+        self._entries: dict[str, dict] = json.loads(path.read_text())["collections"] if path.exists() else {}
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def path_of(self, name: str) -> Path:
+        entry = self._entries.get(check_name(name))
+        if entry is None:
+            raise NotFoundError(f"collection {name!r} does not exist (see list_collections)")
+        p = Path(entry["path"])
+        return p if p.is_absolute() else self.root / p
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def new_path(self, name: str) -> Path:
+        check_name(name)
+        if name in self._entries:
+            raise AlreadyExistsError(f"collection {name!r} already exists")
+        path = self.root / "collections" / name
+        if path.exists():  # left over by a crash between directory creation and catalog update
+            self._trash(path)
+        return path
+
+    def add(self, name: str, path: Path) -> None:
+        rel = path.relative_to(self.root) if path.is_relative_to(self.root) else path.resolve()
+        self._entries[name] = {"path": str(rel)}
+        self._save()
+
+    def remove(self, name: str) -> None:
+        path = self.path_of(name)
+        del self._entries[name]
+        self._save()
+        if path.is_relative_to(self.root):
+            self._trash(path)
+
+    def _trash(self, path: Path) -> None:
+        """Rename first (atomic, durable), then delete: a crash never leaves a half-deleted collection in place."""
+        trash = self.root / f".trash-{uuid.uuid4().hex[:8]}"
+        os.rename(path, trash)
+        fsync_dir(path.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _save(self) -> None:
+        atomic_write_bytes(self.root / CATALOG, json.dumps({"collections": self._entries}, indent=1).encode())
+
+    def sweep_trash(self) -> None:
+        for p in self.root.glob(".trash-*"):
+            shutil.rmtree(p, ignore_errors=True)

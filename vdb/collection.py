@@ -1,0 +1,447 @@
+"""A collection: WAL + mutable SPANN index + LMDB metadata + memtable, behind one small API.
+
+Write path: validate -> WAL append (durable under the collection's policy) -> apply to memory in LSN order ->
+acknowledge. Applying puts the vectors in the vector file and the memtable, so a search right after the
+acknowledgement sees them (read-your-writes); the maintenance thread later moves them into postings.
+
+Id maps and payloads changed since the last checkpoint live in two overlay dicts in front of LMDB; a
+checkpoint writes them, the index arrays and the LSN it covers in one LMDB transaction, after which the WAL
+below that LSN may be purged. Recovery loads the checkpoint and replays the WAL after it through the same
+apply code, so a process killed at any moment reopens to exactly its acknowledged writes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from index import SearchParams, SearchStats
+from index.distance import as_matrix, from_kernel, prepare_base
+from index.mutable import DELETED, MutableSpannIndex
+from storage.wal import WriteAheadLog
+from vdb import walcodec
+from vdb.errors import (DataLossError, InvalidArgumentError, ResourceExhaustedError, UnavailableError,
+                        translate)
+from vdb.filters import compile_filter
+from vdb.memtable import Memtable, search_exact
+from vdb.payloads import PayloadIndex
+
+log = logging.getLogger(__name__)
+MAX_ID = (1 << 63) - 1
+MAX_PAYLOAD_BYTES = 1 << 20
+CONSUMER = "index"
+
+
+@dataclass(frozen=True)
+class Record:
+    id: int
+    vector: np.ndarray
+    payload: dict | None
+
+
+@dataclass
+class Explain:
+    path: str = "ann"                 # ann | exact-filter | exact-fallback | memtable-only | cache
+    postings_probed: int = 0
+    records_scanned: int = 0
+    bytes_read: int = 0
+    memtable_rows: int = 0
+    filter_matches: int | None = None
+    cache: str = "off"                # off | miss | hit | near-hit
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+
+
+def check_ids(ids, max_batch: int, *, unique: bool = True) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim == 0:
+        a = a[None]
+    if a.ndim != 1:
+        raise InvalidArgumentError(f"ids must be a 1-D array, got shape {a.shape}")
+    if len(a) == 0:
+        raise InvalidArgumentError("empty batch: give at least one id")
+    if len(a) > max_batch:
+        raise ResourceExhaustedError(f"batch of {len(a)} exceeds max_batch={max_batch}; split it")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise InvalidArgumentError(f"ids must be integers, got {a.dtype}")
+    if (a.dtype.kind == "i" and a.min() < 0) or (a.dtype == np.uint64 and a.max() > MAX_ID):
+        raise InvalidArgumentError("ids must be in [0, 2**63 - 1]")
+    a = a.astype(np.int64)
+    if unique:
+        u, counts = np.unique(a, return_counts=True)
+        if len(u) != len(a):
+            raise InvalidArgumentError(f"duplicate ids in one batch: {u[counts > 1][:5].tolist()}")
+    return a
+
+
+def check_payloads(payloads, n: int) -> list | None:
+    if payloads is None:
+        return None
+    if not isinstance(payloads, (list, tuple)) or len(payloads) != n:
+        raise InvalidArgumentError(f"payloads must be a list of {n} objects (dict or None), one per id")
+    import json
+    for i, p in enumerate(payloads):
+        if p is not None and not isinstance(p, dict):
+            raise InvalidArgumentError(f"payload {i} must be a JSON object (dict) or None, got {type(p).__name__}")
+        try:
+            size = len(json.dumps(p, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"payload {i} is not JSON-serialisable: {e}") from None
+        if size > MAX_PAYLOAD_BYTES:
+            raise InvalidArgumentError(f"payload {i} is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return list(payloads)
+
+
+class Collection:
+    def __init__(self, name: str, index: MutableSpannIndex, settings: dict):
+        self.name, self.index, self.settings = name, index, dict(settings)
+        self.path: Path = index.path
+        self.dim, self.metric = index.dim, index.metric
+        self.memtable = Memtable()
+        self._ids: dict[int, int] = {}               # ext id -> row (-1: deleted) since the last checkpoint
+        self._payloads: dict[int, dict | None] = {}  # ext id -> payload (None: none) since the last checkpoint
+        self._pindex: PayloadIndex | None = None
+        self._seq = threading.Condition()
+        self._throttle = threading.Condition()
+        self._failed: BaseException | None = None
+        self._closed = False
+        self.changed_rows = 0                         # rows deleted or replaced since the last sweep
+        self.applied_lsn = int(index.files.manifest.get("checkpoint_lsn", 0))
+        self.checkpoint_lsn = self.applied_lsn
+        self.live = int(index.files.manifest.get("live", int(((index.state & DELETED) == 0).sum())))
+        self.wal = WriteAheadLog(self.path / "wal", durability=settings["durability"],
+                                 batch_delay_ms=settings["batch_delay_ms"],
+                                 segment_bytes=int(settings["wal_segment_mb"]) << 20)
+        self.wal.register_consumer(CONSUMER)
+        self.cache = None  # set by the engine when the semantic cache is enabled
+        self._recover()
+        from vdb.maintenance import Maintainer
+        self.maintainer = Maintainer(self)
+        self.maintainer.start()
+
+    # -- recovery ---------------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        pending = self.index.files.meta.get_array("pending")
+        if pending is not None and len(pending):
+            self.memtable.add(pending.astype(np.int64), self.index.vectors_of(pending))
+        if self.wal.last_lsn < self.checkpoint_lsn:
+            raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
+                                f"{self.checkpoint_lsn}; WAL files were removed or replaced")
+        replayed = 0
+        for rec in self.wal.replay(self.checkpoint_lsn):
+            self._apply(walcodec.decode(rec.rtype, rec.payload))
+            self.applied_lsn = rec.lsn
+            replayed += 1
+        if replayed:
+            log.info("collection %s: replayed %d WAL records after checkpoint LSN %d (now at %d)", self.name,
+                     replayed, self.checkpoint_lsn, self.applied_lsn)
+
+    # -- writes -----------------------------------------------------------------------------------------
+    def upsert(self, ids, vectors, payloads=None) -> int:
+        self._check_usable()
+        ids = check_ids(ids, self.settings["max_batch"])
+        x = prepare_base(as_matrix(vectors, self.dim), self.metric)
+        if len(x) != len(ids):
+            raise InvalidArgumentError(f"{len(ids)} ids but {len(x)} vectors")
+        payloads = check_payloads(payloads, len(ids))
+        self._wait_for_room()
+        return self._log_and_apply(walcodec.UPSERT, walcodec.encode_upsert(ids, x, payloads),
+                                   walcodec.Upsert(ids, x, payloads))
+
+    def delete(self, ids) -> int:
+        self._check_usable()
+        ids = check_ids(ids, self.settings["max_batch"])
+        return self._log_and_apply(walcodec.DELETE, walcodec.encode_delete(ids), walcodec.Delete(ids))
+
+    def _log_and_apply(self, rtype: int, data: bytes, op) -> int:
+        lsn = self.wal.append(rtype, data)
+        with self._seq:  # apply in LSN order, exactly the order recovery will replay
+            while self.applied_lsn != lsn - 1 and self._failed is None:
+                self._seq.wait(1.0)
+            try:
+                self._check_usable()
+                self._apply(op)
+            except BaseException as e:
+                self._failed = self._failed or e
+                log.exception("collection %s: applying LSN %d failed; the collection must be reopened",
+                              self.name, lsn)
+                raise
+            finally:
+                self.applied_lsn = lsn
+                self._seq.notify_all()
+        return lsn
+
+    def _apply(self, op) -> None:
+        idx = self.index
+        with idx.lock:
+            old = self._lookup(op.ids)
+            had = old >= 0
+            if had.any():
+                idx.delete_rows(old[had])
+            n_old = int(had.sum())
+            self.changed_rows += n_old
+            if isinstance(op, walcodec.Upsert):
+                rows = idx.add_rows(op.vectors, op.ids)
+                payloads = op.payloads or [None] * len(rows)
+                self._ids.update(zip(op.ids.tolist(), rows.tolist()))
+                self._payloads.update(zip(op.ids.tolist(), payloads))
+                self.memtable.add(rows, op.vectors)
+                self.live += len(rows) - n_old
+                if self._pindex is not None:
+                    self._pindex.set_rows(rows, payloads, idx.n_rows)
+                if self.cache is not None:
+                    self.cache.on_write(op.vectors, old[had])
+            else:
+                gone = op.ids[had].tolist()
+                self._ids.update(dict.fromkeys(gone, -1))
+                self._payloads.update(dict.fromkeys(gone, None))
+                self.live -= n_old
+                if self.cache is not None and n_old:
+                    self.cache.on_write(None, old[had])
+
+    def _lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each external id, -1 if absent. The overlay wins over LMDB (it is newer)."""
+        out = np.fromiter((self._ids.get(e, -2) for e in ids.tolist()), np.int64, len(ids))
+        miss = out == -2
+        if miss.any():
+            out[miss] = self.index.files.meta.lookup(ids[miss])
+        return out
+
+    def _wait_for_room(self) -> None:
+        """Throttle writers while maintenance is behind, instead of failing them or growing RAM forever."""
+        limit = self.settings["max_pending_rows"]
+        if len(self.memtable) <= limit:
+            return
+        deadline = time.monotonic() + self.settings["write_timeout_s"]
+        self.maintainer.wake()
+        with self._throttle:
+            while len(self.memtable) > limit:
+                self._check_usable()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ResourceExhaustedError(f"collection {self.name!r}: {len(self.memtable)} writes wait "
+                                                 f"for indexing (max_pending_rows={limit}); retry later")
+                self._throttle.wait(min(left, 0.2))
+
+    def room_available(self) -> None:
+        with self._throttle:
+            self._throttle.notify_all()
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def search(self, queries, k: int = 10, *, filter=None, nprobe=None, eps=None, rerank_k=None,
+               use_cache: bool = True, explain: Explain | None = None):
+        """Returns (ext ids int64 [nq, k], distances float32 [nq, k]), padded with -1 / inf."""
+        self._check_usable()
+        q = as_matrix(queries, self.dim, name="queries")
+        if len(q) > self.settings["max_batch"]:
+            raise ResourceExhaustedError(f"{len(q)} queries exceed max_batch={self.settings['max_batch']}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.settings["max_top_k"]:
+            raise InvalidArgumentError(f"top_k must be an integer in [1, {self.settings['max_top_k']}], got {k!r}")
+        k = int(k)
+        qs = prepare_base(q, self.metric)
+        knobs = {n: v for n, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
+        p = SearchParams(**knobs).resolved(k)
+        ex = explain if explain is not None else Explain()
+        node = compile_filter(filter) if filter is not None else None
+        if node is None and use_cache and self.cache is not None:
+            return self.cache.search(self, qs, k, p, ex)
+        rows, d = self.search_rows(qs, k, p, node, ex)
+        return self.to_ext(rows, d)
+
+    def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node=None, ex: Explain | None = None):
+        """Uncached search with prepared queries; (rows, kernel distances) [nq, k]."""
+        ex = ex if ex is not None else Explain()
+        mem = self.memtable.snapshot()  # before the index: see memtable.py
+        idx = self.index
+        state = idx.state
+        allow = None
+        if node is not None:
+            mask = self._filter_mask(node, len(state)) & ((state & DELETED) == 0)
+            ex.filter_matches = int(mask.sum())
+            if ex.filter_matches <= self.settings["exact_filter_rows"]:
+                ex.path = "exact-filter"
+                return self._exact(qs, k, np.nonzero(mask)[0])
+            allow = mask.astype(np.uint8)
+            widen = int(np.ceil(max(1.0, self.live / max(ex.filter_matches, 1))))
+            p = SearchParams(min(p.nprobe * widen, p.nprobe * 8), p.eps * widen, p.rerank_k * min(widen, 4),
+                             p.ef_search * min(widen, 8), p.prefetch)
+        st = SearchStats()
+        if idx.bootstrapped:
+            ann_rows, ann_d = idx.search_rows(qs, k, p, allow=allow, stats=st)
+        else:
+            ann_rows, ann_d = np.full((len(qs), 0), -1, np.int64), np.full((len(qs), 0), np.inf, np.float32)
+            ex.path = "memtable-only"
+        mem_rows, mem_d = search_exact(mem, qs, k, self.metric, state, allow)
+        rows, d = merge_topk(ann_rows, ann_d, mem_rows, mem_d, k)
+        ex.postings_probed += st.postings_probed
+        ex.records_scanned += st.records_scanned
+        ex.bytes_read += st.bytes_read
+        ex.memtable_rows = sum(len(r) for r, _ in mem)
+        if allow is not None:  # a too-selective filter may leave the ANN short: finish exactly
+            short = ((rows >= 0).sum(1) < min(k, ex.filter_matches))
+            if short.any():
+                ex.path = "exact-fallback"
+                er, ed = self._exact(qs[short], k, np.nonzero(allow)[0])
+                rows[short], d[short] = er, ed
+        return rows, d
+
+    def _exact(self, qs: np.ndarray, k: int, rows: np.ndarray):
+        vecs = self.index.vectors_of(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
+        return search_exact(((rows, vecs),) if len(rows) else (), qs, k, self.metric, self.index.state, None)
+
+    def _filter_mask(self, node, n_rows: int) -> np.ndarray:
+        if self._pindex is None:
+            self._build_payload_index()
+        pi = self._pindex
+        if pi.n_rows < n_rows:
+            pi.set_rows([], [], n_rows)
+        return node.mask(pi)[:n_rows]
+
+    def _build_payload_index(self) -> None:
+        """First filtered search: index every live payload (LMDB, then the newer overlay)."""
+        with self.index.lock:
+            pi = PayloadIndex(self.index.n_rows)
+            meta = self.index.files.meta
+            ext2row = dict(meta.iter_ids())
+            ext2row.update(self._ids)
+            stored = {e: p for e, p in meta.iter_payloads()}
+            stored.update(self._payloads)
+            items = [(ext2row[e], p) for e, p in stored.items() if p is not None and ext2row.get(e, -1) >= 0]
+            pi.set_rows([r for r, _ in items], [p for _, p in items], self.index.n_rows)
+            self._pindex = pi
+
+    def to_ext(self, rows: np.ndarray, d: np.ndarray):
+        ext = np.where(rows >= 0, self.index.int2ext[np.maximum(rows, 0)], -1)
+        d = from_kernel(np.where(ext >= 0, d, np.inf).astype(np.float32), self.metric)
+        return ext, d
+
+    def get(self, ids) -> list[Record]:
+        self._check_usable()
+        ids = check_ids(ids, self.settings["max_batch"], unique=False)
+        with self.index.lock:
+            rows = self._lookup(ids)
+            found = rows >= 0
+            payloads = [self._payloads.get(e, _MISSING) for e in ids[found].tolist()]
+        vecs = self.index.vectors_of(rows[found])
+        need = [i for i, p in enumerate(payloads) if p is _MISSING]
+        if need:
+            fetched = self.index.files.meta.payloads(ids[found][need])
+            for i, p in zip(need, fetched):
+                payloads[i] = p
+        return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
+
+    def count(self) -> int:
+        self._check_usable()
+        return self.live
+
+    # -- checkpoints and lifecycle ---------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Persist everything applied so far; then let the WAL drop what it covers. Returns the LSN covered."""
+        idx = self.index
+        with idx.maint_lock:
+            with idx.lock:
+                fields, arrays = idx.snapshot()
+                lsn = self.applied_lsn
+                arrays["pending"] = self.memtable.rows()
+                ids, payloads = dict(self._ids), dict(self._payloads)
+                live = self.live
+            if lsn == self.checkpoint_lsn and not ids and not payloads and not self._index_changed(fields):
+                return lsn
+            puts = [(e, r) for e, r in ids.items() if r >= 0]
+            manifest = {**idx.files.manifest, **fields, "checkpoint_lsn": lsn, "live": live}
+            idx.files.commit(manifest, arrays,
+                             id_puts=(np.array([e for e, _ in puts], np.int64), np.array([r for _, r in puts])),
+                             id_deletes=np.array([e for e, r in ids.items() if r < 0], np.int64),
+                             payload_puts=(np.array(list(payloads), np.int64), list(payloads.values())))
+            with idx.lock:  # drop what is now in LMDB, unless it changed meanwhile
+                for e, r in ids.items():
+                    if self._ids.get(e) == r:
+                        del self._ids[e]
+                for e, p in payloads.items():
+                    if e in self._payloads and self._payloads[e] is p:
+                        del self._payloads[e]
+            self.checkpoint_lsn = lsn
+            self.maintainer.dirty = False
+        self.wal.mark_applied(CONSUMER, lsn)
+        self.wal.purge()
+        return lsn
+
+    def _index_changed(self, fields: dict) -> bool:
+        m = self.index.files.manifest
+        return fields["n_rows"] != m.get("n_rows") or fields["n_heads"] != m.get("n_heads") or \
+            self.maintainer.dirty
+
+    def flush(self, timeout: float = 300.0) -> int:
+        """Wait until every acknowledged write is in postings (if the index has heads) and checkpointed."""
+        self._check_usable()
+        self.maintainer.drain(timeout)
+        return self.checkpoint()
+
+    def stats(self) -> dict:
+        idx = self.index
+        wal = self.wal.stats()
+        return {
+            "name": self.name, "dim": self.dim, "metric": self.metric.value, "count": self.live,
+            "rows": idx.n_rows, "pending_rows": len(self.memtable), "applied_lsn": self.applied_lsn,
+            "checkpoint_lsn": self.checkpoint_lsn, "bootstrapped": idx.bootstrapped,
+            "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
+            "index": idx.info() if idx.bootstrapped else {}, "settings": dict(self.settings),
+            "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
+        }
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise UnavailableError(f"collection {self.name!r} is closed")
+        if self._failed is not None:
+            raise UnavailableError(f"collection {self.name!r} failed ({self._failed!r}); reopen the database "
+                                   f"to recover it from its WAL")
+
+    def close(self, checkpoint: bool = True) -> None:
+        if self._closed:
+            return
+        self.maintainer.stop()
+        try:
+            if checkpoint and self._failed is None:
+                self.checkpoint()
+        except Exception as e:  # closing must release files even if the last checkpoint fails
+            log.error("collection %s: final checkpoint failed: %s", self.name, translate(e))
+        finally:
+            self._closed = True
+            self.wal.close()
+            self.index.close()
+
+
+_MISSING = object()
+
+
+def merge_topk(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray, k: int):
+    """Per query, the k nearest distinct rows of two candidate lists (a row may be in both)."""
+    nq = max(len(r1), len(r2))
+    if r2.shape[1] == 0:
+        rows, d = r1, d1
+    elif r1.shape[1] == 0:
+        rows, d = r2, d2
+    else:
+        rows, d = np.concatenate([r1, r2], 1), np.concatenate([d1, d2], 1)
+        o = np.argsort(d, axis=1, kind="stable")
+        rows, d = np.take_along_axis(rows, o, 1), np.take_along_axis(d, o, 1)
+        o = np.argsort(rows, axis=1, kind="stable")  # equal rows become neighbours, nearest first
+        rs, ds = np.take_along_axis(rows, o, 1), np.take_along_axis(d, o, 1)
+        dup = np.zeros_like(rs, bool)
+        dup[:, 1:] = (rs[:, 1:] == rs[:, :-1]) & (rs[:, 1:] >= 0)
+        ds = np.where(dup, np.inf, ds)
+        rs = np.where(dup, -1, rs)
+        o = np.argsort(ds, axis=1, kind="stable")
+        rows, d = np.take_along_axis(rs, o, 1), np.take_along_axis(ds, o, 1)
+    rows, d = rows[:, :k], d[:, :k]
+    if rows.shape[1] < k:
+        rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
+        d = np.pad(d, ((0, 0), (0, k - d.shape[1])), constant_values=np.inf)
+    rows = np.where(np.isinf(d), -1, rows)
+    return rows.reshape(nq, k), d.astype(np.float32).reshape(nq, k)

@@ -1,0 +1,108 @@
+"""One settings table: defaults, config file (TOML), environment (VDB_<NAME>) and overrides, validated at load.
+
+Precedence, lowest first: defaults < config file < environment < explicit overrides (CLI flags, kwargs).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable
+
+from vdb.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    check: Callable[[Any], bool] = lambda v: True
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # durability and background work (per collection)
+    Setting("durability", "fsync", "WAL policy: fsync (ack after fsync), batch (fsync every batch_delay_ms), "
+            "none (unsafe: a process crash may lose acknowledged writes)", lambda v: v in ("fsync", "batch", "none")),
+    Setting("batch_delay_ms", 10.0, "loss window of the batch policy on an OS crash", _positive),
+    Setting("wal_segment_mb", 64, "WAL segment size before rotation", _positive),
+    Setting("checkpoint_interval_s", 30.0, "checkpoint at least this often while there are changes", _positive),
+    Setting("checkpoint_wal_mb", 64, "checkpoint when the WAL grew this much since the last one", _positive),
+    Setting("max_pending_rows", 50_000, "writers wait while this many acknowledged vectors are not yet in "
+            "postings (throttling instead of unbounded RAM)", _positive),
+    Setting("maintenance_batch", 4096, "vectors moved from RAM into postings per maintenance step", _positive),
+    Setting("sweep_deleted_fraction", 0.05, "garbage-collect / merge postings after this fraction of rows was "
+            "deleted or replaced", _positive),
+    Setting("write_timeout_s", 60.0, "how long a throttled writer waits before RESOURCE_EXHAUSTED", _positive),
+    # request limits
+    Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
+    Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
+    Setting("exact_filter_rows", 20_000, "filtered searches matching at most this many rows run exactly",
+            _positive),
+    # semantic cache
+    Setting("cache_mb", 0, "semantic cache size per collection (0 disables)", lambda v: v >= 0),
+    Setting("cache_error_budget", 0.0, "uncertified near hits allowed (fraction of k that may differ); 0 = "
+            "serve certified hits only", lambda v: 0 <= v <= 1),
+    Setting("cache_shadow_rate", 0.01, "fraction of cache hits re-run uncached to measure false hits",
+            lambda v: 0 <= v <= 1),
+    # server
+    Setting("host", "127.0.0.1", "address to bind (loopback unless told otherwise)"),
+    Setting("port", 50051, "gRPC port (0 picks a free one)", lambda v: 0 <= v < 65536),
+    Setting("max_message_mb", 64, "largest gRPC message accepted or sent", _positive),
+    Setting("workers", 16, "gRPC worker threads", _positive),
+    Setting("api_key", "", "if set, every RPC but health needs `authorization: Bearer <key>`"),
+    Setting("read_only_api_key", "", "a key that may only read (search, get, count, stats, list, describe)"),
+    Setting("tls_cert", "", "PEM certificate file; with tls_key, serve TLS"),
+    Setting("tls_key", "", "PEM private key file"),
+    Setting("metrics_port", 0, "Prometheus /metrics port (0 = off)", lambda v: 0 <= v < 65536),
+    Setting("grace_s", 10.0, "graceful shutdown: seconds to drain in-flight RPCs", _positive),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
+                       "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
+                       "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
+
+
+def _coerce(setting: Setting, value: Any) -> Any:
+    kind = type(setting.default)
+    try:
+        if kind is bool:
+            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        elif kind is int and not isinstance(value, bool):
+            value = int(value)
+        elif kind is float:
+            value = float(value)
+        elif kind is str:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"setting {setting.name}: {value!r} is not a {kind.__name__}") from None
+    if not setting.check(value):
+        raise InvalidArgumentError(f"setting {setting.name}: {value!r} is not allowed ({setting.help})")
+    return value
+
+
+def load_settings(overrides: dict | None = None, *, config_file: str | None = None,
+                  environ: dict | None = None) -> MappingProxyType:
+    """Resolve every setting; unknown names are an error."""
+    values = {s.name: s.default for s in SETTINGS}
+    layers: list[dict] = []
+    if config_file:
+        try:
+            with open(config_file, "rb") as f:
+                layers.append(tomllib.load(f).get("vdb", {}))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidArgumentError(f"config file {config_file}: {e}") from None
+    env = os.environ if environ is None else environ
+    layers.append({s.name: env[f"VDB_{s.name.upper()}"] for s in SETTINGS if f"VDB_{s.name.upper()}" in env})
+    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+    for layer in layers:
+        for name, value in layer.items():
+            if name not in BY_NAME:
+                raise InvalidArgumentError(f"unknown setting {name!r}; known: {', '.join(sorted(BY_NAME))}")
+            values[name] = _coerce(BY_NAME[name], value)
+    return MappingProxyType(values)

@@ -1,0 +1,233 @@
+"""The embedded database: `db = vdb.connect(path)`. The gRPC server wraps exactly this object.
+
+A data directory holds many collections (vdb/catalog.py). Every public method translates lower-layer errors
+into vdb's typed errors (vdb/errors.py), which carry their gRPC status code.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from index import BuildParams
+from index.mutable import MutableSpannIndex
+from index.types import Metric
+from storage.lock import DirLock
+from vdb.catalog import Catalog, check_name
+from vdb.collection import Collection, Explain, Record
+from vdb.config import COLLECTION_SETTINGS, load_settings
+from vdb.errors import AlreadyExistsError, InvalidArgumentError, UnavailableError, translate
+
+log = logging.getLogger(__name__)
+BUILD_KEYS = {f for f in BuildParams.__dataclass_fields__} - {"metric"}
+
+
+def public(fn):
+    """Raise only vdb's typed errors from the public API."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            err = translate(e)
+            if err is e:
+                raise
+            raise err from e
+    return wrapper
+
+
+class SearchResult(tuple):
+    """`ids, distances = db.search(...)`; `.explain` holds what the search did when asked for."""
+
+    def __new__(cls, ids, distances, explain=None):
+        obj = super().__new__(cls, (ids, distances))
+        obj.ids, obj.distances, obj.explain = ids, distances, explain
+        return obj
+
+
+class Database:
+    def __init__(self, path: str | os.PathLike, settings):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self._lock = DirLock(self.path, exclusive=True)
+        self._mutex = threading.RLock()
+        self._closed = False
+        self.catalog = Catalog(self.path)
+        self.catalog.sweep_trash()
+        self._collections: dict[str, Collection] = {}
+        try:
+            for name in self.catalog.names():
+                self._collections[name] = self._open_collection(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_collection(self, name: str) -> Collection:
+        index = MutableSpannIndex.open_writable(self.catalog.path_of(name))
+        try:
+            stored = index.files.manifest.get("collection", {})
+            settings = {**dict(self.settings), **{k: v for k, v in stored.items() if k in COLLECTION_SETTINGS}}
+            collection = Collection(name, index, settings)
+        except BaseException:
+            index.close()
+            raise
+        self._attach_cache(collection)
+        return collection
+
+    def _attach_cache(self, collection: Collection) -> None:
+        if collection.settings.get("cache_mb", 0) > 0:
+            from vdb.cache import SemanticCache
+            collection.cache = SemanticCache.for_collection(collection)
+
+    def _get(self, name: str) -> Collection:
+        if self._closed:
+            raise UnavailableError("the database is closed")
+        check_name(name)
+        c = self._collections.get(name)
+        if c is None:
+            self.catalog.path_of(name)  # raises NotFoundError with the standard message
+        return c
+
+    # -- collections ------------------------------------------------------------------------------------
+    @public
+    def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
+                          **options) -> dict:
+        """Create an empty collection. Options: collection settings (durability, cache_mb, ...) and index
+        build parameters (head_ratio, max_replicas, split_limit, ...)."""
+        check_name(name)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= 65536:
+            raise InvalidArgumentError(f"dim must be an integer in [1, 65536], got {dim!r}")
+        metric = Metric.parse(metric).value
+        unknown = set(options) - BUILD_KEYS - set(COLLECTION_SETTINGS)
+        if unknown:
+            raise InvalidArgumentError(f"unknown collection option(s): {', '.join(sorted(unknown))}")
+        with self._mutex:
+            if name in self.catalog:
+                existing = self.describe_collection(name)
+                if exist_ok and existing["dim"] == dim and existing["metric"] == metric:
+                    return existing
+                raise AlreadyExistsError(f"collection {name!r} already exists (dim {existing['dim']}, "
+                                         f"metric {existing['metric']})")
+            local = load_settings({k: v for k, v in options.items() if k in COLLECTION_SETTINGS})
+            settings = {**dict(self.settings), **{k: local[k] for k in options if k in COLLECTION_SETTINGS}}
+            params = BuildParams(metric=metric, **{k: v for k, v in options.items() if k in BUILD_KEYS})
+            path = self.catalog.new_path(name)
+            index = MutableSpannIndex.create(path, int(dim), params, extra_manifest={
+                "collection": {k: settings[k] for k in COLLECTION_SETTINGS}})
+            index.close()
+            self.catalog.add(name, path)
+            self._collections[name] = self._open_collection(name)
+            return self.describe_collection(name)
+
+    @public
+    def attach_collection(self, name: str, index_path: str | os.PathLike) -> dict:
+        """Serve a `vdbctl build` output directory as a collection, in place (no re-ingest)."""
+        check_name(name)
+        with self._mutex:
+            if name in self.catalog:
+                raise AlreadyExistsError(f"collection {name!r} already exists")
+            index = MutableSpannIndex.open_writable(index_path)  # validates the directory
+            index.close()
+            self.catalog.add(name, Path(index_path).resolve())
+            self._collections[name] = self._open_collection(name)
+            return self.describe_collection(name)
+
+    @public
+    def list_collections(self) -> list[str]:
+        return self.catalog.names()
+
+    @public
+    def describe_collection(self, name: str) -> dict:
+        c = self._get(name)
+        m = c.index.files.manifest
+        return {"name": name, "dim": c.dim, "metric": c.metric.value, "count": c.live,
+                "path": str(c.path), "durability": c.settings["durability"],
+                "build_params": m.get("build_params", {}), "heads": int(c.index.files.heads.rows)}
+
+    @public
+    def drop_collection(self, name: str) -> None:
+        with self._mutex:
+            c = self._get(name)
+            del self._collections[name]
+            c.close(checkpoint=False)
+            self.catalog.remove(name)
+
+    # -- data -------------------------------------------------------------------------------------------
+    @public
+    def upsert(self, name: str, ids, vectors, payloads=None) -> int:
+        """Insert or replace vectors (and their payloads); returns the LSN once durable under the policy."""
+        return self._get(name).upsert(ids, vectors, payloads)
+
+    @public
+    def delete(self, name: str, ids) -> int:
+        """Delete ids (unknown ids are ignored); returns the LSN once durable."""
+        return self._get(name).delete(ids)
+
+    @public
+    def get(self, name: str, ids) -> list[Record]:
+        """The records found among `ids` (id, stored vector, payload); missing ids are left out."""
+        return self._get(name).get(ids)
+
+    @public
+    def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None,
+               eps=None, use_cache: bool = True, explain: bool = False) -> SearchResult:
+        """Nearest neighbours: (ids int64, distances float32), [nq, top_k] or [top_k] for one query vector."""
+        c = self._get(name)
+        ex = Explain() if explain else None
+        ids, d = c.search(queries, top_k, filter=filter, nprobe=nprobe, eps=eps, rerank_k=rerank_k,
+                          use_cache=use_cache, explain=ex)
+        if np.ndim(queries) == 1:
+            ids, d = ids[0], d[0]
+        return SearchResult(ids, d, ex.as_dict() if ex is not None else None)
+
+    @public
+    def count(self, name: str) -> int:
+        return self._get(name).count()
+
+    @public
+    def stats(self, name: str) -> dict:
+        return self._get(name).stats()
+
+    @public
+    def flush(self, name: str) -> int:
+        """Index every pending vector and checkpoint; returns the LSN the checkpoint covers."""
+        return self._get(name).flush()
+
+    @public
+    def close(self) -> None:
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            errors = []
+            for c in self._collections.values():
+                try:
+                    c.close()
+                except Exception as e:
+                    errors.append(e)
+            self._collections.clear()
+            self._lock.close()
+            if errors:
+                raise errors[0]
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(path: str | os.PathLike, *, config_file: str | None = None, **settings) -> Database:
+    """Open (or create) a data directory in-process. Settings: see vdb/config.py (also VDB_* env vars)."""
+    try:
+        resolved = load_settings(settings, config_file=config_file)
+    except BaseException as e:
+        raise translate(e) from None
+    return public(Database)(path, resolved)

@@ -1,0 +1,198 @@
+"""Payload filters: a small JSON query language, validated once, evaluated as numpy masks.
+
+    {"genre": "jazz"}                              equality (on a list field: the list contains the value)
+    {"year": {"$gte": 1990, "$lt": 2000}}          numeric ranges: $gt $gte $lt $lte
+    {"tag": {"$in": ["a", "b"]}}                   membership; also $nin, $ne, $eq
+    {"price": {"$exists": true}}
+    {"$and": [f, ...]}, {"$or": [f, ...]}, {"$not": f}
+Several keys in one object are ANDed. Nested payload objects are addressed with dotted paths ("a.b").
+Values are str, int, float or bool (bool and numbers never equal each other).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vdb.errors import InvalidArgumentError
+
+_RANGE = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
+_SCALAR = (str, int, float, bool)
+MAX_DEPTH = 16
+
+
+class FilterError(InvalidArgumentError):
+    pass
+
+
+class Node:
+    def mask(self, cols) -> np.ndarray:
+        raise NotImplementedError
+
+    def matches(self, payload: dict | None) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Eq(Node):
+    field: str
+    values: tuple          # equal to any of these
+
+    def mask(self, cols):
+        return cols.equals(self.field, self.values)
+
+    def matches(self, payload):
+        v = lookup(payload, self.field)
+        items = v if isinstance(v, list) else [v]
+        return any(_same(a, b) for a in items for b in self.values)
+
+
+@dataclass(frozen=True)
+class Range(Node):
+    field: str
+    op: str
+    value: float
+
+    def mask(self, cols):
+        return cols.compare(self.field, _RANGE[self.op], self.value)
+
+    def matches(self, payload):
+        v = lookup(payload, self.field)
+        return _is_number(v) and bool(_RANGE[self.op](v, self.value))
+
+
+@dataclass(frozen=True)
+class Exists(Node):
+    field: str
+
+    def mask(self, cols):
+        return cols.exists(self.field)
+
+    def matches(self, payload):
+        return lookup(payload, self.field) is not None
+
+
+@dataclass(frozen=True)
+class And(Node):
+    parts: tuple
+
+    def mask(self, cols):
+        out = np.ones(cols.n_rows, bool)
+        for p in self.parts:
+            out &= p.mask(cols)
+        return out
+
+    def matches(self, payload):
+        return all(p.matches(payload) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Or(Node):
+    parts: tuple
+
+    def mask(self, cols):
+        out = np.zeros(cols.n_rows, bool)
+        for p in self.parts:
+            out |= p.mask(cols)
+        return out
+
+    def matches(self, payload):
+        return any(p.matches(payload) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Not(Node):
+    part: Node
+
+    def mask(self, cols):
+        return ~self.part.mask(cols)
+
+    def matches(self, payload):
+        return not self.part.matches(payload)
+
+
+def compile_filter(spec: Any, path: str = "filter", depth: int = 0) -> Node:
+    """Validate a filter and turn it into a tree; errors name the offending part."""
+    if depth > MAX_DEPTH:
+        raise FilterError(f"{path}: filter nested deeper than {MAX_DEPTH} levels")
+    if not isinstance(spec, dict) or not spec:
+        raise FilterError(f"{path}: a filter is a non-empty JSON object, got {spec!r}")
+    parts = []
+    for key, value in spec.items():
+        where = f"{path}.{key}"
+        if key in ("$and", "$or"):
+            if not isinstance(value, list) or not value:
+                raise FilterError(f"{where}: expects a non-empty list of filters")
+            sub = tuple(compile_filter(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+            parts.append(And(sub) if key == "$and" else Or(sub))
+        elif key == "$not":
+            parts.append(Not(compile_filter(value, where, depth + 1)))
+        elif key.startswith("$"):
+            raise FilterError(f"{where}: unknown operator {key!r} (use $and, $or, $not at the top level)")
+        else:
+            _check_field(key, where)
+            parts.append(_field_condition(key, value, where))
+    return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def _field_condition(field: str, value: Any, where: str) -> Node:
+    if not isinstance(value, dict):
+        return Eq(field, (_scalar(value, where),))
+    if not value:
+        raise FilterError(f"{where}: empty condition object")
+    parts: list[Node] = []
+    for op, arg in value.items():
+        at = f"{where}.{op}"
+        if op == "$eq":
+            parts.append(Eq(field, (_scalar(arg, at),)))
+        elif op == "$ne":
+            parts.append(Not(Eq(field, (_scalar(arg, at),))))
+        elif op in ("$in", "$nin"):
+            if not isinstance(arg, list) or not arg:
+                raise FilterError(f"{at}: expects a non-empty list of values")
+            node = Eq(field, tuple(_scalar(a, at) for a in arg))
+            parts.append(node if op == "$in" else Not(node))
+        elif op in _RANGE:
+            if not _is_number(arg):
+                raise FilterError(f"{at}: expects a number, got {arg!r}")
+            parts.append(Range(field, op, float(arg)))
+        elif op == "$exists":
+            if not isinstance(arg, bool):
+                raise FilterError(f"{at}: expects true or false")
+            parts.append(Exists(field) if arg else Not(Exists(field)))
+        else:
+            raise FilterError(f"{at}: unknown operator; use $eq $ne $in $nin $gt $gte $lt $lte $exists")
+    return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def _check_field(field: str, where: str) -> None:
+    if not field or len(field) > 256 or any(not p for p in field.split(".")):
+        raise FilterError(f"{where}: invalid field name {field!r}")
+
+
+def _scalar(v: Any, where: str):
+    if not isinstance(v, _SCALAR) or (isinstance(v, float) and not np.isfinite(v)):
+        raise FilterError(f"{where}: values must be strings, finite numbers or booleans, got {v!r}")
+    return v
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if _is_number(a) and _is_number(b):
+        return float(a) == float(b)
+    return isinstance(a, str) and isinstance(b, str) and a == b
+
+
+def lookup(payload: dict | None, field: str):
+    v: Any = payload
+    for part in field.split("."):
+        if not isinstance(v, dict):
+            return None
+        v = v.get(part)
+    return v

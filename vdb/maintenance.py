@@ -1,0 +1,141 @@
+"""The background worker of a collection: moves acknowledged vectors from RAM into postings, keeps postings
+balanced (splits happen inside the index, sweeps merge and clean), and checkpoints.
+
+One thread per collection. Each unit of work holds the index's maint_lock, which a checkpoint also takes,
+so a checkpoint always sees a consistent index (never half a split, never rows both pending and placed).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from index.mutable import DELETED
+from vdb.errors import ResourceExhaustedError, translate
+
+log = logging.getLogger(__name__)
+IDLE_WAIT_S = 0.2
+
+
+class Maintainer:
+    def __init__(self, collection):
+        self.c = collection
+        self.dirty = False                    # index changed since the last checkpoint
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._draining = 0
+        self._last_checkpoint = time.monotonic()
+        self._wal_bytes_at_checkpoint = 0
+        self.steps = self.errors = self.checkpoints = 0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name=f"vdb-maint-{collection.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def drain(self, timeout: float) -> None:
+        """Block until every pending vector that can be indexed is in postings."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            self._draining += 1
+            try:
+                self._wake.set()
+                while not self._caught_up():
+                    if self.c._failed is not None or self._stop.is_set():
+                        return
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ResourceExhaustedError(f"flush of {self.c.name!r} timed out with "
+                                                     f"{len(self.c.memtable)} vectors still pending")
+                    self._idle.wait(min(left, 0.5))
+            finally:
+                self._draining -= 1
+
+    def _caught_up(self) -> bool:
+        c, idx = self.c, self.c.index
+        if len(c.memtable) == 0:
+            return True
+        return not idx.bootstrapped and self._live_pending().size < idx.params.bootstrap_rows
+
+    def _live_pending(self) -> np.ndarray:
+        rows = self.c.memtable.rows()
+        return rows[(self.c.index.state[rows] & DELETED) == 0]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.c._failed is not None:
+                return
+            try:
+                worked = self.step()
+            except Exception as e:  # keep serving reads and WAL-backed writes; retry after a pause
+                self.errors += 1
+                self.last_error = str(translate(e))
+                log.exception("collection %s: maintenance step failed", self.c.name)
+                worked = False
+                self._stop.wait(1.0)
+            with self._idle:
+                self._idle.notify_all()
+            if not worked:
+                self._wake.wait(IDLE_WAIT_S)
+                self._wake.clear()
+
+    def step(self) -> bool:
+        c, idx = self.c, self.c.index
+        worked = False
+        settings = c.settings
+        with idx.maint_lock:
+            n_chunks, rows = c.memtable.oldest(settings["maintenance_batch"])
+            if n_chunks:
+                if idx.bootstrapped:
+                    idx.insert(rows[(idx.state[rows] & DELETED) == 0])
+                    c.memtable.drop_front(n_chunks)
+                    worked = True
+                else:
+                    live = self._live_pending()
+                    if len(live) >= idx.params.bootstrap_rows:
+                        n_all = len(c.memtable.snapshot())
+                        idx.bootstrap(live)
+                        c.memtable.drop_front(n_all)
+                        worked = True
+            if worked:
+                self.dirty = True
+                c.room_available()
+            if c.changed_rows > settings["sweep_deleted_fraction"] * max(idx.n_rows, 1) and idx.bootstrapped:
+                c.changed_rows = 0
+                idx.sweep()
+                self.dirty = True
+                worked = True
+        self.steps += worked
+        if self._checkpoint_due():
+            c.checkpoint()
+            self.checkpoints += 1
+            self._last_checkpoint = time.monotonic()
+            self._wal_bytes_at_checkpoint = c.wal.stats().get("bytes", 0)
+        return worked
+
+    def _checkpoint_due(self) -> bool:
+        c = self.c
+        if c.applied_lsn == c.checkpoint_lsn and not self.dirty:
+            return False
+        if self._draining and len(c.memtable) == 0:
+            return False  # flush() checkpoints itself once drained
+        grown = c.wal.stats().get("bytes", 0) - self._wal_bytes_at_checkpoint
+        return (time.monotonic() - self._last_checkpoint > c.settings["checkpoint_interval_s"]
+                or grown > c.settings["checkpoint_wal_mb"] << 20)
+
+    def stats(self) -> dict:
+        return {"backlog_rows": len(self.c.memtable), "steps": self.steps, "errors": self.errors,
+                "last_error": self.last_error, "checkpoints": self.checkpoints,
+                "seconds_since_checkpoint": round(time.monotonic() - self._last_checkpoint, 1)}

@@ -1,0 +1,797 @@
+"""Write-ahead log: numbered, checksummed records in segment files, with group commit (spec: docs/wal_format.md).
+
+Why it looks the way it does:
+- Every record carries its own LSN and a CRC-32 over length, LSN, type and payload, so a reader can tell a
+  valid record from leftovers of a torn write without trusting anything else in the file.
+- A torn final write is normal after a crash; damage before the end is not. Recovery treats the two very
+  differently: the first is dropped with a warning, the second raises `WalCorruptionError` (or, with
+  `repair=True`, truncates the log loudly). Nothing is ever skipped silently.
+- One fsync covers every record written before it, so concurrent appenders share fsyncs (group commit):
+  whoever finds no write in flight writes everything buffered so far; whoever finds no fsync in flight
+  fsyncs everything written so far. Writing the next group overlaps the previous group's fsync.
+- A segment is fsync'd ("sealed") before its successor is created, and the successor's header and name are
+  fsync'd before a record goes into it, so only the last segment can ever end in a torn write.
+- After a failed write or fsync the log refuses all further work: the kernel may already have dropped the
+  dirty pages, so a retried fsync could "succeed" without the data (PostgreSQL's fsyncgate). Reopening runs
+  recovery, which trusts only what is on disk.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import operator
+import os
+import threading
+import time
+import zlib
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from storage.errors import CorruptionError, FormatError, StorageError
+from storage.fs import File, FileSystem, RealFS
+from storage.wal_format import (CONSUMERS_FILE, CONSUMERS_VERSION, DEFAULT_SEGMENT_BYTES, LSN_OFFSET, MAGIC,
+                                MAX_PAYLOAD, MAX_USER_TYPE, MIN_USER_TYPE, NONE_BUFFER_BYTES, RECORD_BODY,
+                                RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER, SEGMENT_HEADER_SIZE,
+                                SEGMENT_NAME, VERSION, segment_name)
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("fsync", "batch", "none")
+READ_CHUNK = 1 << 20  # recovery and replay read segments in 1 MiB pieces: bounded memory, few syscalls
+
+
+class WalCorruptionError(CorruptionError):
+    """A WAL record or segment is damaged somewhere other than a torn final write."""
+
+    hint = ("reopen with repair=True to truncate the log at the damaged record (every record after it is "
+            "lost and the error log lists them), or restore the WAL directory from a backup")
+
+
+class WalFailedError(StorageError):
+    """A write or fsync failed earlier; this WriteAheadLog object accepts no more work."""
+
+    hint = "fix the cause (disk full, I/O error), then reopen the log: recovery keeps every durable record"
+
+
+@dataclass(frozen=True, slots=True)
+class WalRecord:
+    lsn: int
+    rtype: int
+    payload: bytes
+
+
+@dataclass
+class _Segment:
+    path: str
+    first_lsn: int
+    last_lsn: int  # first_lsn - 1 while the segment holds no record
+    size: int      # bytes handed to the OS (records still buffered in memory are not counted)
+
+
+class _Damage(Exception):
+    """Bytes that do not form a valid record or header. `kind` drives recovery:
+    "record" may be a torn write, "header" may be a torn segment creation, "hard" and "gap" never are."""
+
+    def __init__(self, offset: int, length: int, reason: str, kind: str = "record"):
+        super().__init__(reason)
+        self.offset, self.length, self.reason, self.kind = offset, length, reason, kind
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+def encode_segment_header(first_lsn: int) -> bytes:
+    body = SEGMENT_HEADER.pack(MAGIC, VERSION, SEGMENT_HEADER_SIZE, first_lsn)
+    return body + RECORD_CRC.pack(zlib.crc32(body))
+
+
+def _put_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
+    """Append one encoded record to `buf` (the payload is copied once, here)."""
+    body = RECORD_BODY.pack(len(payload), lsn, rtype)
+    buf += RECORD_CRC.pack(zlib.crc32(payload, zlib.crc32(body)))
+    buf += body
+    buf += payload
+
+
+def _parse_segment_header(path: str, head: bytes) -> int:
+    """First LSN of a segment; `_Damage` for a short or unreadable header, FormatError for a newer version."""
+    if len(head) < SEGMENT_HEADER_SIZE:
+        raise _Damage(0, len(head), f"segment header is {len(head)} of {SEGMENT_HEADER_SIZE} bytes", "header")
+    body = head[:SEGMENT_HEADER.size]
+    (crc,) = RECORD_CRC.unpack_from(head, SEGMENT_HEADER.size)
+    if crc != zlib.crc32(body):
+        raise _Damage(0, SEGMENT_HEADER_SIZE, "segment header checksum mismatch", "header")
+    magic, version, header_size, first_lsn = SEGMENT_HEADER.unpack(body)
+    if magic != MAGIC or header_size != SEGMENT_HEADER_SIZE:
+        raise _Damage(0, SEGMENT_HEADER_SIZE, f"not a WAL segment header (magic {magic!r})", "hard")
+    if version != VERSION:
+        raise FormatError(f"{path}: WAL format version {version} is not supported (this vdb reads {VERSION})")
+    return first_lsn
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+class _ChunkReader:
+    """Sequential reads of [start, end) of one file through a window of at least READ_CHUNK bytes."""
+
+    def __init__(self, fs: FileSystem, path: str, end: int):
+        self._fs, self._path, self._end = fs, path, end
+        self._base, self._buf = 0, b""
+
+    def get(self, offset: int, n: int) -> memoryview:
+        if offset < self._base or offset + n > self._base + len(self._buf):
+            want = min(max(n, READ_CHUNK), self._end - offset)
+            self._buf, self._base = self._fs.read(self._path, offset, want), offset
+            if len(self._buf) < n:
+                raise _Damage(offset, n, "file shrank while it was being read", "hard")
+        i = offset - self._base
+        return memoryview(self._buf)[i:i + n]  # views keep their buffer alive after the window moves on
+
+
+def _iter_records(fs: FileSystem, path: str, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
+    """(offset, lsn, rtype, payload) of each record in [start, end); `_Damage` at the first bad one.
+
+    LSN order is the caller's business: it knows which LSN comes next."""
+    reader = _ChunkReader(fs, path, end)
+    pos = start
+    while pos < end:
+        left = end - pos
+        if left < RECORD_HEADER_SIZE:
+            raise _Damage(pos, left, f"incomplete record header ({left} of {RECORD_HEADER_SIZE} bytes)")
+        head = reader.get(pos, RECORD_HEADER_SIZE)
+        (crc,) = RECORD_CRC.unpack_from(head)
+        length, lsn, rtype = RECORD_BODY.unpack_from(head, RECORD_CRC.size)
+        if length > MAX_PAYLOAD:
+            raise _Damage(pos, left, f"record length {length} exceeds the {MAX_PAYLOAD}-byte limit")
+        total = RECORD_HEADER_SIZE + length
+        if total > left:
+            raise _Damage(pos, left, f"record of {total} bytes runs past the end of the file ({left} bytes left)")
+        rec = reader.get(pos, total)
+        if zlib.crc32(rec[RECORD_CRC.size:]) != crc:
+            raise _Damage(pos, total, "record checksum mismatch")
+        if not MIN_USER_TYPE <= rtype <= MAX_USER_TYPE:
+            raise _Damage(pos, total, f"record has invalid type {rtype}", "hard")
+        yield pos, lsn, rtype, rec[RECORD_HEADER_SIZE:]
+        pos += total
+
+
+def _record_ok(data: bytes, off: int) -> bool:
+    """True if a complete record with a matching checksum and a user type starts at data[off]."""
+    if off + RECORD_HEADER_SIZE > len(data):
+        return False
+    (crc,) = RECORD_CRC.unpack_from(data, off)
+    length, _lsn, rtype = RECORD_BODY.unpack_from(data, off + RECORD_CRC.size)
+    end = off + RECORD_HEADER_SIZE + length
+    return (end <= len(data) and MIN_USER_TYPE <= rtype <= MAX_USER_TYPE
+            and zlib.crc32(memoryview(data)[off + RECORD_CRC.size:end]) == crc)
+
+
+def _valid_record_after(tail: bytes, min_lsn: int) -> int | None:
+    """Offset (> 0) of a valid record in `tail` whose LSN could follow a damaged record at tail[0], or None.
+
+    A torn write leaves nothing valid behind the damage; damage followed by a valid record is corruption
+    (e.g. a flipped length field that makes a record appear to run past the end). Between the damage and a
+    record with LSN min_lsn + k lie at least k records of RECORD_HEADER_SIZE bytes or more, which bounds the
+    LSNs worth checking; numpy finds the candidate offsets without a Python loop over every byte."""
+    max_lsn = min_lsn + len(tail) // RECORD_HEADER_SIZE
+    candidates: list[int] = []
+    for first in range(1, 9):  # every offset >= 1 is first + 8k for exactly one `first`
+        count = (len(tail) - first - LSN_OFFSET) // 8
+        if count <= 0:
+            continue
+        lsns = np.frombuffer(tail, dtype="<u8", count=count, offset=first + LSN_OFFSET)
+        hits = np.flatnonzero((lsns >= min_lsn) & (lsns <= max_lsn))
+        candidates.extend((first + 8 * hits).tolist())
+    return next((off for off in sorted(candidates) if _record_ok(tail, off)), None)
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+
+def _list_segments(fs: FileSystem, directory: str) -> list[tuple[int, str]]:
+    found = []
+    for name in fs.listdir(directory):
+        m = SEGMENT_NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+        elif name.startswith("wal-"):
+            log.warning("%s: ignoring %s, which is not named like a WAL segment", directory, name)
+    return sorted(found)
+
+
+def _scan_segment(fs: FileSystem, path: str, name_lsn: int, expected: int) -> tuple[_Segment, _Damage | None]:
+    """Validate one segment. The returned segment describes its valid prefix, up to the damage if any."""
+    seg = _Segment(path, name_lsn, name_lsn - 1, SEGMENT_HEADER_SIZE)
+    size = fs.size(path)
+    try:
+        if name_lsn != expected:
+            why = "a segment is missing" if name_lsn > expected else "segments overlap"
+            raise _Damage(0, size, f"LSN gap: the log before this segment ends at LSN {expected - 1} but it "
+                                   f"starts at LSN {name_lsn} ({why})", "gap")
+        first = _parse_segment_header(path, fs.read(path, 0, SEGMENT_HEADER_SIZE))
+        if first != name_lsn:
+            raise _Damage(0, SEGMENT_HEADER_SIZE, f"header says first LSN {first}, file name says {name_lsn}",
+                          "hard")
+        for off, lsn, _rtype, payload in _iter_records(fs, path, SEGMENT_HEADER_SIZE, size):
+            if lsn != seg.last_lsn + 1:
+                raise _Damage(off, RECORD_HEADER_SIZE + len(payload),
+                              f"record has LSN {lsn} where {seg.last_lsn + 1} was expected", "hard")
+            seg.last_lsn, seg.size = lsn, off + RECORD_HEADER_SIZE + len(payload)
+    except _Damage as damage:
+        return seg, damage
+    return seg, None
+
+
+def _is_torn_tail(fs: FileSystem, seg: _Segment, damage: _Damage) -> bool:
+    """Could `damage` in the last segment be a write that never completed? (spec: "Torn tail or corruption")"""
+    if damage.kind == "header":
+        return fs.size(seg.path) <= SEGMENT_HEADER_SIZE  # the creation was torn before any record went in
+    if damage.kind != "record":
+        return False
+    return _valid_record_after(fs.read(seg.path, damage.offset), seg.last_lsn + 1) is None
+
+
+def _cut(fs: FileSystem, seg: _Segment, offset: int) -> None:
+    """Make `offset` the durable end of the segment (rewriting its header if that was damaged)."""
+    f = fs.open(seg.path)
+    try:
+        if offset < SEGMENT_HEADER_SIZE:
+            f.truncate(0)
+            f.pwrite(encode_segment_header(seg.first_lsn), 0)
+            seg.size, seg.last_lsn = SEGMENT_HEADER_SIZE, seg.first_lsn - 1
+        else:
+            f.truncate(offset)
+        f.fsync()
+    finally:
+        f.close()
+
+
+def _repair(fs: FileSystem, directory: str, seg: _Segment, damage: _Damage, later: list[str],
+            first_lost: int) -> bool:
+    """Truncate the log at the damage; return False if the damaged segment itself had to go."""
+    lost = fs.size(seg.path) - damage.offset + sum(fs.size(p) for p in later)
+    last_start = SEGMENT_NAME.match(os.path.basename(later[-1])).group(1).lstrip("0") if later else None
+    for path in reversed(later):  # newest first, one durable step each: a crash here can never leave a hole
+        fs.remove(path)
+        fs.fsync_dir(directory)
+    keep = damage.kind != "gap"
+    if keep:
+        _cut(fs, seg, damage.offset)
+    else:
+        fs.remove(seg.path)
+        fs.fsync_dir(directory)
+    log.error("WAL REPAIR: %s: %s at byte offset %d (%d bytes): truncated the log there, dropping %d bytes "
+              "(the rest of this file and %d later segment file(s)); LSN %d and every later LSN%s are LOST",
+              seg.path, damage.reason, damage.offset, damage.length, lost, len(later), first_lost,
+              f" (the last dropped segment started at LSN {last_start})" if last_start else "")
+    return keep
+
+
+def _corruption(fs: FileSystem, seg: _Segment, damage: _Damage, later: list[str]) -> WalCorruptionError:
+    after = fs.size(seg.path) - damage.offset - damage.length + sum(fs.size(p) for p in later)
+    if damage.kind == "gap":
+        detail = f"{damage.reason}; segments are created in order, so this is not a torn write"
+    else:
+        why = ("the bytes are complete but wrong, which a torn write cannot produce" if damage.kind == "hard"
+               else f"{after} more bytes of log follow it, so it is not a torn final write")
+        detail = f"{damage.reason}; {why} (the last valid record before it is LSN {seg.last_lsn})"
+    return WalCorruptionError(seg.path, detail, offset=damage.offset, length=damage.length)
+
+
+def _recover(fs: FileSystem, directory: str, *, repair: bool = False) -> list[_Segment]:
+    """Validate every segment in LSN order; drop a torn tail; raise (or repair) on corruption."""
+    found = _list_segments(fs, directory)
+    segments: list[_Segment] = []
+    for i, (name_lsn, path) in enumerate(found):
+        expected = segments[-1].last_lsn + 1 if segments else name_lsn
+        seg, damage = _scan_segment(fs, path, name_lsn, expected)
+        if damage is None:
+            segments.append(seg)
+            continue
+        later = [p for _, p in found[i + 1:]]
+        if not later and _is_torn_tail(fs, seg, damage):
+            dropped = fs.size(path) - damage.offset
+            log.warning("%s: %s at byte offset %d: treating it as a torn final write; dropping %d bytes, the log "
+                        "ends at LSN %d", path, damage.reason, damage.offset, dropped, seg.last_lsn)
+            _cut(fs, seg, damage.offset)
+            segments.append(seg)
+            break
+        if not repair:
+            raise _corruption(fs, seg, damage, later)
+        if _repair(fs, directory, seg, damage, later, expected if damage.kind == "gap" else seg.last_lsn + 1):
+            segments.append(seg)
+        break
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------- consumers
+
+def _load_consumers(fs: FileSystem, path: str) -> dict[str, int]:
+    if not fs.exists(path):
+        return {}
+    try:
+        doc = json.loads(fs.read(path))
+        if doc.get("version") != CONSUMERS_VERSION:
+            raise FormatError(f"{path}: consumers file version {doc.get('version')} is not supported")
+        consumers = doc["consumers"]
+        if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in consumers.items()):
+            raise ValueError("consumer names must be strings and applied LSNs non-negative integers")
+        return dict(consumers)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WalCorruptionError(path, f"unreadable consumers file ({e})") from None
+
+
+def _save_consumers(fs: FileSystem, directory: str, consumers: dict[str, int]) -> None:
+    """Atomic publish: temp -> fsync -> rename -> fsync(dir). A crash leaves the old or the new file."""
+    path = os.path.join(directory, CONSUMERS_FILE)
+    tmp = path + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)  # left by a crash during an earlier save
+    f = fs.create(tmp)
+    try:
+        f.pwrite(json.dumps({"version": CONSUMERS_VERSION, "consumers": consumers}, sort_keys=True).encode(), 0)
+        f.fsync()
+    finally:
+        f.close()
+    fs.rename(tmp, path)
+    fs.fsync_dir(directory)
+
+
+def _as_int(value) -> int | None:
+    """`value` as an int if it is an integer (numpy ones included) but not a bool, else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_record(rtype, payload) -> tuple[int, bytes]:
+    t = _as_int(rtype)
+    if t is None or not MIN_USER_TYPE <= t <= MAX_USER_TYPE:
+        raise ValueError(f"record type must be an int in [{MIN_USER_TYPE}, {MAX_USER_TYPE}], got {rtype!r}")
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes-like, got {type(payload).__name__}")
+    if not isinstance(payload, bytes):
+        payload = bytes(payload)  # a private copy: the caller may reuse its buffer once we return
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the WAL limit of {MAX_PAYLOAD} bytes")
+    return t, payload
+
+
+# ---------------------------------------------------------------------------------------------- the log
+
+class WriteAheadLog:
+    """An append-only log of (LSN, type, payload) records in DIR/wal-<first LSN>.log segment files.
+
+    `append`/`append_many` are thread-safe and return once their records are durable under `durability`:
+    "fsync" (after an fsync that covers them; default), "batch" (after write(2); a background thread fsyncs
+    every `batch_delay_ms`) or "none" (in process memory only: unsafe, see docs/wal_format.md). Opening runs
+    recovery, which raises `WalCorruptionError` on damage other than a torn final write unless `repair`.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, durability: str = "fsync", batch_delay_ms: float = 10.0,
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES, repair: bool = False, fs: FileSystem | None = None):
+        if durability not in POLICIES:
+            raise ValueError(f"durability must be one of {POLICIES}, got {durability!r}")
+        if not batch_delay_ms > 0:
+            raise ValueError(f"batch_delay_ms must be positive, got {batch_delay_ms!r}")
+        if segment_bytes < SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE:
+            raise ValueError(f"segment_bytes must be at least {SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE}")
+        self.directory, self.policy = os.fspath(directory), durability
+        self._fs: FileSystem = fs if fs is not None else RealFS()
+        self._segment_bytes, self._delay = segment_bytes, batch_delay_ms / 1000.0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._meta_lock = threading.Lock()  # consumers and purge; always taken before self._lock, never after
+        self._buf = bytearray()             # encoded records not yet handed to the OS (all for the active segment)
+        self._writing = self._syncing = self._closed = False
+        self._rotators = 0                  # appenders waiting for idle I/O to rotate
+        self._failed: BaseException | None = None
+        self._pins: Counter[int] = Counter()  # first LSN of the oldest segment each running replay still needs
+        self._fsyncs = self._appends = 0
+        self._fs.makedirs(self.directory)
+        self._dir_lock = self._fs.lock(self.directory)
+        try:
+            self._open(repair)
+        except BaseException:
+            self._dir_lock.close()
+            raise
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if durability == "batch":
+            self._flusher = threading.Thread(target=self._flush_loop, name=f"wal-flusher:{self.directory}",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _open(self, repair: bool) -> None:
+        self._consumers = _load_consumers(self._fs, os.path.join(self.directory, CONSUMERS_FILE))
+        segments = _recover(self._fs, self.directory, repair=repair)
+        if not segments:
+            if self._consumers:
+                raise WalCorruptionError(self.directory, f"{CONSUMERS_FILE} exists but there is no segment file; "
+                                         "the log was deleted")
+            segments = [self._create_segment(1)]
+        self._sealed, self._active = segments[:-1], segments[-1]
+        self._file: File = self._fs.open(self._active.path)
+        # What recovery read may still sit only in the page cache (the last process died before its fsync):
+        # make it durable before reporting it as durable.
+        self._file.fsync()
+        self._fs.fsync_dir(self.directory)
+        self._fsyncs += 1
+        self._last_lsn = self._written_lsn = self._durable_lsn = self._active.last_lsn
+        self._planned = self._active.size  # bytes of the active segment, including buffered and in-flight ones
+        ahead = {n: a for n, a in self._consumers.items() if a > self._last_lsn}
+        if ahead:
+            log.error("%s: consumers %s have applied LSNs beyond the end of the log (LSN %d): records were lost "
+                      "(repair or manual deletion); they must resynchronise", self.directory, ahead, self._last_lsn)
+        log.info("opened WAL %s: %d segment(s), LSNs %d..%d (%d records), durability %s", self.directory,
+                 len(segments), segments[0].first_lsn, self._last_lsn,
+                 self._last_lsn - segments[0].first_lsn + 1, self.policy)
+
+    def _create_segment(self, first_lsn: int) -> _Segment:
+        """Create a segment whose header and name are durable before any record goes into it."""
+        path = os.path.join(self.directory, segment_name(first_lsn))
+        f = self._fs.create(path)
+        try:
+            f.pwrite(encode_segment_header(first_lsn), 0)
+            f.fsync()
+        finally:
+            f.close()
+        self._fs.fsync_dir(self.directory)
+        self._fsyncs += 1
+        return _Segment(path, first_lsn, first_lsn - 1, SEGMENT_HEADER_SIZE)
+
+    # ------------------------------------------------------------------------------------------ appending
+
+    def append(self, rtype: int, payload: bytes) -> int:
+        """Append one record; return its LSN once it is durable under the policy."""
+        return self.append_many([(rtype, payload)])[0]
+
+    def append_many(self, records: Iterable[tuple[int, bytes]]) -> list[int]:
+        """Append records with consecutive LSNs in one durable step (one write, one fsync under "fsync").
+
+        Not atomic across a crash: if it has not returned, any prefix of the records may survive."""
+        items = [_check_record(rtype, payload) for rtype, payload in records]
+        if not items:
+            return []
+        sizes = [RECORD_HEADER_SIZE + len(payload) for _, payload in items]
+        with self._lock:
+            self._check_usable()
+            # Rotation needs the segment's I/O to be idle; wait for that *before* taking LSNs so that the
+            # lock is never released between two records of one call (their LSNs stay consecutive).
+            # Meanwhile nobody starts new I/O (see _advance), so the wait is one write + one fsync at most.
+            if self._rotation_needed(sizes) and (self._writing or self._syncing):
+                self._rotators += 1
+                try:
+                    while self._rotation_needed(sizes) and (self._writing or self._syncing):
+                        self._cond.wait()
+                        self._check_usable()
+                finally:
+                    self._rotators -= 1
+                    self._cond.notify_all()
+            first = self._last_lsn + 1
+            for (rtype, payload), size in zip(items, sizes):
+                if self._rotation_needed([size]):
+                    self._rotate()
+                _put_record(self._buf, self._last_lsn + 1, rtype, payload)
+                self._last_lsn += 1
+                self._planned += size
+            self._appends += len(items)
+            last = self._last_lsn
+            if self.policy == "fsync":
+                self._advance(last, sync=True)
+            elif self.policy == "batch" or len(self._buf) >= NONE_BUFFER_BYTES:
+                self._advance(last, sync=False)
+        return list(range(first, last + 1))
+
+    def _rotation_needed(self, sizes: list[int]) -> bool:
+        """Would one of these records overflow the active segment? A record too big for any segment goes
+        alone into an empty one, so an empty segment never overflows."""
+        planned = self._planned
+        for size in sizes:
+            if planned > SEGMENT_HEADER_SIZE and planned + size > self._segment_bytes:
+                return True
+            planned += size
+        return False
+
+    def _rotate(self) -> None:
+        """Seal the active segment (write + fsync) and start the next one. Lock held, segment I/O idle."""
+        try:
+            if self._buf:
+                self._file.pwrite(self._buf, self._active.size)
+                self._active.size += len(self._buf)
+                self._buf = bytearray()
+            if self._durable_lsn < self._last_lsn:
+                self._file.fsync()
+                self._fsyncs += 1
+            self._active.last_lsn = self._written_lsn = self._durable_lsn = self._last_lsn
+            self._file.close()
+            self._sealed.append(self._active)
+            self._active = self._create_segment(self._last_lsn + 1)
+            self._file = self._fs.open(self._active.path)
+            self._planned = SEGMENT_HEADER_SIZE
+        except Exception as e:
+            self._fail(e)
+            self._check_failed()
+        finally:
+            self._cond.notify_all()
+
+    def _advance(self, target: int, *, sync: bool) -> None:
+        """Block until records up to `target` are written (and fsync'd if `sync`). Lock held.
+
+        This loop is the group commit: a thread that finds no write in flight writes *everything* buffered,
+        one that finds no fsync in flight fsyncs *everything* written; the others wait for them."""
+        topped_up = False
+        while True:
+            self._check_failed()
+            if self._rotators and (self._written_lsn < target or (sync and self._durable_lsn < target)):
+                self._cond.wait()  # a rotation is waiting for idle I/O; it will write and fsync our records
+            elif self._written_lsn < target:
+                if self._writing:
+                    self._cond.wait()
+                else:
+                    self._write_buffered()
+            elif sync and self._durable_lsn < target:
+                if self._syncing:
+                    self._cond.wait()
+                elif not topped_up:
+                    # Before leading an fsync, once: yield so that appenders already runnable (typically the
+                    # ones the previous fsync just released) can buffer their next records, then write them
+                    # too, so that this fsync covers them. Without this, groups alternate between one record
+                    # and the rest (8 threads: 4 records per fsync instead of 5-6).
+                    topped_up = True
+                    with self._unlocked():
+                        time.sleep(0)
+                    if self._buf and not self._writing and not self._syncing:
+                        self._write_buffered()
+                else:
+                    self._sync_written()
+            else:
+                return
+
+    def _write_buffered(self) -> None:
+        data, self._buf = self._buf, bytearray()
+        upto, seg, f = self._last_lsn, self._active, self._file
+        self._writing = True
+        try:
+            with self._unlocked():
+                f.pwrite(data, seg.size)  # only this thread writes; appenders fill the next buffer meanwhile
+            seg.size += len(data)
+            seg.last_lsn = self._written_lsn = upto
+        except BaseException as e:
+            self._fail(e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._writing = False
+            self._cond.notify_all()
+
+    def _sync_written(self) -> None:
+        upto, f = self._written_lsn, self._file  # fsync covers everything written before it starts
+        self._syncing = True
+        try:
+            with self._unlocked():
+                f.fsync()
+            self._fsyncs += 1
+            self._durable_lsn = max(self._durable_lsn, upto)
+        except BaseException as e:
+            self._fail(e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._syncing = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def _unlocked(self):
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failed is None:
+            self._failed = exc
+            log.error("WAL %s: I/O failed (%r); refusing further writes until it is reopened", self.directory, exc)
+        self._cond.notify_all()
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise WalFailedError(f"write-ahead log {self.directory} failed: {self._failed!r}") from self._failed
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ValueError(f"write-ahead log {self.directory} is closed")
+        self._check_failed()
+
+    def _flush_loop(self) -> None:
+        """Policy "batch": fsync what was written, on a fixed schedule of one tick per batch_delay_ms."""
+        deadline = time.monotonic() + self._delay
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
+            deadline = max(deadline + self._delay, time.monotonic())  # if an fsync overran, do not burst
+            with self._lock:
+                if self._failed is not None:
+                    return
+                if self._durable_lsn < self._written_lsn:
+                    try:
+                        self._advance(self._written_lsn, sync=True)
+                    except WalFailedError:
+                        return  # already logged; appenders see the failure themselves
+
+    def sync(self) -> None:
+        """Make every record appended so far durable (write + fsync), whatever the policy."""
+        with self._lock:
+            self._check_usable()
+            self._advance(self._last_lsn, sync=True)
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def replay(self, after_lsn: int = 0) -> Iterator[WalRecord]:
+        """Yield every record with LSN > after_lsn, in LSN order, as of the first `next()`.
+
+        Sees records handed to the OS (all acknowledged ones except under policy "none", whose buffer
+        `sync()` flushes). Raises ValueError if records after `after_lsn` were already purged, and
+        WalCorruptionError if a segment was damaged after the log was opened."""
+        with self._lock:
+            self._check_usable()
+            segs = [_Segment(s.path, s.first_lsn, s.last_lsn, s.size) for s in self._sealed + [self._active]]
+            oldest = segs[0].first_lsn
+            if after_lsn < oldest - 1:
+                raise ValueError(f"records {after_lsn + 1}..{oldest - 1} of {self.directory} were purged; "
+                                 f"replay can start after LSN {oldest - 1} at the earliest")
+            segs = [s for s in segs if s.last_lsn > after_lsn]
+            pin = segs[0].first_lsn if segs else None
+            if pin is not None:
+                self._pins[pin] += 1
+        try:
+            for seg in segs:
+                yield from self._replay_segment(seg, after_lsn)
+                pin = self._move_pin(pin, seg.last_lsn + 1)
+        finally:
+            self._move_pin(pin, None)
+
+    def _replay_segment(self, seg: _Segment, after_lsn: int) -> Iterator[WalRecord]:
+        expected = seg.first_lsn
+        try:
+            for off, lsn, rtype, payload in _iter_records(self._fs, seg.path, SEGMENT_HEADER_SIZE, seg.size):
+                if lsn != expected:
+                    raise _Damage(off, RECORD_HEADER_SIZE + len(payload),
+                                  f"record has LSN {lsn} where {expected} was expected", "hard")
+                expected += 1
+                if lsn > after_lsn:
+                    yield WalRecord(lsn, rtype, bytes(payload))
+        except _Damage as d:
+            raise WalCorruptionError(seg.path, f"{d.reason} (damaged after the log was opened)",
+                                     offset=d.offset, length=d.length) from None
+
+    def _move_pin(self, old: int | None, new: int | None) -> int | None:
+        with self._lock:
+            if old is not None:
+                self._pins[old] -= 1
+                if self._pins[old] <= 0:
+                    del self._pins[old]
+            if new is not None:
+                self._pins[new] += 1
+        return new
+
+    # ------------------------------------------------------------------------------------------ consumers
+
+    def register_consumer(self, name: str) -> int:
+        """Register a consumer of the log (idempotent); return the LSN it has applied.
+
+        A new consumer starts just below the oldest record still stored, so it holds back every later purge
+        until it calls `mark_applied`."""
+        if not isinstance(name, str) or not name or len(name) > 128:
+            raise ValueError(f"consumer name must be a non-empty string of at most 128 characters, got {name!r}")
+        with self._meta_lock:
+            if name not in self._consumers:
+                with self._lock:
+                    start = (self._sealed or [self._active])[0].first_lsn - 1
+                self._save({**self._consumers, name: start})
+            return self._consumers[name]
+
+    def mark_applied(self, name: str, lsn: int) -> None:
+        """Record that consumer `name` no longer needs records with LSN <= lsn (persisted atomically).
+
+        The log is fsync'd up to `lsn` first, so an applied LSN never points past the durable end of the log."""
+        with self._meta_lock:
+            if name not in self._consumers:
+                raise KeyError(f"unknown WAL consumer {name!r}; call register_consumer first")
+            current, value = self._consumers[name], _as_int(lsn)
+            if value is None or value < current or value > self.last_lsn:
+                raise ValueError(f"applied LSN for {name!r} must be an int in [{current}, {self.last_lsn}] "
+                                 f"(it cannot go back, nor past the last LSN), got {lsn!r}")
+            lsn = value
+            if lsn == current:
+                return
+            if lsn > self.durable_lsn:
+                self.sync()
+            self._save({**self._consumers, name: lsn})
+
+    def _save(self, consumers: dict[str, int]) -> None:
+        with self._lock:
+            self._check_usable()
+        _save_consumers(self._fs, self.directory, consumers)
+        self._consumers = consumers
+
+    def purge(self) -> int:
+        """Delete the oldest whole segments whose records every consumer has applied; return bytes freed.
+
+        Never deletes the active segment nor one a running replay still reads; with no consumer, nothing."""
+        with self._meta_lock:  # held throughout: a consumer registered meanwhile must not start in a victim
+            if not self._consumers:
+                return 0
+            floor = min(self._consumers.values())
+            with self._lock:
+                self._check_usable()
+                pinned = min(self._pins, default=self._active.first_lsn)
+                n = 0
+                while n < len(self._sealed) and self._sealed[n].last_lsn <= floor and \
+                        self._sealed[n].first_lsn < pinned:
+                    n += 1
+                victims, self._sealed = self._sealed[:n], self._sealed[n:]
+            for seg in victims:  # oldest first, one durable step each: a crash leaves a contiguous log
+                self._fs.remove(seg.path)
+                self._fs.fsync_dir(self.directory)
+        if victims:
+            log.info("%s: purged %d segment(s), LSNs %d..%d (every consumer has applied up to LSN %d)",
+                     self.directory, len(victims), victims[0].first_lsn, victims[-1].last_lsn, floor)
+        return sum(seg.size for seg in victims)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def last_lsn(self) -> int:
+        """Highest LSN handed out (under "fsync", possibly not yet durable while its append is running)."""
+        with self._lock:
+            return self._last_lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        """Highest LSN known to be fsync'd."""
+        with self._lock:
+            return self._durable_lsn
+
+    def stats(self) -> dict:
+        with self._lock:
+            segs = self._sealed + [self._active]
+            out = {"policy": self.policy, "directory": self.directory, "segments": len(segs),
+                   "bytes": sum(s.size for s in segs) + len(self._buf), "first_lsn": segs[0].first_lsn,
+                   "last_lsn": self._last_lsn, "written_lsn": self._written_lsn, "durable_lsn": self._durable_lsn,
+                   "fsyncs": self._fsyncs, "appends": self._appends, "buffered_bytes": len(self._buf)}
+        out["consumers"] = dict(self._consumers)
+        return out
+
+    def close(self) -> None:
+        """Write and fsync everything, stop the flusher, release the directory. Idempotent.
+
+        Raises WalFailedError (once) if the log failed earlier or fails now: records may not be durable."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True  # new appends are refused; running ones finish below
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._lock:
+            try:
+                self._advance(self._last_lsn, sync=True)
+            finally:
+                while self._writing or self._syncing:
+                    self._cond.wait()
+                self._file.close()
+                self._dir_lock.close()
+
+    def __enter__(self) -> "WriteAheadLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WriteAheadLog({self.directory!r}, durability={self.policy!r}, last_lsn={self._last_lsn})"

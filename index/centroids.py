@@ -8,15 +8,58 @@ cosine the heads are unit vectors and the index is searched by inner product; fo
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import faiss
 import numpy as np
 
 FLAT_MAX = 4096  # below this many heads an exact scan is as fast as HNSW and exact
 
 
+class _ReadWriteLock:
+    """Many concurrent searches or one add: faiss indexes are not safe for add during search."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 class HeadIndex:
     def __init__(self, index: faiss.Index, angular: bool, kind: str):
         self.index, self.angular, self.kind = index, angular, kind
+        self._rw = _ReadWriteLock()
         self._inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
 
     @classmethod
@@ -44,18 +87,22 @@ class HeadIndex:
         n = max(1, min(n, self.size))
         if self.size == 0:
             return np.full((len(hq), 1), np.inf, np.float32), np.full((len(hq), 1), -1, np.int64)
-        if self.kind == "hnsw":
-            d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=max(ef_search, n)))
-        else:
-            d, ids = self.index.search(hq, n)
+        with self._rw.read():
+            if self.kind == "hnsw":
+                d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=max(ef_search, n)))
+            else:
+                d, ids = self.index.search(hq, n)
         d = np.sqrt(np.maximum(2.0 - 2.0 * d, 0.0)) if self.angular else np.sqrt(np.maximum(d, 0.0))
         return np.where(ids < 0, np.inf, d).astype(np.float32), ids
 
     def add(self, heads: np.ndarray, ids: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+        with self._rw.write():
+            self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
+                                    np.asarray(ids, dtype=np.int64))
 
     def to_bytes(self) -> np.ndarray:
-        return faiss.serialize_index(self.index)
+        with self._rw.read():
+            return faiss.serialize_index(self.index)
 
     @classmethod
     def from_bytes(cls, blob: np.ndarray, angular: bool) -> "HeadIndex":

@@ -380,3 +380,15 @@ def live_counts(buf_u32, buf_u8, offsets, counts, rec_size, state):
                 live += 1
         out[p] = live
     return out
+
+
+@njit(nogil=True, cache=True)
+def mark_reachable(buf_u32, buf_u8, offsets, counts, rec_size, state, reached):
+    """reached[row] = True for every row with a valid record (version == state) in some posting."""
+    for p in range(offsets.shape[0]):
+        off = offsets[p]
+        for r in range(counts[p]):
+            base = off + r * rec_size
+            rid = buf_u32[base >> 2]
+            if state[rid] == buf_u8[base + 4]:
+                reached[rid] = True

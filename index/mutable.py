@@ -31,6 +31,7 @@ from index.quantize import Int8Quantizer
 from index.spann import SpannIndex
 from index.types import BuildParams, Metric
 from storage import IndexDir
+from storage.crashpoints import crashpoint
 from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ class MutableSpannIndex(SpannIndex):
         d_new = ((hs[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
         side = d_new.argmin(1)
         new_pids = store.add_postings([live[side == 0], live[side == 1]], [self.params.split_limit + 1] * 2)
+        crashpoint("split")
         old_head = self._heads_matrix()[pid].copy()
         self.files.heads.append(centers)
         self.head_index.add(centers, new_pids)
@@ -278,9 +280,13 @@ class MutableSpannIndex(SpannIndex):
         if len(rows) == 0:
             return set()
         overflow = self._place(rows, new_version.astype(np.uint8), excluded)
-        with self.lock:
-            still = (self.state[rows] & DELETED) == 0  # deleted meanwhile: keep the deleted bit
-            self.state[rows] = np.where(still, new_version, self.state[rows] | DELETED).astype(np.uint8)
+        crashpoint("reassign")
+        with self.lock:  # copy on write: a search that read the old array keeps a consistent view
+            buf = self._state_buf.copy()
+            state = buf[: len(self.state)]
+            still = (state[rows] & DELETED) == 0  # deleted meanwhile: keep the deleted bit
+            state[rows] = np.where(still, new_version, state[rows] | DELETED).astype(np.uint8)
+            self._state_buf, self.state = buf, state
         self.stats.reassigned += len(rows)
         return overflow
 

@@ -119,14 +119,20 @@ class SpannIndex:
         dists = from_kernel(dists, self.metric)
         return (ids[0], dists[0]) if single else (ids, dists)
 
-    def probe(self, qs: np.ndarray, p: SearchParams) -> np.ndarray:
-        """Posting ids to scan per query [nq, <= nprobe], -1 where pruned; retired heads are skipped."""
-        if self.head_index is None or self.head_index.size == 0:
+    def probe(self, qs: np.ndarray, p: SearchParams, directory=None) -> np.ndarray:
+        """Posting ids to scan per query [nq, <= nprobe], -1 where pruned; retired heads are skipped.
+
+        `directory` must be the snapshot the scan will use, taken *before* this call: a posting retired by a
+        concurrent split is then still readable in it, and a head added after it is not probed."""
+        directory = directory if directory is not None else self.files.postings.dir
+        head_index = self.head_index
+        if head_index is None or head_index.size == 0:
             return np.full((len(qs), 0), -1, np.int64)
         extra = min(self._retired_in_head_index, p.nprobe)  # over-fetch so retired heads do not eat probes
-        hd, hids = self.head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
+        hd, hids = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
+        hids = np.where(hids < len(directory), hids, -1)  # heads added after the snapshot
         if extra:
-            flags = self.files.postings.dir.flags
+            flags = directory.flags
             dead = (hids < 0) | ((flags[np.maximum(hids, 0)] & FLAG_RETIRED) != 0)
             order = np.argsort(dead, axis=1, kind="stable")[:, : p.nprobe]  # live heads first, nearest first
             hd, hids = np.take_along_axis(np.where(dead, np.inf, hd), order, 1), np.take_along_axis(hids, order, 1)
@@ -136,10 +142,10 @@ class SpannIndex:
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, *, allow: np.ndarray | None = None,
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
         """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
-        P = self.probe(qs, p)
         store = self.files.postings
         directory = store.dir  # one snapshot for the whole call; the buffer is read after it (see PostingStore)
-        state = self.state
+        state = self.state     # replaced, never edited, when rows move (see MutableSpannIndex._reassign)
+        P = self.probe(qs, p, directory)
         used = np.unique(P[P >= 0])
         store.ensure_verified(used)
         if p.prefetch:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from storage.crashpoints import crashpoint
 from storage.errors import FormatError
 from storage.lock import DirLock
 from storage.meta import MetaStore
@@ -92,6 +93,7 @@ class IndexDir:
         self.vectors.sync()
         self.heads.sync()
         self.postings.sync()
+        crashpoint("checkpoint-before-meta")
         with self.meta.write() as w:
             for name, a in arrays.items():
                 w.put_array(name, a)
@@ -103,6 +105,7 @@ class IndexDir:
                 w.put_payloads(*payload_puts)
             w.set_manifest(manifest)
         self.manifest = manifest
+        crashpoint("checkpoint-after-meta")
 
     def disk_bytes(self) -> dict[str, int]:
         """Logical bytes per file (sparse growth tails excluded)."""

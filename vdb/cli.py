@@ -178,6 +178,26 @@ def info(index_dir):
         _echo_json(idx.info())
 
 
+@cli.command()
+@click.argument("path", metavar="DIR", type=click.Path(file_okay=False, exists=True))
+def check(path):
+    """Verify checksums and invariants; print a JSON report and exit 1 on any violation.
+
+    DIR is a data directory (every collection is checked) or one index / collection directory. Its WAL is
+    replayed first, exactly as a restart would. The directory must not be open in a running server.
+
+    \b
+    Example:
+      vdbctl check data/
+      vdbctl check sift-idx/
+    """
+    from vdb.engine import check_path
+    reports = check_path(path)
+    _echo_json(reports)
+    if not all(r["ok"] for r in reports):
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     cli(prog_name="vdbctl")
 

@@ -213,6 +213,12 @@ class Collection:
             out[miss] = self.index.files.meta.lookup(ids[miss])
         return out
 
+    def meta_ids(self):
+        """Every (external id, row) the id map holds now: LMDB overlaid with the changes since the checkpoint."""
+        merged = dict(self.index.files.meta.iter_ids())
+        merged.update(self._ids)
+        return [(e, r) for e, r in merged.items() if r >= 0]
+
     def _wait_for_room(self) -> None:
         """Throttle writers while maintenance is behind, instead of failing them or growing RAM forever."""
         limit = self.settings["max_pending_rows"]

@@ -201,7 +201,16 @@ class Database:
         return self._get(name).flush()
 
     @public
-    def close(self) -> None:
+    def check(self, name: str | None = None) -> list[dict]:
+        """Verify checksums and invariants of one collection (or all); see vdb/check.py."""
+        from vdb.check import check_collection
+        names = [name] if name is not None else self.list_collections()
+        return [check_collection(self._get(n)) for n in names]
+
+    @public
+    def close(self, checkpoint: bool = True) -> None:
+        """Stop background work and release the directory. checkpoint=False skips the final checkpoint: the
+        next open replays the WAL instead (what happens after a crash)."""
         with self._mutex:
             if self._closed:
                 return
@@ -209,7 +218,7 @@ class Database:
             errors = []
             for c in self._collections.values():
                 try:
-                    c.close()
+                    c.close(checkpoint=checkpoint)
                 except Exception as e:
                     errors.append(e)
             self._collections.clear()
@@ -231,3 +240,27 @@ def connect(path: str | os.PathLike, *, config_file: str | None = None, **settin
     except BaseException as e:
         raise translate(e) from None
     return public(Database)(path, resolved)
+
+
+def check_path(path: str | os.PathLike) -> list[dict]:
+    """Check a data directory (every collection) or a single index / collection directory, recovering its WAL."""
+    path = Path(path)
+    if (path / "catalog.json").exists():
+        with connect(path) as db:
+            return db.check()
+    from vdb.check import check_collection
+    try:
+        index = MutableSpannIndex.open_writable(path)
+    except BaseException as e:
+        raise translate(e) from None
+    try:
+        stored = index.files.manifest.get("collection", {})
+        settings = {**dict(load_settings()), **{k: v for k, v in stored.items() if k in COLLECTION_SETTINGS}}
+        collection = Collection(path.name, index, settings)
+    except BaseException as e:
+        index.close()
+        raise translate(e) from None
+    try:
+        return [check_collection(collection)]
+    finally:
+        collection.close(checkpoint=False)

@@ -103,11 +103,12 @@ class Maintainer:
                     c.memtable.drop_front(n_chunks)
                     worked = True
                 else:
-                    live = self._live_pending()
+                    chunks = c.memtable.snapshot()  # one snapshot: a chunk added meanwhile stays pending
+                    rows = np.concatenate([r for r, _ in chunks])
+                    live = rows[(idx.state[rows] & DELETED) == 0]
                     if len(live) >= idx.params.bootstrap_rows:
-                        n_all = len(c.memtable.snapshot())
                         idx.bootstrap(live)
-                        c.memtable.drop_front(n_all)
+                        c.memtable.drop_front(len(chunks))
                         worked = True
             if worked:
                 self.dirty = True

@@ -70,6 +70,9 @@ def search_exact(chunks, qs: np.ndarray, k: int, metric: Metric, state: np.ndarr
     d = ((qs * qs).sum(1)[:, None] - 2 * ip + (vecs * vecs).sum(1)[None, :]) if metric is Metric.L2 else -ip
     kk = min(k, len(rows))
     part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.tile(np.arange(len(rows)), (nq, 1))
-    pd = np.take_along_axis(d, part, 1)
+    if metric is Metric.L2:  # the expansion above loses precision; recompute the winners directly
+        pd = ((vecs[part] - qs[:, None, :]) ** 2).sum(-1)
+    else:
+        pd = np.take_along_axis(d, part, 1)
     order = np.argsort(pd, axis=1, kind="stable")
     return rows[np.take_along_axis(part, order, 1)], np.take_along_axis(pd, order, 1).astype(np.float32)

@@ -1,0 +1,98 @@
+"""A pre-imported process that forks crash-test writers on request (so 30+ kills do not pay 30 imports).
+
+Protocol on stdin/stdout, one JSON object per line:
+    {"dir": ..., "log": ..., "seed": ..., "threads": ..., "crash_at": "split:2" | ""}  ->  {"pid": child pid}
+    {"reap": pid}  ->  {"status": wait status}, once every thread of the child is gone (a killed process
+                       shows as a zombie while its other threads still exit, holding its files and locks)
+The child opens the database, starts writer threads and logs every operation before and after it is
+acknowledged to the log file (O_APPEND, one write per line). OpenMP is pinned to one thread before anything
+is imported so that forking is safe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+
+import vdb  # noqa: E402
+from storage import crashpoints  # noqa: E402
+
+DIM = 16
+OPTIONS = dict(split_limit=24, merge_limit=2, bootstrap_rows=200, head_ratio=0.05)
+SETTINGS = dict(checkpoint_interval_s=0.4, sweep_deleted_fraction=0.02, max_pending_rows=100_000)
+IDS_PER_THREAD = 400
+
+
+def vector(vseed: int, ext_id: int) -> np.ndarray:
+    """Deterministic vector for (seed, id): distinct per id, clustered so postings split."""
+    rng = np.random.default_rng([vseed, ext_id])
+    centre = np.random.default_rng(ext_id % 7).normal(0, 5, DIM)
+    return (centre + rng.normal(0, 1, DIM)).astype(np.float32)
+
+
+def writer(db, t: int, seed: int, fd: int) -> None:
+    rng = np.random.default_rng([seed, t])
+    owned = np.arange(t * 100_000, t * 100_000 + IDS_PER_THREAD)
+    step = 0
+    while True:
+        step += 1
+        ids = rng.choice(owned, size=int(rng.integers(1, 24)), replace=False).tolist()
+        op = "upsert" if rng.random() < 0.7 else "delete"
+        vseed = int(seed * 1_000_000 + t * 10_000 + step)
+        os.write(fd, (json.dumps({"t": t, "begin": op, "ids": ids, "vseed": vseed}) + "\n").encode())
+        if op == "upsert":
+            lsn = db.upsert("c", ids, np.stack([vector(vseed, i) for i in ids]))
+        else:
+            lsn = db.delete("c", ids)
+        os.write(fd, (json.dumps({"t": t, "ack": op, "lsn": lsn}) + "\n").encode())
+
+
+def child(req: dict) -> None:
+    crashpoints.arm(req.get("crash_at", ""))
+    fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    db = vdb.connect(req["dir"], **SETTINGS)
+    db.create_collection("c", dim=DIM, exist_ok=True, **OPTIONS)
+    os.write(fd, b'{"ready": true}\n')
+    threads = [threading.Thread(target=writer, args=(db, t, req["seed"], fd), daemon=True)
+               for t in range(req["threads"])]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+
+def warm_up(path: str) -> None:
+    """Load numba's cached kernels and faiss once, in a throwaway directory, before any fork."""
+    db = vdb.connect(path, **SETTINGS)
+    db.create_collection("w", dim=DIM, **OPTIONS)
+    db.upsert("w", np.arange(300), np.stack([vector(1, i) for i in range(300)]))
+    db.flush("w")
+    db.search("w", vector(1, 5), top_k=3)
+    db.close()
+
+
+def main() -> None:
+    warm_up(sys.argv[1])
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if "reap" in req:
+            _, status = os.waitpid(req["reap"], 0)
+            print(json.dumps({"status": status}), flush=True)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child(req)
+            finally:
+                os._exit(0)
+        print(json.dumps({"pid": pid}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Payload filters: language, correctness against a brute-force oracle, and k results when k match."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vdb.filters import FilterError, compile_filter
+from vdb.payloads import PayloadIndex
+
+PAYLOADS = [
+    {"genre": "jazz", "year": 1959, "tags": ["a", "b"], "meta": {"score": 0.5}},
+    {"genre": "rock", "year": 1969, "tags": ["b"], "live": True},
+    {"genre": "jazz", "year": 2001.5},
+    None,
+    {"genre": "pop", "year": "unknown", "tags": [1, "c"], "live": False},
+]
+
+CASES = [
+    ({"genre": "jazz"}, [0, 2]),
+    ({"genre": {"$ne": "jazz"}}, [1, 3, 4]),
+    ({"genre": {"$in": ["rock", "pop"]}}, [1, 4]),
+    ({"genre": {"$nin": ["rock", "pop"]}}, [0, 2, 3]),
+    ({"year": {"$gte": 1960, "$lt": 2002}}, [1, 2]),
+    ({"year": {"$gt": 1900}}, [0, 1, 2]),
+    ({"year": 1959}, [0]),
+    ({"tags": "b"}, [0, 1]),
+    ({"tags": 1}, [4]),
+    ({"meta.score": {"$lte": 0.5}}, [0]),
+    ({"live": True}, [1]),
+    ({"live": False}, [4]),
+    ({"live": 1}, []),
+    ({"live": {"$exists": True}}, [1, 4]),
+    ({"tags": {"$exists": False}}, [2, 3]),
+    ({"$or": [{"genre": "rock"}, {"year": {"$gt": 2000}}]}, [1, 2]),
+    ({"$and": [{"genre": "jazz"}, {"tags": "a"}]}, [0]),
+    ({"$not": {"genre": "jazz"}}, [1, 3, 4]),
+    ({"genre": "jazz", "year": {"$lt": 2000}}, [0]),
+]
+
+
+@pytest.mark.parametrize("spec, expect", CASES)
+def test_mask_and_reference_evaluator_agree(spec, expect):
+    node = compile_filter(spec)
+    pi = PayloadIndex()
+    pi.set_rows(range(len(PAYLOADS)), PAYLOADS, len(PAYLOADS))
+    assert np.nonzero(node.mask(pi))[0].tolist() == expect
+    assert [i for i, p in enumerate(PAYLOADS) if node.matches(p)] == expect
+
+
+@pytest.mark.parametrize("spec, where", [
+    ([], "non-empty JSON object"), ({}, "non-empty"), ({"$and": {}}, "$and"), ({"a": {"$regex": "x"}}, "$regex"),
+    ({"a": {"$in": []}}, "$in"), ({"a": {"$gt": "1"}}, "$gt"), ({"a": [1, 2]}, "values must be"),
+    ({"a": float("nan")}, "finite"), ({"": 1}, "invalid field"), ({"a..b": 1}, "invalid field"),
+    ({"$where": "1"}, "unknown operator"), ({"a": {"$exists": 1}}, "true or false"),
+])
+def test_bad_filters_name_the_bad_part(spec, where):
+    with pytest.raises(FilterError, match=None) as e:
+        compile_filter(spec)
+    assert where.strip("$") in str(e.value)
+
+
+def test_deep_nesting_is_refused():
+    spec = {"a": 1}
+    for _ in range(40):
+        spec = {"$not": spec}
+    with pytest.raises(FilterError, match="deeper"):
+        compile_filter(spec)
+
+
+@pytest.mark.parametrize("selectivity", [0.002, 0.05, 0.5])
+def test_filtered_search_returns_k_matches_when_k_exist(db, selectivity):
+    from vdb.synthetic import ClusteredMixture
+    m = ClusteredMixture(16, 10, 4)
+    x, q = m.sample(6000, 1), m.sample(20, 2)
+    rng = np.random.default_rng(1)
+    tag = rng.random(6000) < selectivity
+    db.create_collection("c", dim=16, exact_filter_rows=100) if False else db.create_collection("c", dim=16)
+    db.upsert("c", np.arange(6000), x, payloads=[{"t": bool(t), "n": int(i)} for i, t in enumerate(tag)])
+    db.flush("c")
+    k = 10
+    matching = np.nonzero(tag)[0]
+    for qi in q:
+        ids, d = db.search("c", qi, top_k=k, filter={"t": True})
+        found = ids[ids >= 0]
+        assert len(found) == min(k, len(matching))
+        assert tag[found].all()
+        exact = matching[np.argsort(((x[matching] - qi) ** 2).sum(1))[:k]]
+        assert len(set(found.tolist()) & set(exact.tolist())) >= 0.8 * len(found)
+
+
+def test_filter_sees_writes_and_deletes_immediately(db):
+    db.create_collection("c", dim=4)
+    db.upsert("c", [1, 2], np.eye(4)[:2], payloads=[{"c": "red"}, {"c": "blue"}])
+    assert db.search("c", np.eye(4)[0], top_k=5, filter={"c": "blue"})[0][0] == 2  # builds the index
+    db.upsert("c", [3], np.eye(4)[2:3], payloads=[{"c": "blue"}])
+    db.upsert("c", [2], np.eye(4)[1:2], payloads=[{"c": "red"}])  # replace changes the payload
+    ids, _ = db.search("c", np.eye(4)[0], top_k=5, filter={"c": "blue"})
+    assert ids[ids >= 0].tolist() == [3]
+    db.delete("c", [3])
+    ids, _ = db.search("c", np.eye(4)[0], top_k=5, filter={"c": "blue"})
+    assert (ids == -1).all()

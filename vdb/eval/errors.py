@@ -1,0 +1,16 @@
+"""The evaluator's typed errors. Each subclasses a public vdb error, so the CLI edge and the gRPC table map them."""
+from __future__ import annotations
+
+from vdb.errors import InvalidArgumentError, UnavailableError
+
+
+class EvalDatasetError(InvalidArgumentError):
+    """A dataset that cannot be loaded: missing file, bad shape, inconsistent labels. The message names the file."""
+
+
+class SweepSpecError(InvalidArgumentError):
+    """A sweep file (JSON/TOML) that does not describe systems and operating points we can run."""
+
+
+class ServerModeUnavailableError(UnavailableError):
+    """`vdbctl eval --server` needs the gRPC service, which is not wired into the evaluator yet."""

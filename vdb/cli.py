@@ -198,6 +198,15 @@ def check(path):
         raise click.exceptions.Exit(1)
 
 
+def _register_evaluator() -> None:
+    from vdb.eval.commands import eval_command, recommend_command
+    cli.add_command(eval_command)
+    cli.add_command(recommend_command)
+
+
+_register_evaluator()
+
+
 def main() -> None:
     cli(prog_name="vdbctl")
 

@@ -117,7 +117,8 @@ class Collection:
         self.live = int(index.files.manifest.get("live", int(((index.state & DELETED) == 0).sum())))
         self.wal = WriteAheadLog(self.path / "wal", durability=settings["durability"],
                                  batch_delay_ms=settings["batch_delay_ms"],
-                                 segment_bytes=int(settings["wal_segment_mb"]) << 20)
+                                 segment_bytes=int(settings["wal_segment_mb"]) << 20,
+                                 repair=bool(settings.get("wal_repair", False)))
         self.wal.register_consumer(CONSUMER)
         self.cache = None  # set by the engine when the semantic cache is enabled
         self._recover()
@@ -359,6 +360,7 @@ class Collection:
                 live = self.live
             if lsn == self.checkpoint_lsn and not ids and not payloads and not self._index_changed(fields):
                 return lsn
+            self.wal.sync()  # batch/none policies: the WAL must reach at least the LSN the checkpoint claims
             puts = [(e, r) for e, r in ids.items() if r >= 0]
             manifest = {**idx.files.manifest, **fields, "checkpoint_lsn": lsn, "live": live}
             idx.files.commit(manifest, arrays,

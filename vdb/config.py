@@ -31,6 +31,8 @@ SETTINGS: tuple[Setting, ...] = (
             "none (unsafe: a process crash may lose acknowledged writes)", lambda v: v in ("fsync", "batch", "none")),
     Setting("batch_delay_ms", 10.0, "loss window of the batch policy on an OS crash", _positive),
     Setting("wal_segment_mb", 64, "WAL segment size before rotation", _positive),
+    Setting("wal_repair", False, "operator option: truncate a corrupted WAL at the damage (loudly, losing the "
+            "records after it) instead of refusing to open"),
     Setting("checkpoint_interval_s", 30.0, "checkpoint at least this often while there are changes", _positive),
     Setting("checkpoint_wal_mb", 64, "checkpoint when the WAL grew this much since the last one", _positive),
     Setting("max_pending_rows", 50_000, "writers wait while this many acknowledged vectors are not yet in "

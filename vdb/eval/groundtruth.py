@@ -3,9 +3,11 @@
 Search is faiss flat (through `index.FlatIndex`, so l2 / ip / cosine follow vdb's conventions), chunked over
 queries to bound memory. Exact ties (duplicate vectors: kjv has 347 base verses in groups of identical text) are
 broken by the lower id, so the top-k and every task metric computed from it are deterministic; faiss's and
-numpy's own tie orders are implementation details (the kjv README's 0.451 used numpy argsort's order). The cache key is the content fingerprint of the (base, queries) arrays searched plus the
-metric and K: `<cache>/<fingerprint>-<metric>-k<K>.ids.npy` (+ `.dist.npy`). A cached file for a larger K serves
-any smaller K (top-K lists are prefixes of each other).
+numpy's own tie orders are implementation details (the kjv README's 0.451 used numpy argsort's order).
+
+The cache key is the content fingerprint of the (base, queries) arrays searched plus the metric and K:
+`<cache>/<fingerprint>-<metric>-k<K>.ids.npy` (+ `.dist.npy`). A cached file for a larger K serves any smaller K
+(top-K lists are prefixes of each other).
 """
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ def latency_cdf(latencies: dict[str, np.ndarray], path: Path) -> Path:
     ax = fig.subplots()
     for label, seconds in list(latencies.items())[:MAX_CDF_CURVES]:
         ms = np.sort(np.asarray(seconds) * 1e3)
-        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=label, linewidth=1.2, **{"linestyle": _style(label)["linestyle"]})
+        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=label, linewidth=1.2,
+                linestyle=_style(label)["linestyle"])
     ax.set(xscale="log", xlabel="single-query latency (ms, log)", ylabel="fraction of queries",
            title="Latency CDF (1 thread)")
     ax.grid(True, alpha=0.3)

@@ -92,7 +92,8 @@ def map_knobs(metric_family: str, method_family: str, mf: MetaFeatures, *, k: in
         metric = "l2"
         reasons["metric"] = "Euclidean branch"
     nprobe = 16 if mf.relative_contrast >= RC_EASY else 32 if mf.relative_contrast >= RC_MAX else 64
-    reasons["nprobe"] = f"RC {mf.relative_contrast:.2f}: {'easy' if nprobe == 16 else 'medium' if nprobe == 32 else 'hard'}"
+    difficulty = {16: "easy", 32: "medium"}.get(nprobe, "hard")
+    reasons["nprobe"] = f"RC {mf.relative_contrast:.2f}: {difficulty}"
     if method_family == "graph":
         nprobe = min(2 * nprobe, 128)
         reasons["nprobe"] += "; graph-favoured data: SPANN probes more to match a graph index (x2)"

@@ -142,7 +142,8 @@ def _points_section(r: EvalResult) -> list[str]:
     extra = [n for n in task_metric_names_from(r) if n != r.task][:2]
     cols = ["recall"] + ([r.task] if r.task else []) + extra
     out = ["## Operating points", "",
-           "| point | " + " | ".join(cols) + " | QPS | p50 ms | p95 ms | p99 ms | MB read/q | build s | RAM MB | disk MB |",
+           "| point | " + " | ".join(cols)
+           + " | QPS | p50 ms | p95 ms | p99 ms | MB read/q | build s | RAM MB | disk MB |",
            "|---" * (len(cols) + 9) + "|"]
     for p in r.points:
         out.append(f"| {p['label']} | " + " | ".join(_f(p.get(c)) for c in cols)
@@ -162,7 +163,8 @@ def _rankings_section(r: EvalResult) -> list[str]:
     if pts["discordant"]:
         out += ["Largest disagreements (more recall, less task):", ""]
         out += [f"- `{d['more_recall']}` recall {_f(d['recall'][0])} / task {_f(d['task'][0])} vs "
-                f"`{d['better_task']}` recall {_f(d['recall'][1])} / task {_f(d['task'][1])}" for d in pts["discordant"]]
+                f"`{d['better_task']}` recall {_f(d['recall'][1])} / task {_f(d['task'][1])}"
+                for d in pts["discordant"]]
         out.append("")
     out += [f"Systems by best QPS at recall >= {sys_['recall_target']} vs at {r.task} >= {sys_['task_target']} "
             f"(99% of exact); Kendall tau {sys_['kendall_tau']}.", "",

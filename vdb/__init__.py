@@ -6,6 +6,7 @@
     db.upsert("docs", ids, vectors, payloads=None)
     ids, dists = db.search("docs", queries, top_k=10)
 """
+from vdb.client import Client
 from vdb.collection import Record
 from vdb.engine import Database, SearchResult, connect
 from vdb.errors import (AlreadyExistsError, DataLossError, DeadlineExceededError, FailedPreconditionError,
@@ -13,7 +14,7 @@ from vdb.errors import (AlreadyExistsError, DataLossError, DeadlineExceededError
                         ResourceExhaustedError, UnauthenticatedError, UnavailableError, VdbError)
 
 __version__ = "0.1.0"
-__all__ = ["AlreadyExistsError", "DataLossError", "Database", "DeadlineExceededError", "FailedPreconditionError",
+__all__ = ["AlreadyExistsError", "Client", "DataLossError", "Database", "DeadlineExceededError", "FailedPreconditionError",
            "InternalError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "Record",
            "ResourceExhaustedError", "SearchResult", "UnauthenticatedError", "UnavailableError", "VdbError",
            "connect"]

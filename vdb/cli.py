@@ -198,6 +198,52 @@ def check(path):
         raise click.exceptions.Exit(1)
 
 
+@cli.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Data directory (created if missing); holds every collection.")
+@click.option("--host", help="Address to bind (default 127.0.0.1: loopback only).")
+@click.option("--port", type=int, help="gRPC port (default 50051; 0 picks a free one).")
+@click.option("--api-key", help="Require `authorization: Bearer KEY` (or set VDB_API_KEY).")
+@click.option("--read-only-api-key", help="A second key that may only read.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="PEM private key.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--attach", "attach", multiple=True, metavar="NAME=DIR",
+              help="Serve a `vdbctl build` output directory as collection NAME (no re-ingest).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="TOML file with a [vdb] table of settings.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other setting (see vdb/config.py).")
+def serve(data_dir, host, port, api_key, read_only_api_key, tls_cert, tls_key, metrics_port, attach, config_file,
+          sets):
+    """Run the gRPC server until SIGTERM/SIGINT (then drain, checkpoint and close).
+
+    Health (grpc.health.v1) and server reflection are always on; health needs no API key.
+
+    \b
+    Example:
+      vdbctl serve --data data/ --port 50051
+      vdbctl serve --data data/ --attach sift=sift-idx/ --api-key s3cret --metrics-port 9100
+    """
+    import vdb
+    from vdb.server import serve as run
+    overrides = {**_parse_sets(sets), "host": host, "port": port, "api_key": api_key,
+                 "read_only_api_key": read_only_api_key, "tls_cert": tls_cert, "tls_key": tls_key,
+                 "metrics_port": metrics_port}
+    db = vdb.connect(data_dir, config_file=config_file, **overrides)
+    try:
+        for spec in attach:
+            name, _, path = spec.partition("=")
+            if not path:
+                raise click.BadParameter(f"{spec!r} is not NAME=DIR", param_hint="--attach")
+            if name not in db.list_collections():
+                db.attach_collection(name, path)
+    except BaseException:
+        db.close()
+        raise
+    run(db, db.settings, ready=lambda p: click.echo(json.dumps({"serving": f"{db.settings['host']}:{p}"}),
+                                                      err=True))
+
+
 def _register_evaluator() -> None:
     from vdb.eval.commands import eval_command, recommend_command
     cli.add_command(eval_command)

@@ -24,8 +24,8 @@ from index.distance import as_matrix, from_kernel, prepare_base
 from index.mutable import DELETED, MutableSpannIndex
 from storage.wal import WriteAheadLog
 from vdb import walcodec
-from vdb.errors import (DataLossError, InvalidArgumentError, ResourceExhaustedError, UnavailableError,
-                        translate)
+from vdb.errors import (DataLossError, DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError,
+                        UnavailableError, translate)
 from vdb.filters import compile_filter
 from vdb.memtable import Memtable, search_exact
 from vdb.payloads import PayloadIndex
@@ -144,14 +144,14 @@ class Collection:
                      replayed, self.checkpoint_lsn, self.applied_lsn)
 
     # -- writes -----------------------------------------------------------------------------------------
-    def upsert(self, ids, vectors, payloads=None) -> int:
+    def upsert(self, ids, vectors, payloads=None, *, timeout: float | None = None) -> int:
         self._check_usable()
         ids = check_ids(ids, self.settings["max_batch"])
         x = prepare_base(as_matrix(vectors, self.dim), self.metric)
         if len(x) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(x)} vectors")
         payloads = check_payloads(payloads, len(ids))
-        self._wait_for_room()
+        self._wait_for_room(timeout)
         return self._log_and_apply(walcodec.UPSERT, walcodec.encode_upsert(ids, x, payloads),
                                    walcodec.Upsert(ids, x, payloads))
 
@@ -220,18 +220,23 @@ class Collection:
         merged.update(self._ids)
         return [(e, r) for e, r in merged.items() if r >= 0]
 
-    def _wait_for_room(self) -> None:
+    def _wait_for_room(self, timeout: float | None = None) -> None:
         """Throttle writers while maintenance is behind, instead of failing them or growing RAM forever."""
         limit = self.settings["max_pending_rows"]
         if len(self.memtable) <= limit:
             return
-        deadline = time.monotonic() + self.settings["write_timeout_s"]
+        wait = self.settings["write_timeout_s"]
+        caller_deadline = timeout is not None and timeout < wait
+        deadline = time.monotonic() + (timeout if caller_deadline else wait)
         self.maintainer.wake()
         with self._throttle:
             while len(self.memtable) > limit:
                 self._check_usable()
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if caller_deadline:
+                        raise DeadlineExceededError(f"collection {self.name!r}: the deadline passed while the "
+                                                    f"write waited for indexing to catch up")
                     raise ResourceExhaustedError(f"collection {self.name!r}: {len(self.memtable)} writes wait "
                                                  f"for indexing (max_pending_rows={limit}); retry later")
                 self._throttle.wait(min(left, 0.2))

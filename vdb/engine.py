@@ -161,9 +161,11 @@ class Database:
 
     # -- data -------------------------------------------------------------------------------------------
     @public
-    def upsert(self, name: str, ids, vectors, payloads=None) -> int:
-        """Insert or replace vectors (and their payloads); returns the LSN once durable under the policy."""
-        return self._get(name).upsert(ids, vectors, payloads)
+    def upsert(self, name: str, ids, vectors, payloads=None, *, timeout: float | None = None) -> int:
+        """Insert or replace vectors (and their payloads); returns the LSN once durable under the policy.
+
+        `timeout` bounds how long a writer throttled by a maintenance backlog waits."""
+        return self._get(name).upsert(ids, vectors, payloads, timeout=timeout)
 
     @public
     def delete(self, name: str, ids) -> int:

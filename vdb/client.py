@@ -1,0 +1,164 @@
+"""`vdb.Client("host:port")`: the embedded API over gRPC, numpy in and numpy out, with the same typed errors.
+
+Retries: only UNAVAILABLE (the server could not be reached or is restarting), with exponential backoff, and
+only for calls that are safe to repeat: reads, and upsert/delete, which are idempotent by id (a repeated
+upsert leaves the same state; only its LSN differs). Create/drop are never retried.
+"""
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+
+from vdb import convert
+from vdb.collection import Record
+from vdb.engine import SearchResult
+from vdb.errors import BY_CODE, InternalError, InvalidArgumentError, VdbError
+from vdb.v1 import vector_db_pb2 as pb
+from vdb.v1 import vector_db_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE = 64 << 20
+
+
+def _error(e: grpc.RpcError) -> VdbError:
+    code = e.code()
+    err = BY_CODE.get(code, InternalError)(e.details() or code.name)
+    err.code = code
+    return err
+
+
+class Client:
+    def __init__(self, target: str, api_key: str | None = None, *, tls: bool = False,
+                 root_certificates: bytes | None = None, timeout: float | None = 60.0, retries: int = 3,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE):
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls or root_certificates:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates),
+                                                options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.VectorDBStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.timeout, self.retries, self.max_message_bytes = timeout, retries, max_message_bytes
+
+    def _call(self, method: str, request, *, retry: bool):
+        attempt = 0
+        while True:
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if retry and e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(0.1 * 2 ** attempt)
+                    attempt += 1
+                    continue
+                raise _error(e) from None
+
+    # -- collections ------------------------------------------------------------------------------------
+    def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
+                          **options) -> dict:
+        durability = options.pop("durability", None)
+        if durability is not None and durability not in convert.DURABILITY_ENUM:
+            options["durability"] = durability  # the server rejects it with the embedded message
+            durability = None
+        req = pb.CreateCollectionRequest(
+            name=name, dim=int(dim), metric=convert.METRIC_ENUM.get(str(metric).lower(), pb.METRIC_UNSPECIFIED),
+            durability=convert.DURABILITY_ENUM[durability] if durability else pb.DURABILITY_UNSPECIFIED,
+            exist_ok=exist_ok, options_json=convert.to_json(options).decode() if options else "")
+        return convert.info_dict(self._call("CreateCollection", req, retry=False).collection)
+
+    def list_collections(self) -> list[str]:
+        return list(self._call("ListCollections", pb.ListCollectionsRequest(), retry=True).names)
+
+    def describe_collection(self, name: str) -> dict:
+        return convert.info_dict(self._call("DescribeCollection", pb.DescribeCollectionRequest(name=name),
+                                            retry=True).collection)
+
+    def drop_collection(self, name: str) -> None:
+        self._call("DropCollection", pb.DropCollectionRequest(name=name), retry=False)
+
+    # -- data -------------------------------------------------------------------------------------------
+    def upsert(self, name: str, ids, vectors, payloads=None) -> int:
+        ids = np.atleast_1d(np.asarray(ids))
+        req = pb.UpsertRequest(collection=name, ids=_ids(ids), vectors=convert.to_vectors(_floats(vectors)))
+        if payloads is not None:
+            req.payloads_json.extend(convert.to_json(p) for p in payloads)
+        return self._call("Upsert", req, retry=True).lsn
+
+    def upsert_batched(self, name: str, ids, vectors, payloads=None, batch_size: int | None = None) -> int:
+        """Upsert any number of vectors in messages that fit the size limit; returns the last LSN."""
+        ids, vectors = np.asarray(ids), _floats(vectors)
+        row_bytes = 4 * vectors.shape[1] + 16
+        batch = batch_size or max(1, min(10_000, self.max_message_bytes // 2 // row_bytes))
+        lsn = 0
+        for s in range(0, len(ids), batch):
+            lsn = self.upsert(name, ids[s: s + batch], vectors[s: s + batch],
+                              payloads[s: s + batch] if payloads is not None else None)
+        return lsn
+
+    def delete(self, name: str, ids) -> int:
+        ids = np.atleast_1d(np.asarray(ids))
+        return self._call("Delete", pb.DeleteRequest(collection=name, ids=_ids(ids)), retry=True).lsn
+
+    def get(self, name: str, ids) -> list[Record]:
+        ids = np.atleast_1d(np.asarray(ids))
+        return convert.records_from(self._call("Get", pb.GetRequest(collection=name, ids=_ids(ids)), retry=True))
+
+    def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None, eps=None,
+               use_cache: bool = True, explain: bool = False) -> SearchResult:
+        q = _floats(queries)
+        params = convert.search_params(top_k, nprobe, rerank_k, eps, filter, use_cache, explain)
+        if len(q) == 1:
+            resp = self._call("Search", pb.SearchRequest(collection=name, query=convert.to_vectors(q), params=params),
+                              retry=True)
+            results = [resp.result]
+        else:
+            resp = self._call("BatchSearch", pb.BatchSearchRequest(collection=name, queries=convert.to_vectors(q),
+                                                                   params=params), retry=True)
+            results = resp.results
+        ids, dists, explains = convert.from_search_results(results, int(top_k))
+        ex = explains[0] if explain and explains else None
+        if np.ndim(queries) == 1:
+            return SearchResult(ids[0], dists[0], ex)
+        return SearchResult(ids, dists, ex)
+
+    def count(self, name: str) -> int:
+        return self._call("Count", pb.CountRequest(collection=name), retry=True).count
+
+    def stats(self, name: str) -> dict:
+        import json
+        return json.loads(self._call("Stats", pb.StatsRequest(collection=name), retry=True).stats_json)
+
+    def flush(self, name: str) -> int:
+        return self._call("Flush", pb.FlushRequest(collection=name), retry=True).checkpoint_lsn
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _floats(x) -> np.ndarray:
+    """Client-side shape only; the server validates dimension, NaN and Inf (same messages as embedded)."""
+    try:
+        a = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"vectors must be numeric: {e}") from None
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise InvalidArgumentError(f"vectors must be a 2-D array [n, dim], got shape {a.shape}")
+    return a
+
+
+def _ids(ids: np.ndarray) -> list[int]:
+    if ids.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"ids must be integers, got {ids.dtype}")
+    if ids.dtype.kind == "i" and len(ids) and ids.min() < 0:
+        raise InvalidArgumentError("ids must be in [0, 2**63 - 1]")
+    return ids.astype(np.uint64).tolist()

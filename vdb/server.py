@@ -1,0 +1,259 @@
+"""The gRPC server: `vdb.v1.VectorDB` over one embedded Database, plus health, reflection and metrics.
+
+Built by `create_server(db, settings) -> (server, port)` (tests bind port 0). Each concern is one small piece:
+`rpc` (errors -> status codes, deadlines, bad bytes), `AuthInterceptor` (API keys), `MetricsInterceptor`
+(Prometheus). Handlers only translate (vdb/convert.py) and call the Database.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import signal
+import threading
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vdb import convert
+from vdb.errors import DeadlineExceededError, InvalidArgumentError, VdbError, translate
+from vdb.metrics import Metrics
+from vdb.v1 import vector_db_pb2 as pb
+
+log = logging.getLogger(__name__)
+SERVICE = "vdb.v1.VectorDB"
+READ_METHODS = {"ListCollections", "DescribeCollection", "Get", "Search", "BatchSearch", "Count", "Stats"}
+METHODS = {  # name -> (request type, response type)
+    "CreateCollection": (pb.CreateCollectionRequest, pb.CreateCollectionResponse),
+    "ListCollections": (pb.ListCollectionsRequest, pb.ListCollectionsResponse),
+    "DescribeCollection": (pb.DescribeCollectionRequest, pb.DescribeCollectionResponse),
+    "DropCollection": (pb.DropCollectionRequest, pb.DropCollectionResponse),
+    "Upsert": (pb.UpsertRequest, pb.UpsertResponse),
+    "Delete": (pb.DeleteRequest, pb.DeleteResponse),
+    "Get": (pb.GetRequest, pb.GetResponse),
+    "Search": (pb.SearchRequest, pb.SearchResponse),
+    "BatchSearch": (pb.BatchSearchRequest, pb.BatchSearchResponse),
+    "Count": (pb.CountRequest, pb.CountResponse),
+    "Flush": (pb.FlushRequest, pb.FlushResponse),
+    "Stats": (pb.StatsRequest, pb.StatsResponse),
+}
+
+
+class _Undecodable:
+    """What a request that is not a valid message deserializes to, so the handler can answer precisely."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _safe_parser(message_type):
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception as e:  # protobuf raises DecodeError (and sometimes others) on garbage
+            return _Undecodable(e)
+    return parse
+
+
+def rpc(fn):
+    """Errors become status codes (vdb/errors.py table); deadlines and undecodable bytes are checked first."""
+    @functools.wraps(fn)
+    def handler(self, request, context):
+        try:
+            if isinstance(request, _Undecodable):
+                raise InvalidArgumentError(f"request is not a valid {fn.__name__}Request message "
+                                           f"({request.error})")
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError("the deadline passed before the request was handled")
+            return fn(self, request, context)
+        except VdbError as e:
+            context.abort(e.code, str(e))
+        except Exception as e:
+            err = translate(e)
+            if err.code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed unexpectedly", fn.__name__)
+            context.abort(err.code, str(err))
+    return handler
+
+
+def _timeout(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining)
+
+
+class VectorDBServicer:
+    def __init__(self, db):
+        self.db = db
+
+    @rpc
+    def CreateCollection(self, req, context):
+        info = self.db.create_collection(**convert.create_args(req))
+        return pb.CreateCollectionResponse(collection=convert.collection_info(info))
+
+    @rpc
+    def ListCollections(self, req, context):
+        return pb.ListCollectionsResponse(names=self.db.list_collections())
+
+    @rpc
+    def DescribeCollection(self, req, context):
+        return pb.DescribeCollectionResponse(collection=convert.collection_info(self.db.describe_collection(req.name)))
+
+    @rpc
+    def DropCollection(self, req, context):
+        self.db.drop_collection(req.name)
+        return pb.DropCollectionResponse()
+
+    @rpc
+    def Upsert(self, req, context):
+        vectors = convert.from_vectors(req.vectors)
+        lsn = self.db.upsert(req.collection, convert.from_ids(req.ids), vectors,
+                             convert.payloads_from(req.payloads_json), timeout=_timeout(context))
+        return pb.UpsertResponse(lsn=lsn, upserted=len(req.ids))
+
+    @rpc
+    def Delete(self, req, context):
+        return pb.DeleteResponse(lsn=self.db.delete(req.collection, convert.from_ids(req.ids)))
+
+    @rpc
+    def Get(self, req, context):
+        records = self.db.get(req.collection, convert.from_ids(req.ids))
+        dim = self.db.describe_collection(req.collection)["dim"]
+        return convert.get_response(records, req.omit_vectors, dim)
+
+    @rpc
+    def Search(self, req, context):
+        q = convert.from_vectors(req.query, what="query")
+        if len(q) != 1:
+            raise InvalidArgumentError(f"Search takes exactly one query vector, got {len(q)}; use BatchSearch")
+        res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
+        return pb.SearchResponse(result=convert.search_result(res.ids[0], res.distances[0], res.explain))
+
+    @rpc
+    def BatchSearch(self, req, context):
+        q = convert.from_vectors(req.queries, what="queries")
+        res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
+        return pb.BatchSearchResponse(results=[convert.search_result(i, d, res.explain)
+                                               for i, d in zip(res.ids, res.distances)])
+
+    @rpc
+    def Count(self, req, context):
+        return pb.CountResponse(count=self.db.count(req.collection))
+
+    @rpc
+    def Flush(self, req, context):
+        return pb.FlushResponse(checkpoint_lsn=self.db.flush(req.collection))
+
+    @rpc
+    def Stats(self, req, context):
+        return pb.StatsResponse(stats_json=convert.to_json(self.db.stats(req.collection)).decode())
+
+
+def _handlers(servicer) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=_safe_parser(req),
+                                                  response_serializer=resp.SerializeToString)
+        for name, (req, resp) in METHODS.items()})
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """`authorization: Bearer <key>` on every call but health checks; keys compared in constant time."""
+
+    def __init__(self, api_key: str, read_only_key: str = ""):
+        self._key = api_key.encode()
+        self._ro = read_only_key.encode()
+
+    def intercept_service(self, continuation, details):
+        method = details.method
+        if (not self._key and not self._ro) or method.startswith("/grpc.health.v1.Health/"):
+            return continuation(details)
+        token = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and value.startswith("Bearer "):
+                token = value[len("Bearer "):].encode()
+        name = method.rsplit("/", 1)[-1]
+        full = bool(self._key) and hmac.compare_digest(token, self._key)
+        read_only = bool(self._ro) and hmac.compare_digest(token, self._ro)
+        if full or (read_only and method.startswith(f"/{SERVICE}/") and name in READ_METHODS):
+            return continuation(details)
+        if read_only:
+            return _deny(continuation(details), grpc.StatusCode.PERMISSION_DENIED,
+                         f"the read-only API key may not call {name}")
+        return _deny(continuation(details), grpc.StatusCode.UNAUTHENTICATED,
+                     "missing or wrong API key: send metadata `authorization: Bearer <key>`")
+
+
+def _deny(handler, code, message):
+    if handler is None:
+        return None
+
+    def abort(request, context):
+        context.abort(code, message)
+
+    def abort_stream(request_iterator, context):
+        context.abort(code, message)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort_stream)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort_stream)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+def create_server(db, settings, *, port: int | None = None) -> tuple[grpc.Server, int]:
+    """A started-ready (not yet started) server over `db`; returns it and the bound port."""
+    from concurrent.futures import ThreadPoolExecutor
+    max_bytes = int(settings["max_message_mb"]) << 20
+    metrics = Metrics(db)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=int(settings["workers"]), thread_name_prefix="vdb-rpc"),
+        interceptors=[metrics.interceptor(),  # outermost: counts refused calls too
+                      AuthInterceptor(settings["api_key"], settings["read_only_api_key"])],
+        options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)])
+    server.add_generic_rpc_handlers((_handlers(VectorDBServicer(db)),))
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (pb.DESCRIPTOR.services_by_name["VectorDB"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server)
+    address = f"{settings['host']}:{settings['port'] if port is None else port}"
+    if settings["tls_cert"] or settings["tls_key"]:
+        with open(settings["tls_cert"], "rb") as c, open(settings["tls_key"], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind {address}")
+    server.health = health_servicer
+    server.metrics = metrics
+    if settings["metrics_port"]:
+        metrics.serve(settings["host"], int(settings["metrics_port"]))
+    return server, bound
+
+
+def serve(db, settings, *, ready=None) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, drain for grace_s, flush and close the database."""
+    server, port = create_server(db, settings)
+    server.start()
+    log.warning("vdb serving %s on %s:%d (%s)", db.path, settings["host"], port,
+                "TLS" if settings["tls_cert"] else "plaintext")
+    if ready is not None:
+        ready(port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    log.warning("shutting down: draining RPCs for up to %.0f s", settings["grace_s"])
+    for name in ("", SERVICE):
+        server.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    t = time.monotonic()
+    server.stop(settings["grace_s"]).wait()
+    db.close()
+    log.warning("stopped after %.1f s; every collection checkpointed", time.monotonic() - t)

@@ -89,6 +89,6 @@ def closure_assign(data, n_rows: int, heads: np.ndarray, head_index: HeadIndex, 
 
 
 def auto_cap(n_records: int, n_heads: int, params: BuildParams) -> int:
-    if params.posting_cap:
-        return params.posting_cap
-    return max(64, int(np.ceil(3.0 * n_records / max(n_heads, 1))))
+    """The posting cap: given, or (resolved params) the online split limit, so that a bulk-built index is
+    already within the limit its first online insert would enforce."""
+    return params.posting_cap or params.split_limit or max(64, int(np.ceil(3.0 * n_records / max(n_heads, 1))))

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CHUNK = 65536
 MAX_EXT_ID = (1 << 63) - 1
 POSTING_BATCH = 4096
+QUANTIZER_SAMPLE = 100_000  # rows the INT8 quantizer is trained on
 
 
 class _NullBar:
@@ -174,6 +175,27 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def quantizer_sample_rows(n: int, seed: int) -> np.ndarray:
+    """Rows the INT8 quantizer is trained on (ascending). Shared with the distributed build."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, min(n, QUANTIZER_SAMPLE), replace=False))
+
+
+def build_head_index(heads: np.ndarray, metric: Metric, params: BuildParams) -> HeadIndex:
+    return HeadIndex.build(heads, angular=metric.angular, kind=params.head_index, m=params.hnsw_m,
+                           ef_construction=params.hnsw_ef_construction)
+
+
+def drop_empty_heads(heads: np.ndarray, assignment, head_index: HeadIndex, metric: Metric, params: BuildParams):
+    """A head no vector chose wastes a probe slot: drop it and re-index the rest. Returns (heads, assignment,
+    head_index), unchanged when every head has members."""
+    empty = assignment.lengths() == 0
+    if not empty.any():
+        return heads, assignment, head_index
+    heads = heads[~empty]
+    return heads, assignment.without_empty(), build_head_index(heads, metric, params)
+
+
 def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metric, progress, timings) -> dict:
     n, dim = source.shape
     t = time.perf_counter()
@@ -182,8 +204,7 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     timings["read"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    rng = np.random.default_rng(params.seed)
-    sample_rows = np.sort(rng.choice(n, min(n, 100_000), replace=False))
+    sample_rows = quantizer_sample_rows(n, params.seed)
     quantizer = Int8Quantizer.train(np.asarray(vec[sample_rows], dtype=np.float32))
     hs = HeadSpaceView(vec, metric)
     n_target = max(1, int(round(params.head_ratio * n)))
@@ -193,20 +214,14 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     timings["cluster"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    head_index = HeadIndex.build(heads, angular=metric.angular, kind=params.head_index, m=params.hnsw_m,
-                                 ef_construction=params.hnsw_ef_construction)
+    head_index = build_head_index(heads, metric, params)
     timings["head_index"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
     bar = progress("assign (RNG rule)", n)
     assignment = closure_assign(hs, n, heads, head_index, params, progress=bar.update)
     bar.close()
-    empty = assignment.lengths() == 0
-    if empty.any():  # a head no vector chose wastes a probe slot: drop it and re-index the rest
-        heads = heads[~empty]
-        assignment = assignment.without_empty()
-        head_index = HeadIndex.build(heads, angular=metric.angular, kind=params.head_index, m=params.hnsw_m,
-                                     ef_construction=params.hnsw_ef_construction)
+    heads, assignment, head_index = drop_empty_heads(heads, assignment, head_index, metric, params)
     timings["assign"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -217,6 +232,17 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     timings["write"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
+    stats = write_metadata(d, ext_ids, heads, head_index, assignment, quantizer, params, metric)
+    timings["metadata"] = round(time.perf_counter() - t, 3)
+    log.info("built %d vectors into %d postings", n, len(heads))
+    return dict(stats)
+
+
+def write_metadata(d: IndexDir, ext_ids: np.ndarray, heads: np.ndarray, head_index: HeadIndex, assignment,
+                   quantizer: Int8Quantizer, params: BuildParams, metric: Metric) -> dict:
+    """The build's one metadata transaction: posting directory, id maps, quantizer, head index and manifest.
+    Shared with the distributed build so both write the same format. Returns the build stats."""
+    n, dim = len(ext_ids), d.vectors.dim
     lengths = assignment.lengths()
     replicas = np.bincount(assignment.vec, minlength=n)
     stats = {
@@ -240,6 +266,4 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
         w.put_array("head_index", head_index.to_bytes())
         w.put_ids(ext_ids[order], order.astype(np.int64), sorted_new=True)
         w.set_manifest(manifest)
-    timings["metadata"] = round(time.perf_counter() - t, 3)
-    log.info("built %d vectors into %d postings", n, len(heads))
-    return dict(stats)
+    return stats

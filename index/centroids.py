@@ -15,6 +15,20 @@ import faiss
 import numpy as np
 
 FLAT_MAX = 4096  # below this many heads an exact scan is as fast as HNSW and exact
+_threads: int | None = None
+
+
+def set_search_threads(n: int | None) -> None:
+    """OpenMP threads for head-index calls, in *every* thread that makes them (OpenMP keeps the setting per
+    thread, so setting it once in the main thread does not reach server or maintenance threads). None: leave
+    faiss's default."""
+    global _threads
+    _threads = n
+
+
+def _apply_threads() -> None:
+    if _threads is not None:
+        faiss.omp_set_num_threads(_threads)
 
 
 class _ReadWriteLock:
@@ -87,6 +101,7 @@ class HeadIndex:
         n = max(1, min(n, self.size))
         if self.size == 0:
             return np.full((len(hq), 1), np.inf, np.float32), np.full((len(hq), 1), -1, np.int64)
+        _apply_threads()
         with self._rw.read():
             if self.kind == "hnsw":
                 d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=max(ef_search, n)))
@@ -96,6 +111,7 @@ class HeadIndex:
         return np.where(ids < 0, np.inf, d).astype(np.float32), ids
 
     def add(self, heads: np.ndarray, ids: np.ndarray) -> None:
+        _apply_threads()
         with self._rw.write():
             self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))

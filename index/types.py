@@ -42,9 +42,9 @@ class BuildParams:
     max_replicas: int = 8             # SPANN: 8 (4 at dim >= 768, applied in resolved())
     rng_factor: float = 1.0           # RNG rule: accept head c unless rng_factor * d(c, a) < d(x, c)
     closure_eps: float = 10.0         # replicate only into heads with d(x, c) <= (1 + closure_eps) d(x, c_1)
-    posting_cap: int = 0              # 0: automatic (about 3x the mean posting length, at least 64)
+    posting_cap: int = 0              # 0: automatic, = split_limit (a bulk build starts within the online limit)
     extent_slack: float = 0.25        # free append space per posting extent (online inserts)
-    split_limit: int = 0              # online: split a posting longer than this; 0: automatic, ceil(2.5 / head_ratio)
+    split_limit: int = 0              # split a posting longer than this; 0: automatic, ceil(4 / head_ratio)
     merge_limit: int = 0              # online: merge a posting with fewer live records; 0: split_limit // 8
     reassign_neighbors: int = 8       # online: neighbouring postings re-checked after a split (SPFresh LIRE)
     bootstrap_rows: int = 1000        # online: an empty collection gets its first heads at this many vectors
@@ -79,12 +79,12 @@ class BuildParams:
             if not ok:
                 raise InvalidParameterError(message)
         Metric.parse(self.metric)
-        split = self.split_limit or max(16, int(np.ceil(2.5 / self.head_ratio)))
+        split = self.split_limit or max(16, int(np.ceil(4.0 / self.head_ratio)))
         merge = self.merge_limit or max(1, split // 8)
         if merge * 2 >= split:
             raise InvalidParameterError("merge_limit must be below half of split_limit")
         return BuildParams(**{**asdict(self), "max_replicas": replicas, "split_limit": split, "merge_limit": merge,
-                              "candidates": max(self.candidates, replicas)})
+                              "posting_cap": self.posting_cap or split, "candidates": max(self.candidates, replicas)})
 
     def to_dict(self) -> dict:
         return asdict(self)

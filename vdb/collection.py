@@ -196,15 +196,11 @@ class Collection:
                 self.live += len(rows) - n_old
                 if self._pindex is not None:
                     self._pindex.set_rows(rows, payloads, idx.n_rows)
-                if self.cache is not None:
-                    self.cache.on_write(op.vectors, old[had])
             else:
                 gone = op.ids[had].tolist()
                 self._ids.update(dict.fromkeys(gone, -1))
                 self._payloads.update(dict.fromkeys(gone, None))
                 self.live -= n_old
-                if self.cache is not None and n_old:
-                    self.cache.on_write(None, old[had])
 
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent. The overlay wins over LMDB (it is newer)."""
@@ -261,8 +257,8 @@ class Collection:
         p = SearchParams(**knobs).resolved(k)
         ex = explain if explain is not None else Explain()
         node = compile_filter(filter) if filter is not None else None
-        if node is None and use_cache and self.cache is not None:
-            return self.cache.search(self, qs, k, p, ex)
+        if use_cache and self.cache is not None:
+            return self.cache.search(self, qs, k, p, ex, node, filter)
         rows, d = self.search_rows(qs, k, p, node, ex)
         return self.to_ext(rows, d)
 

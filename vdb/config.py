@@ -41,13 +41,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sweep_deleted_fraction", 0.05, "garbage-collect / merge postings after this fraction of rows was "
             "deleted or replaced", _positive),
     Setting("write_timeout_s", 60.0, "how long a throttled writer waits before RESOURCE_EXHAUSTED", _positive),
+    Setting("faiss_threads", 1, "OpenMP threads faiss may use for head search (process-wide). 1: concurrency "
+            "comes from parallel requests; OpenMP spin-waiting on a busy machine costs milliseconds per query",
+            _positive),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
     Setting("exact_filter_rows", 20_000, "filtered searches matching at most this many rows run exactly",
             _positive),
     # semantic cache
-    Setting("cache_mb", 0, "semantic cache size per collection (0 disables)", lambda v: v >= 0),
+    Setting("cache_mb", 0.0, "semantic cache size per collection in MiB (0 disables)", lambda v: v >= 0),
     Setting("cache_error_budget", 0.0, "uncertified near hits allowed (fraction of k that may differ); 0 = "
             "serve certified hits only", lambda v: 0 <= v <= 1),
     Setting("cache_shadow_rate", 0.01, "fraction of cache hits re-run uncached to measure false hits",

@@ -241,6 +241,8 @@ def connect(path: str | os.PathLike, *, config_file: str | None = None, **settin
         resolved = load_settings(settings, config_file=config_file)
     except BaseException as e:
         raise translate(e) from None
+    from index.centroids import set_search_threads
+    set_search_threads(int(resolved["faiss_threads"]))
     return public(Database)(path, resolved)
 
 

@@ -96,11 +96,11 @@ class Maintainer:
         worked = False
         settings = c.settings
         with idx.maint_lock:
-            n_chunks, rows = c.memtable.oldest(settings["maintenance_batch"])
+            n_chunks, rows, vecs = c.memtable.oldest(settings["maintenance_batch"])
             if n_chunks:
                 if idx.bootstrapped:
                     idx.insert(rows[(idx.state[rows] & DELETED) == 0])
-                    c.memtable.drop_front(n_chunks)
+                    self._leave_memtable(n_chunks, vecs)
                     worked = True
                 else:
                     chunks = c.memtable.snapshot()  # one snapshot: a chunk added meanwhile stays pending
@@ -108,7 +108,9 @@ class Maintainer:
                     live = rows[(idx.state[rows] & DELETED) == 0]
                     if len(live) >= idx.params.bootstrap_rows:
                         idx.bootstrap(live)
-                        c.memtable.drop_front(len(chunks))
+                        if c.cache is not None:
+                            c.cache.prepare(c)  # heads exist now: bucket the cache by them
+                        self._leave_memtable(len(chunks), np.concatenate([v for _, v in chunks]))
                         worked = True
             if worked:
                 self.dirty = True
@@ -125,6 +127,12 @@ class Maintainer:
             self._last_checkpoint = time.monotonic()
             self._wal_bytes_at_checkpoint = c.wal.stats().get("bytes", 0)
         return worked
+
+    def _leave_memtable(self, n_chunks: int, vectors: np.ndarray) -> None:
+        """Rows now in postings leave the memtable; cache entries they could change go first (vdb/cache.py)."""
+        if self.c.cache is not None:
+            self.c.cache.on_indexed(vectors)
+        self.c.memtable.drop_front(n_chunks)
 
     def _checkpoint_due(self) -> bool:
         c = self.c

@@ -28,16 +28,19 @@ class Memtable:
     def snapshot(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         return self._chunks
 
-    def oldest(self, max_rows: int) -> tuple[int, np.ndarray]:
-        """(number of chunks, their rows) from the front, at least one chunk, about max_rows rows."""
+    def oldest(self, max_rows: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(number of chunks, their rows, their vectors) from the front: at least one chunk, about max_rows rows."""
         chunks = self._chunks
-        taken, rows = 0, []
-        for r, _ in chunks:
+        taken, rows, vecs = 0, [], []
+        for r, v in chunks:
             if taken and sum(len(x) for x in rows) + len(r) > max_rows:
                 break
             rows.append(r)
+            vecs.append(v)
             taken += 1
-        return taken, (np.concatenate(rows) if rows else np.zeros(0, np.int64))
+        if not rows:
+            return 0, np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return taken, np.concatenate(rows), np.concatenate(vecs)
 
     def drop_front(self, n_chunks: int) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ FAST = dict(quick=True, progress=False, n_boot=200, latency_queries=20)
 
 @pytest.fixture(scope="module")
 def cosine_run(tmp_path_factory):
-    from conftest import make_labelled
+    from labelled import make_labelled
     out = tmp_path_factory.mktemp("cosine")
     result = run_eval(make_labelled(), out, EvalConfig(metric="cosine", **FAST))
     return result, out, write_outputs(result, out, command="test")
@@ -61,7 +61,7 @@ def test_exact_search_ranks_the_metrics_as_the_data_was_built(cosine_run):
 
 
 def test_wrong_metric_shows_up_as_metric_misuse(tmp_path):
-    from conftest import make_labelled
+    from labelled import make_labelled
     result = run_eval(make_labelled(), tmp_path, EvalConfig(metric="ip", **FAST))
     f = result.funnel
     misuse = dict(f.stages())["metric misuse"]
@@ -77,7 +77,7 @@ def test_wrong_metric_shows_up_as_metric_misuse(tmp_path):
 
 
 def test_seeded_runs_repeat_their_quality_numbers(tmp_path):
-    from conftest import make_labelled
+    from labelled import make_labelled
     ds = make_labelled(n=800, nq=60)
     a = run_eval(ds, tmp_path / "a", EvalConfig(metric="l2", **FAST))
     b = run_eval(ds, tmp_path / "b", EvalConfig(metric="l2", **FAST))

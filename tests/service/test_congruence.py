@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import vdb
-from conftest import Running
+from running import Running
 
 
 def _script(db, x, q):

@@ -57,7 +57,7 @@ requests = st.one_of(
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    from conftest import Running
+    from running import Running
     r = Running(tmp_path_factory.mktemp("fuzz") / "data", checkpoint_interval_s=3600)
     with r.client() as c:
         c.create_collection("keep", dim=8)

@@ -104,7 +104,7 @@ def test_malformed_vectors_are_invalid_argument(running, filled):
 
 
 def test_oversized_message_is_resource_exhausted(tmp_path):
-    from conftest import Running
+    from running import Running
     r = Running(tmp_path / "small", max_message_mb=1)
     try:
         with r.client() as c:
@@ -171,7 +171,7 @@ def test_concurrent_searches_and_writes(client, filled):
 def test_metrics_endpoint_counts_rpcs_by_method_and_code(tmp_path):
     import socket
     import urllib.request
-    from conftest import Running
+    from running import Running
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         mport = s.getsockname()[1]

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vdb
-from conftest import Running
+from running import Running
 
 
 @pytest.fixture

@@ -244,6 +244,43 @@ def serve(data_dir, host, port, api_key, read_only_api_key, tls_cert, tls_key, m
                                                       err=True))
 
 
+@cli.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="cluster.toml: [router] host/port/overfetch and one [[shards]] address per shard.")
+@click.option("--port", type=int, help="Override the router port (0 picks a free one).")
+@click.option("--api-key", envvar="VDB_API_KEY", help="Require this key from clients.")
+def route(config_file, port, api_key):
+    """Serve one vdb.v1 endpoint over several `vdbctl serve` shards (id-hash sharding, scatter-gather search).
+
+    \b
+    Example cluster.toml:
+      [router]
+      port = 50050
+      overfetch = 1.5
+      [[shards]]
+      address = "127.0.0.1:50061"
+      [[shards]]
+      address = "127.0.0.1:50062"
+    \b
+    Example:
+      vdbctl route --config cluster.toml
+    """
+    import signal
+    import threading
+    from vdb.router import ClusterConfig, create_router
+    config = ClusterConfig.load(config_file)
+    server, bound = create_router(config, port=port, api_key=api_key or "")
+    server.start()
+    click.echo(json.dumps({"routing": f"{config.host}:{bound}", "shards": list(config.shards)}), err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop(5).wait()
+    server.router.close()
+
+
 def _register_evaluator() -> None:
     from vdb.eval.commands import eval_command, recommend_command
     cli.add_command(eval_command)

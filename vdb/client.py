@@ -106,9 +106,11 @@ class Client:
         return convert.records_from(self._call("Get", pb.GetRequest(collection=name, ids=_ids(ids)), retry=True))
 
     def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None, eps=None,
-               use_cache: bool = True, explain: bool = False) -> SearchResult:
+               use_cache: bool = True, explain: bool = False, allow_partial: bool = False) -> SearchResult:
+        """As Database.search. Through a router (`vdbctl route`), allow_partial=True answers from the shards
+        that are up; `.partial` then says whether some were missing."""
         q = _floats(queries)
-        params = convert.search_params(top_k, nprobe, rerank_k, eps, filter, use_cache, explain)
+        params = convert.search_params(top_k, nprobe, rerank_k, eps, filter, use_cache, explain, allow_partial)
         if len(q) == 1:
             resp = self._call("Search", pb.SearchRequest(collection=name, query=convert.to_vectors(q), params=params),
                               retry=True)
@@ -118,10 +120,11 @@ class Client:
                                                                    params=params), retry=True)
             results = resp.results
         ids, dists, explains = convert.from_search_results(results, int(top_k))
-        ex = explains[0] if explain and explains else None
-        if np.ndim(queries) == 1:
-            return SearchResult(ids[0], dists[0], ex)
-        return SearchResult(ids, dists, ex)
+        ex = explains[0] if explains else None
+        partial = any(r.partial for r in results)
+        res = SearchResult(ids[0], dists[0], ex) if np.ndim(queries) == 1 else SearchResult(ids, dists, ex)
+        res.partial = partial
+        return res
 
     def count(self, name: str) -> int:
         return self._call("Count", pb.CountRequest(collection=name), retry=True).count

@@ -105,10 +105,10 @@ def search_kwargs(p: pb.SearchParams) -> dict:
 
 
 def search_params(top_k, nprobe=None, rerank_k=None, eps=None, filter=None, use_cache=True,
-                  explain=False) -> pb.SearchParams:
+                  explain=False, allow_partial=False) -> pb.SearchParams:
     p = pb.SearchParams(top_k=int(top_k), nprobe=int(nprobe or 0), rerank_k=int(rerank_k or 0),
                         filter_json=to_json(filter).decode() if filter is not None else "",
-                        use_cache=bool(use_cache), explain=bool(explain))
+                        use_cache=bool(use_cache), explain=bool(explain), allow_partial=bool(allow_partial))
     if eps is not None:
         p.eps = float(eps)
     return p
@@ -124,7 +124,8 @@ def search_result(ids: np.ndarray, dists: np.ndarray, explain: dict | None) -> p
 
 
 def from_search_results(results, k: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Back to vdb's padded arrays [nq, k] (-1 / inf) plus per-query explain dicts."""
+    """Back to vdb's padded arrays [nq, k] (-1 / inf) plus per-query explain dicts (with `partial` and
+    `missing_shards` when a router answered from some shards only)."""
     ids = np.full((len(results), k), -1, np.int64)
     dists = np.full((len(results), k), np.inf, np.float32)
     explains = []
@@ -132,7 +133,10 @@ def from_search_results(results, k: int) -> tuple[np.ndarray, np.ndarray, list]:
         n = len(r.ids)
         ids[i, :n] = np.fromiter(r.ids, np.uint64, n).astype(np.int64)
         dists[i, :n] = np.fromiter(r.distances, np.float32, n)
-        explains.append(explain_dict(r.explain) if r.HasField("explain") else None)
+        ex = explain_dict(r.explain) if r.HasField("explain") else None
+        if r.partial:
+            ex = {**(ex or {}), "partial": True, "missing_shards": list(r.missing_shards)}
+        explains.append(ex)
     return ids, dists, explains
 
 

@@ -48,6 +48,7 @@ class SearchResult(tuple):
     def __new__(cls, ids, distances, explain=None):
         obj = super().__new__(cls, (ids, distances))
         obj.ids, obj.distances, obj.explain = ids, distances, explain
+        obj.partial = False  # only a router answering from some shards sets it
         return obj
 
 

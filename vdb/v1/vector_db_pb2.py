@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vdb/v1/vector_db.proto\x12\x06vdb.v1\"2\n\x07Vectors\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0cJ\x04\x08\x03\x10\x04R\x06values\"\xac\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1e\n\x06metric\x18\x03 \x01(\x0e\x32\x0e.vdb.v1.Metric\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12&\n\ndurability\x18\x05 \x01(\x0e\x32\x12.vdb.v1.Durability\x12\x19\n\x11\x62uild_params_json\x18\x06 \x01(\t\x12\r\n\x05heads\x18\x07 \x01(\x04\"\xa4\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1e\n\x06metric\x18\x03 \x01(\x0e\x32\x0e.vdb.v1.Metric\x12&\n\ndurability\x18\x04 \x01(\x0e\x32\x12.vdb.v1.Durability\x12\x10\n\x08\x65xist_ok\x18\x05 \x01(\x08\x12\x14\n\x0coptions_json\x18\x06 \x01(\t\"F\n\x18\x43reateCollectionResponse\x12*\n\ncollection\x18\x01 \x01(\x0b\x32\x16.vdb.v1.CollectionInfo\"\x18\n\x16ListCollectionsRequest\"(\n\x17ListCollectionsResponse\x12\r\n\x05names\x18\x01 \x03(\t\")\n\x19\x44\x65scribeCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x1a\x44\x65scribeCollectionResponse\x12*\n\ncollection\x18\x01 \x01(\x0b\x32\x16.vdb.v1.CollectionInfo\"%\n\x15\x44ropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44ropCollectionResponse\"i\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\x12 \n\x07vectors\x18\x03 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12\x15\n\rpayloads_json\x18\x04 \x03(\x0c\"/\n\x0eUpsertResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x10\n\x08upserted\x18\x02 \x01(\r\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\"\x1d\n\x0e\x44\x65leteResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\"C\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\x12\x14\n\x0comit_vectors\x18\x03 \x01(\x08\"S\n\x0bGetResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12 \n\x07vectors\x18\x02 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12\x15\n\rpayloads_json\x18\x03 \x03(\x0c\"\xa5\x01\n\x0cSearchParams\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x0e\n\x06nprobe\x18\x02 \x01(\r\x12\x10\n\x08rerank_k\x18\x03 \x01(\r\x12\x10\n\x03\x65ps\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x0b\x66ilter_json\x18\x05 \x01(\t\x12\x16\n\tuse_cache\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x42\x06\n\x04_epsB\x0c\n\n_use_cache\"\xb3\x01\n\x07\x45xplain\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x17\n\x0fpostings_probed\x18\x02 \x01(\x04\x12\x17\n\x0frecords_scanned\x18\x03 \x01(\x04\x12\x12\n\nbytes_read\x18\x04 \x01(\x04\x12\x15\n\rmemtable_rows\x18\x05 \x01(\x04\x12\x1b\n\x0e\x66ilter_matches\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05\x63\x61\x63he\x18\x07 \x01(\tB\x11\n\x0f_filter_matches\"P\n\x0cSearchResult\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x11\n\tdistances\x18\x02 \x03(\x02\x12 \n\x07\x65xplain\x18\x03 \x01(\x0b\x32\x0f.vdb.v1.Explain\"i\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1e\n\x05query\x18\x02 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12$\n\x06params\x18\x03 \x01(\x0b\x32\x14.vdb.v1.SearchParams\"6\n\x0eSearchResponse\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.vdb.v1.SearchResult\"p\n\x12\x42\x61tchSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x07queries\x18\x02 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12$\n\x06params\x18\x03 \x01(\x0b\x32\x14.vdb.v1.SearchParams\"<\n\x13\x42\x61tchSearchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.vdb.v1.SearchResult\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\"\n\x0c\x46lushRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\'\n\rFlushResponse\x12\x16\n\x0e\x63heckpoint_lsn\x18\x01 \x01(\x04\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"#\n\rStatsResponse\x12\x12\n\nstats_json\x18\x01 \x01(\t*Q\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\r\n\tMETRIC_L2\x10\x01\x12\r\n\tMETRIC_IP\x10\x02\x12\x11\n\rMETRIC_COSINE\x10\x03*i\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44URABILITY_FSYNC\x10\x01\x12\x14\n\x10\x44URABILITY_BATCH\x10\x02\x12\x13\n\x0f\x44URABILITY_NONE\x10\x03\x32\xa8\x06\n\x08VectorDB\x12U\n\x10\x43reateCollection\x12\x1f.vdb.v1.CreateCollectionRequest\x1a .vdb.v1.CreateCollectionResponse\x12R\n\x0fListCollections\x12\x1e.vdb.v1.ListCollectionsRequest\x1a\x1f.vdb.v1.ListCollectionsResponse\x12[\n\x12\x44\x65scribeCollection\x12!.vdb.v1.DescribeCollectionRequest\x1a\".vdb.v1.DescribeCollectionResponse\x12O\n\x0e\x44ropCollection\x12\x1d.vdb.v1.DropCollectionRequest\x1a\x1e.vdb.v1.DropCollectionResponse\x12\x37\n\x06Upsert\x12\x15.vdb.v1.UpsertRequest\x1a\x16.vdb.v1.UpsertResponse\x12\x37\n\x06\x44\x65lete\x12\x15.vdb.v1.DeleteRequest\x1a\x16.vdb.v1.DeleteResponse\x12.\n\x03Get\x12\x12.vdb.v1.GetRequest\x1a\x13.vdb.v1.GetResponse\x12\x37\n\x06Search\x12\x15.vdb.v1.SearchRequest\x1a\x16.vdb.v1.SearchResponse\x12\x46\n\x0b\x42\x61tchSearch\x12\x1a.vdb.v1.BatchSearchRequest\x1a\x1b.vdb.v1.BatchSearchResponse\x12\x34\n\x05\x43ount\x12\x14.vdb.v1.CountRequest\x1a\x15.vdb.v1.CountResponse\x12\x34\n\x05\x46lush\x12\x14.vdb.v1.FlushRequest\x1a\x15.vdb.v1.FlushResponse\x12\x34\n\x05Stats\x12\x14.vdb.v1.StatsRequest\x1a\x15.vdb.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vdb/v1/vector_db.proto\x12\x06vdb.v1\"2\n\x07Vectors\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0cJ\x04\x08\x03\x10\x04R\x06values\"\xac\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1e\n\x06metric\x18\x03 \x01(\x0e\x32\x0e.vdb.v1.Metric\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12&\n\ndurability\x18\x05 \x01(\x0e\x32\x12.vdb.v1.Durability\x12\x19\n\x11\x62uild_params_json\x18\x06 \x01(\t\x12\r\n\x05heads\x18\x07 \x01(\x04\"\xa4\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1e\n\x06metric\x18\x03 \x01(\x0e\x32\x0e.vdb.v1.Metric\x12&\n\ndurability\x18\x04 \x01(\x0e\x32\x12.vdb.v1.Durability\x12\x10\n\x08\x65xist_ok\x18\x05 \x01(\x08\x12\x14\n\x0coptions_json\x18\x06 \x01(\t\"F\n\x18\x43reateCollectionResponse\x12*\n\ncollection\x18\x01 \x01(\x0b\x32\x16.vdb.v1.CollectionInfo\"\x18\n\x16ListCollectionsRequest\"(\n\x17ListCollectionsResponse\x12\r\n\x05names\x18\x01 \x03(\t\")\n\x19\x44\x65scribeCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x1a\x44\x65scribeCollectionResponse\x12*\n\ncollection\x18\x01 \x01(\x0b\x32\x16.vdb.v1.CollectionInfo\"%\n\x15\x44ropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44ropCollectionResponse\"i\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\x12 \n\x07vectors\x18\x03 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12\x15\n\rpayloads_json\x18\x04 \x03(\x0c\"/\n\x0eUpsertResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x10\n\x08upserted\x18\x02 \x01(\r\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\"\x1d\n\x0e\x44\x65leteResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\"C\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x04\x12\x14\n\x0comit_vectors\x18\x03 \x01(\x08\"S\n\x0bGetResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12 \n\x07vectors\x18\x02 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12\x15\n\rpayloads_json\x18\x03 \x03(\x0c\"\xbc\x01\n\x0cSearchParams\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x0e\n\x06nprobe\x18\x02 \x01(\r\x12\x10\n\x08rerank_k\x18\x03 \x01(\r\x12\x10\n\x03\x65ps\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x0b\x66ilter_json\x18\x05 \x01(\t\x12\x16\n\tuse_cache\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x42\x06\n\x04_epsB\x0c\n\n_use_cache\"\xb3\x01\n\x07\x45xplain\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x17\n\x0fpostings_probed\x18\x02 \x01(\x04\x12\x17\n\x0frecords_scanned\x18\x03 \x01(\x04\x12\x12\n\nbytes_read\x18\x04 \x01(\x04\x12\x15\n\rmemtable_rows\x18\x05 \x01(\x04\x12\x1b\n\x0e\x66ilter_matches\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05\x63\x61\x63he\x18\x07 \x01(\tB\x11\n\x0f_filter_matches\"y\n\x0cSearchResult\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x11\n\tdistances\x18\x02 \x03(\x02\x12 \n\x07\x65xplain\x18\x03 \x01(\x0b\x32\x0f.vdb.v1.Explain\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x05 \x03(\t\"i\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1e\n\x05query\x18\x02 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12$\n\x06params\x18\x03 \x01(\x0b\x32\x14.vdb.v1.SearchParams\"6\n\x0eSearchResponse\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.vdb.v1.SearchResult\"p\n\x12\x42\x61tchSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x07queries\x18\x02 \x01(\x0b\x32\x0f.vdb.v1.Vectors\x12$\n\x06params\x18\x03 \x01(\x0b\x32\x14.vdb.v1.SearchParams\"<\n\x13\x42\x61tchSearchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.vdb.v1.SearchResult\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\"\n\x0c\x46lushRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\'\n\rFlushResponse\x12\x16\n\x0e\x63heckpoint_lsn\x18\x01 \x01(\x04\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"#\n\rStatsResponse\x12\x12\n\nstats_json\x18\x01 \x01(\t*Q\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\r\n\tMETRIC_L2\x10\x01\x12\r\n\tMETRIC_IP\x10\x02\x12\x11\n\rMETRIC_COSINE\x10\x03*i\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44URABILITY_FSYNC\x10\x01\x12\x14\n\x10\x44URABILITY_BATCH\x10\x02\x12\x13\n\x0f\x44URABILITY_NONE\x10\x03\x32\xa8\x06\n\x08VectorDB\x12U\n\x10\x43reateCollection\x12\x1f.vdb.v1.CreateCollectionRequest\x1a .vdb.v1.CreateCollectionResponse\x12R\n\x0fListCollections\x12\x1e.vdb.v1.ListCollectionsRequest\x1a\x1f.vdb.v1.ListCollectionsResponse\x12[\n\x12\x44\x65scribeCollection\x12!.vdb.v1.DescribeCollectionRequest\x1a\".vdb.v1.DescribeCollectionResponse\x12O\n\x0e\x44ropCollection\x12\x1d.vdb.v1.DropCollectionRequest\x1a\x1e.vdb.v1.DropCollectionResponse\x12\x37\n\x06Upsert\x12\x15.vdb.v1.UpsertRequest\x1a\x16.vdb.v1.UpsertResponse\x12\x37\n\x06\x44\x65lete\x12\x15.vdb.v1.DeleteRequest\x1a\x16.vdb.v1.DeleteResponse\x12.\n\x03Get\x12\x12.vdb.v1.GetRequest\x1a\x13.vdb.v1.GetResponse\x12\x37\n\x06Search\x12\x15.vdb.v1.SearchRequest\x1a\x16.vdb.v1.SearchResponse\x12\x46\n\x0b\x42\x61tchSearch\x12\x1a.vdb.v1.BatchSearchRequest\x1a\x1b.vdb.v1.BatchSearchResponse\x12\x34\n\x05\x43ount\x12\x14.vdb.v1.CountRequest\x1a\x15.vdb.v1.CountResponse\x12\x34\n\x05\x46lush\x12\x14.vdb.v1.FlushRequest\x1a\x15.vdb.v1.FlushResponse\x12\x34\n\x05Stats\x12\x14.vdb.v1.StatsRequest\x1a\x15.vdb.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vdb.v1.vector_db_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRIC']._serialized_start=2130
-  _globals['_METRIC']._serialized_end=2211
-  _globals['_DURABILITY']._serialized_start=2213
-  _globals['_DURABILITY']._serialized_end=2318
+  _globals['_METRIC']._serialized_start=2194
+  _globals['_METRIC']._serialized_end=2275
+  _globals['_DURABILITY']._serialized_start=2277
+  _globals['_DURABILITY']._serialized_end=2382
   _globals['_VECTORS']._serialized_start=34
   _globals['_VECTORS']._serialized_end=84
   _globals['_COLLECTIONINFO']._serialized_start=87
@@ -68,31 +68,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESPONSE']._serialized_start=1056
   _globals['_GETRESPONSE']._serialized_end=1139
   _globals['_SEARCHPARAMS']._serialized_start=1142
-  _globals['_SEARCHPARAMS']._serialized_end=1307
-  _globals['_EXPLAIN']._serialized_start=1310
-  _globals['_EXPLAIN']._serialized_end=1489
-  _globals['_SEARCHRESULT']._serialized_start=1491
-  _globals['_SEARCHRESULT']._serialized_end=1571
-  _globals['_SEARCHREQUEST']._serialized_start=1573
-  _globals['_SEARCHREQUEST']._serialized_end=1678
-  _globals['_SEARCHRESPONSE']._serialized_start=1680
-  _globals['_SEARCHRESPONSE']._serialized_end=1734
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=1736
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=1848
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1850
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1910
-  _globals['_COUNTREQUEST']._serialized_start=1912
-  _globals['_COUNTREQUEST']._serialized_end=1946
-  _globals['_COUNTRESPONSE']._serialized_start=1948
-  _globals['_COUNTRESPONSE']._serialized_end=1978
-  _globals['_FLUSHREQUEST']._serialized_start=1980
-  _globals['_FLUSHREQUEST']._serialized_end=2014
-  _globals['_FLUSHRESPONSE']._serialized_start=2016
-  _globals['_FLUSHRESPONSE']._serialized_end=2055
-  _globals['_STATSREQUEST']._serialized_start=2057
-  _globals['_STATSREQUEST']._serialized_end=2091
-  _globals['_STATSRESPONSE']._serialized_start=2093
-  _globals['_STATSRESPONSE']._serialized_end=2128
-  _globals['_VECTORDB']._serialized_start=2321
-  _globals['_VECTORDB']._serialized_end=3129
+  _globals['_SEARCHPARAMS']._serialized_end=1330
+  _globals['_EXPLAIN']._serialized_start=1333
+  _globals['_EXPLAIN']._serialized_end=1512
+  _globals['_SEARCHRESULT']._serialized_start=1514
+  _globals['_SEARCHRESULT']._serialized_end=1635
+  _globals['_SEARCHREQUEST']._serialized_start=1637
+  _globals['_SEARCHREQUEST']._serialized_end=1742
+  _globals['_SEARCHRESPONSE']._serialized_start=1744
+  _globals['_SEARCHRESPONSE']._serialized_end=1798
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1800
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1912
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1914
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1974
+  _globals['_COUNTREQUEST']._serialized_start=1976
+  _globals['_COUNTREQUEST']._serialized_end=2010
+  _globals['_COUNTRESPONSE']._serialized_start=2012
+  _globals['_COUNTRESPONSE']._serialized_end=2042
+  _globals['_FLUSHREQUEST']._serialized_start=2044
+  _globals['_FLUSHREQUEST']._serialized_end=2078
+  _globals['_FLUSHRESPONSE']._serialized_start=2080
+  _globals['_FLUSHRESPONSE']._serialized_end=2119
+  _globals['_STATSREQUEST']._serialized_start=2121
+  _globals['_STATSREQUEST']._serialized_end=2155
+  _globals['_STATSRESPONSE']._serialized_start=2157
+  _globals['_STATSRESPONSE']._serialized_end=2192
+  _globals['_VECTORDB']._serialized_start=2385
+  _globals['_VECTORDB']._serialized_end=3193
 # @@protoc_insertion_point(module_scope)

@@ -164,7 +164,7 @@ class GetResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., payloads_json: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SearchParams(_message.Message):
-    __slots__ = ("top_k", "nprobe", "rerank_k", "eps", "filter_json", "use_cache", "explain")
+    __slots__ = ("top_k", "nprobe", "rerank_k", "eps", "filter_json", "use_cache", "explain", "allow_partial")
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     RERANK_K_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class SearchParams(_message.Message):
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     USE_CACHE_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     top_k: int
     nprobe: int
     rerank_k: int
@@ -179,7 +180,8 @@ class SearchParams(_message.Message):
     filter_json: str
     use_cache: bool
     explain: bool
-    def __init__(self, top_k: _Optional[int] = ..., nprobe: _Optional[int] = ..., rerank_k: _Optional[int] = ..., eps: _Optional[float] = ..., filter_json: _Optional[str] = ..., use_cache: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, top_k: _Optional[int] = ..., nprobe: _Optional[int] = ..., rerank_k: _Optional[int] = ..., eps: _Optional[float] = ..., filter_json: _Optional[str] = ..., use_cache: _Optional[bool] = ..., explain: _Optional[bool] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class Explain(_message.Message):
     __slots__ = ("path", "postings_probed", "records_scanned", "bytes_read", "memtable_rows", "filter_matches", "cache")
@@ -200,14 +202,18 @@ class Explain(_message.Message):
     def __init__(self, path: _Optional[str] = ..., postings_probed: _Optional[int] = ..., records_scanned: _Optional[int] = ..., bytes_read: _Optional[int] = ..., memtable_rows: _Optional[int] = ..., filter_matches: _Optional[int] = ..., cache: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("ids", "distances", "explain")
+    __slots__ = ("ids", "distances", "explain", "partial", "missing_shards")
     IDS_FIELD_NUMBER: _ClassVar[int]
     DISTANCES_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     distances: _containers.RepeatedScalarFieldContainer[float]
     explain: Explain
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., distances: _Optional[_Iterable[float]] = ..., explain: _Optional[_Union[Explain, _Mapping]] = ...) -> None: ...
+    partial: bool
+    missing_shards: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., distances: _Optional[_Iterable[float]] = ..., explain: _Optional[_Union[Explain, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "params")

@@ -22,9 +22,34 @@ def test_commands_are_documented(command, name):
             assert param.help, f"--{param.name} has no help"
 
 
-def test_server_option_exists_but_is_not_available_yet():
-    res = CliRunner().invoke(eval_command, [TINY, "--server", "127.0.0.1:50051"])
-    assert res.exit_code == 1 and "not available yet" in res.output and "Traceback" not in res.output
+def test_unreachable_server_is_one_error_line(tmp_path):
+    res = CliRunner().invoke(eval_command, [TINY, "--quick", "--out", str(tmp_path), "-q", "--server",
+                                            "127.0.0.1:9"])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and "Traceback" not in res.output
+
+
+def test_eval_against_a_running_server_measures_the_cache(tmp_path):
+    import vdb
+    from vdb.config import load_settings
+    from vdb.server import create_server
+    db = vdb.connect(tmp_path / "data", cache_mb=16, cache_shadow_rate=1.0)
+    server, port = create_server(db, load_settings({"port": 0}))
+    server.start()
+    try:
+        res = CliRunner().invoke(eval_command, [TINY, "--quick", "--out", str(tmp_path / "out"), "-q",
+                                                "--latency-queries", "5", "--server", f"127.0.0.1:{port}"])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(line) for line in (tmp_path / "out" / "points.jsonl").read_text().splitlines()]
+        service = [r for r in rows if r["kind"] == "vdb-service"]
+        assert service and not [r for r in rows if r["kind"] == "vdb"]  # vdb measured over the wire only
+        cached = [r for r in service if r["search"]["use_cache"]]
+        assert cached and cached[0]["cache_hits_per_query"] > 0.9 and cached[0]["cache_false_hits_per_query"] == 0
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["funnel"]["served_cached"] is not None
+        assert db.list_collections() == []  # the temporary collection was dropped
+    finally:
+        server.stop(0)
+        db.close()
 
 
 def test_bad_dataset_is_one_error_line():

@@ -92,23 +92,19 @@ Example:
               help="Ground-truth cache directory (default OUT/groundtruth); reuse it across runs.")
 @click.option("--keep-indexes", is_flag=True, help="Keep the vdb index directories built under OUT/indexes.")
 @click.option("--server", metavar="HOST:PORT",
-              help="Evaluate a running vdb server over gRPC instead of an embedded index (not available yet).")
+              help="Evaluate a running vdb server over gRPC: the dataset is uploaded into a temporary collection, "
+                   "vdb's points are measured through the client (cache included), the collection is dropped.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars on stderr.")
 @_edge
 def eval_command(dataset, metric, k, seed, dim, out_dir, sweep_file, quick, latency_queries, cache_dir,
                  keep_indexes, server, quiet):
     from vdb.eval.datasets import load_dataset
-    from vdb.eval.errors import ServerModeUnavailableError
     from vdb.eval.report import write_outputs
     from vdb.eval.runner import EvalConfig, run_eval
-    if server:
-        raise ServerModeUnavailableError(f"--server {server}: evaluating a running server is not available yet "
-                                         f"(the gRPC service is not wired into the evaluator); run without "
-                                         f"--server to evaluate an embedded index")
     ds = load_dataset(dataset, dim=dim)
     config = EvalConfig(k=k, metric=metric, quick=quick, sweep_file=sweep_file, seed=seed,
                         latency_queries=min(latency_queries, 200) if quick else latency_queries,
-                        cache_dir=cache_dir, keep_indexes=keep_indexes, progress=not quiet)
+                        cache_dir=cache_dir, keep_indexes=keep_indexes, progress=not quiet, server=server)
     result = run_eval(ds, out_dir, config)
     paths = write_outputs(result, out_dir, command=_command_line(click.get_current_context()))
     click.echo(_eval_summary(result, paths))

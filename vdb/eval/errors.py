@@ -1,7 +1,7 @@
 """The evaluator's typed errors. Each subclasses a public vdb error, so the CLI edge and the gRPC table map them."""
 from __future__ import annotations
 
-from vdb.errors import InvalidArgumentError, UnavailableError
+from vdb.errors import InvalidArgumentError
 
 
 class EvalDatasetError(InvalidArgumentError):
@@ -10,7 +10,3 @@ class EvalDatasetError(InvalidArgumentError):
 
 class SweepSpecError(InvalidArgumentError):
     """A sweep file (JSON/TOML) that does not describe systems and operating points we can run."""
-
-
-class ServerModeUnavailableError(UnavailableError):
-    """`vdbctl eval --server` needs the gRPC service, which is not wired into the evaluator yet."""

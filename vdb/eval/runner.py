@@ -31,7 +31,7 @@ from vdb.eval.measure import measure_point, single_thread
 from vdb.eval.metafeatures import MetaFeatures, compute_metafeatures
 from vdb.eval.rankings import rank_points, rank_systems
 from vdb.eval.recommend import Recommendation, RecommendationCheck, check_recommendation, recommend
-from vdb.eval.sweep import SweepSpec, SystemSpec, default_sweep, load_sweep
+from vdb.eval.sweep import SweepSpec, SystemSpec, default_sweep, load_sweep, with_service
 from vdb.eval.systems import VdbSystem, remove_index_dir
 from vdb.eval.tasks import evaluate_tasks, primary_task
 
@@ -53,7 +53,9 @@ class EvalConfig:
     peer_metrics: tuple[str, ...] | None = None   # None = automatic (see sweep.py)
     keep_indexes: bool = False
     progress: bool = True
-    served_cached: float | None = None        # task value through the semantic cache, once one exists
+    served_cached: float | None = None        # task value through the semantic cache (else measured, see below)
+    server: str | None = None                 # evaluate a running vdb server (host:port) instead of embedded
+    cache_mb: float = 64.0                    # semantic cache of the service system (0: no cache points)
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,10 @@ def _sweep(config: EvalConfig, metric: str, n: int, cv_norms: float) -> SweepSpe
     if peers is None:
         peers = () if config.quick or cv_norms <= PEER_CV_MIN else tuple(m for m in METRICS if m != metric)
     if config.sweep_file:
-        return load_sweep(config.sweep_file, metric, n, quick=config.quick, peer_metrics=peers)
-    return default_sweep(metric, n, quick=config.quick, peer_metrics=peers)
+        spec = load_sweep(config.sweep_file, metric, n, quick=config.quick, peer_metrics=peers)
+    else:
+        spec = default_sweep(metric, n, quick=config.quick, peer_metrics=peers)
+    return with_service(spec, metric, quick=config.quick, server=config.server, cache=config.cache_mb > 0)
 
 
 # -- the sweep -------------------------------------------------------------------------------------------------
@@ -145,7 +149,7 @@ def _run_sweep(spec: SweepSpec, ds, raw_b, raw_q, truth, k, out: Path, config: E
     context = {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "seed": config.seed,
                "git_revision": git_revision(), "machine": machine_info(), "n_queries": ds.nq}
     for sys_spec in spec.systems:
-        system = _make_system(sys_spec, config.seed)
+        system = _make_system(sys_spec, config.seed, config)
         try:
             with single_thread():
                 info = system.build(raw_b, out / "indexes", progress=_stage_bars(config.progress))
@@ -166,9 +170,14 @@ def _run_sweep(spec: SweepSpec, ds, raw_b, raw_q, truth, k, out: Path, config: E
     return rows, per_query, latencies
 
 
-def _make_system(spec: SystemSpec, seed: int):
+def _make_system(spec: SystemSpec, seed: int, config: EvalConfig | None = None):
     if spec.kind == "vdb":
         return VdbSystem(spec.metric, {"seed": seed, **spec.build}, name=spec.name)
+    if spec.kind == "vdb-service":
+        from vdb.eval.service import ServiceSystem
+        return ServiceSystem(spec.metric, {"seed": seed, **spec.build}, name=spec.name,
+                             server=config.server if config else None,
+                             cache_mb=config.cache_mb if config else 64.0)
     return FaissSystem(spec.kind, spec.metric, spec.build, seed=seed)
 
 
@@ -199,7 +208,8 @@ def _analyse(task, metric, exact_pq, int8_pq, points, per_query, rec, config: Ev
         return None, {}, None
     exact_chosen = _mean(exact_pq[metric], task)
     default_vdb = [p for p in points if p["kind"] == "vdb" and p["metric"] == metric and not p["build"]]
-    served_pts = default_vdb or [p for p in points if p["kind"] == "vdb" and p["metric"] == metric]
+    served_pts = default_vdb or [p for p in points if p["kind"] == "vdb" and p["metric"] == metric] or \
+        [p for p in points if p["kind"] == "vdb-service" and p["metric"] == metric and not p["search"]["use_cache"]]
     same_metric = [p for p in points if p["metric"] == metric and p["family"] != "exact"]
     saturation = {"overall": saturation_point(same_metric, task, exact_chosen, cost_key="latency_p50_ms"),
                   "vdb": saturation_point(served_pts, task, exact_chosen, cost_key="bytes_read_per_query")}
@@ -212,11 +222,30 @@ def _analyse(task, metric, exact_pq, int8_pq, points, per_query, rec, config: Ev
     ci = {"metric misuse": _ci(exact_pq[best][task] - exact_pq[metric][task], config),
           "quantization loss": _ci(exact_pq[metric][task] - int8_pq[task], config),
           "index loss": _ci(int8_pq[task] - per_query[served][task], config)}
+    served_cached = config.served_cached
+    if served_cached is None:
+        served_value = next(p[task] for p in served_pts if p["label"] == served)
+        served_cached = _cached_task(points, metric, task, (sat or {}).get("search", {}).get("nprobe"), served_value)
     funnel = build_funnel(task, by_metric, metric, _mean(int8_pq, task), served_pts, served,
-                          served_cached=config.served_cached, saturation=sat, ci=ci)
+                          served_cached=served_cached, saturation=sat, ci=ci)
     check = check_recommendation(rec, by_metric, points, task=task, exact_ceiling=exact_chosen, metric=metric,
                                  measured_nprobe=(sat or {}).get("search", {}).get("nprobe"))
     return funnel, saturation, check
+
+
+def _cached_task(points: list[dict], metric: str, task: str, nprobe, served: float) -> float | None:
+    """The served value after the cache stage: the cache's effect (uncached minus cached, both measured on the
+    service at the same nprobe, the one nearest the served point's) applied to the served value."""
+    service = [p for p in points if p["kind"] == "vdb-service" and p["metric"] == metric]
+    pairs = {}
+    for p in service:
+        pairs.setdefault(p["search"].get("nprobe", 32), {})[bool(p["search"].get("use_cache"))] = p[task]
+    pairs = {n: v for n, v in pairs.items() if True in v and False in v}
+    if not pairs:
+        return None
+    target = nprobe or 32
+    n = min(pairs, key=lambda v: abs(np.log2(max(v, 1) / max(target, 1))))
+    return float(served - (pairs[n][False] - pairs[n][True]))
 
 
 def _ci(diff: np.ndarray, config: EvalConfig) -> list:

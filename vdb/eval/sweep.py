@@ -28,6 +28,7 @@ from vdb.eval.baselines import BUILD_KEYS, SEARCH_KEYS, default_nlist
 from vdb.eval.errors import SweepSpecError
 
 KINDS = ("vdb", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+SERVICE_NPROBE = (8, 32)          # the service points: uncached and through the semantic cache
 VDB_NPROBE = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 VDB_NPROBE_QUICK = (2, 8, 32, 128)
 IVF_NPROBE = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -156,3 +157,17 @@ def _check_keys(kind: str, build: dict, search: list[dict], path) -> None:
             hint = " (the metric comes from --metric)" if "metric" in keys else ""
             raise SweepSpecError(f"{path}: {kind}.{where}: unknown knob(s) {sorted(keys - ok)}{hint}; "
                                  f"known: {', '.join(sorted(ok)) or 'none'}")
+
+
+def with_service(spec: SweepSpec, metric: str, *, quick: bool, server: str | None, cache: bool) -> SweepSpec:
+    """Add vdb served as a collection (embedded engine, or the running `server`): uncached and cached points.
+
+    With a server, the embedded vdb index points are replaced: everything vdb is then measured over the wire."""
+    points = []
+    for p in (SERVICE_NPROBE[1:] if quick else SERVICE_NPROBE):
+        points.append({"nprobe": p, "use_cache": False})
+        if cache:
+            points.append({"nprobe": p, "use_cache": True})
+    systems = [s for s in spec.systems if not (server and s.kind == "vdb")]
+    systems.append(SystemSpec("vdb-service", metric, {}, tuple(points)))
+    return SweepSpec(tuple(systems))

@@ -73,7 +73,7 @@ def validate_ids(ids, n: int) -> np.ndarray:
     if not np.issubdtype(ids.dtype, np.integer):
         raise InvalidVectorsError(f"ids must be integers, got dtype {ids.dtype}")
     if len(ids) and (ids.min() < 0 or (ids.dtype == np.uint64 and ids.max() > MAX_EXT_ID)):
-        raise InvalidVectorsError(f"ids must be in [0, 2**63 - 1]")
+        raise InvalidVectorsError("ids must be in [0, 2**63 - 1]")
     ids = ids.astype(np.int64)
     uniq = np.unique(ids)
     if len(uniq) != len(ids):

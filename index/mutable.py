@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from index.assign import select_heads
-from index.build import HeadSpaceView
 from index.centroids import HeadIndex
 from index.clustering import balanced_leaves, hierarchical_heads
 from index.distance import head_space

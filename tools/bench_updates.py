@@ -24,7 +24,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, SpannIndex, build_index, recall_at_k  # noqa: E402
-from index.build import length_stats  # noqa: E402
 from vdb.synthetic import clustered  # noqa: E402
 
 

@@ -7,7 +7,7 @@
     ids, dists = db.search("docs", queries, top_k=10)
 """
 from vdb.client import Client
-from vdb.collection import Record
+from vdb.records import Record
 from vdb.engine import Database, SearchResult, connect
 from vdb.errors import (AlreadyExistsError, DataLossError, DeadlineExceededError, FailedPreconditionError,
                         InternalError, InvalidArgumentError, NotFoundError, PermissionDeniedError,

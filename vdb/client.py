@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from vdb import convert
-from vdb.collection import Record
+from vdb.records import Record
 from vdb.engine import SearchResult
 from vdb.errors import BY_CODE, InternalError, InvalidArgumentError, VdbError
 from vdb.v1 import vector_db_pb2 as pb

@@ -18,7 +18,8 @@ from index.mutable import MutableSpannIndex
 from index.types import Metric
 from storage.lock import DirLock
 from vdb.catalog import Catalog, check_name
-from vdb.collection import Collection, Explain, Record
+from vdb.collection import Collection
+from vdb.records import Explain, Record
 from vdb.config import COLLECTION_SETTINGS, load_settings
 from vdb.errors import AlreadyExistsError, InvalidArgumentError, UnavailableError, translate
 

@@ -1,7 +1,6 @@
 """Small labelled datasets generated in the tests (the suite never needs /work/shared)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from labelled import make_labelled  # noqa: F401 (shared with the tests)

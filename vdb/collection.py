@@ -28,7 +28,7 @@ from vdb.errors import (DataLossError, DeadlineExceededError, InvalidArgumentErr
 from vdb.filters import compile_filter
 from vdb.memtable import Memtable, search_exact
 from vdb.payloads import PayloadIndex
-from vdb.records import Explain, check_ids, check_payloads
+from vdb.records import Explain, Record, check_ids, check_payloads
 
 log = logging.getLogger(__name__)
 CONSUMER = "index"

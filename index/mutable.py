@@ -30,6 +30,7 @@ from index.quantize import Int8Quantizer
 from index.spann import SpannIndex
 from index.types import BuildParams, Metric
 from storage import IndexDir
+from storage.postings import PostingStore
 from storage.crashpoints import crashpoint
 from storage.posting_format import FLAG_RETIRED
 
@@ -66,6 +67,8 @@ class MutableSpannIndex(SpannIndex):
         self._ext_buf = _grow(self.int2ext, max(1024, n), fill=-1)
         self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
         self._excluded = self._retired_mask()
+        self._pending_file: tuple[str, int] | None = None   # a compacted posting file not yet checkpointed
+        self._old_store: PostingStore | None = None         # the store a compaction replaced
 
     @classmethod
     def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
@@ -328,6 +331,40 @@ class MutableSpannIndex(SpannIndex):
         self._excluded = self._retired_mask()
         self._retired_in_head_index = int(self._excluded.sum())
 
+    def compact_postings(self) -> int:
+        """Rewrite every live posting, live records only, into a new posting file (generation N+1) and serve
+        from it; the next checkpoint makes it the committed file and deletes the old one. Returns the bytes
+        the old file held beyond what the new one needs."""
+        with self.maint_lock:
+            old = self.files.postings
+            gen = max(int(self.files.manifest.get("postings_gen", 0)),
+                      self._pending_file[1] if self._pending_file else 0) + 1
+            new = PostingStore.create(self.path / f"postings-{gen}.dat", self.dim)
+            pid = 0
+            retired = (old.dir.flags & FLAG_RETIRED) != 0
+            while pid < old.n_postings:
+                run = pid
+                while run < old.n_postings and retired[run] == retired[pid]:
+                    run += 1
+                if retired[pid]:
+                    new.add_retired(run - pid)
+                else:
+                    lists = [self._live_records(q).copy() for q in range(pid, run)]
+                    new.add_postings(lists, [max(len(r) + len(r) // 4 + 1, 1) for r in lists])
+                pid = run
+            new.sync()
+            before, after = old.file_bytes, new.file_bytes
+            replaced = self.files.swap_postings(new)
+            # Searches in flight may still read the old store: close it only at the next compaction or close.
+            if self._old_store is not None:
+                self._old_store.close()
+            self._old_store = replaced
+            self._pending_file = (f"postings-{gen}.dat", gen)
+            crashpoint("compact")
+            self.stats.extra["compactions"] = self.stats.extra.get("compactions", 0) + 1
+            log.info("compacted postings: %d -> %d bytes", before, after)
+            return before - after
+
     def rebuild_head_index(self) -> None:
         """Re-index only live heads (faiss HNSW cannot delete; retired heads otherwise cost probes)."""
         with self.maint_lock:
@@ -353,8 +390,17 @@ class MutableSpannIndex(SpannIndex):
         if self.quantizer is not None:
             arrays["quantizer"] = self.quantizer.to_array()
             arrays["head_index"] = self.head_index.to_bytes()
-        fields_ = {"n_rows": int(self.n_rows), "n_heads": int(self.files.heads.rows)}
+        fields_ = {"n_rows": int(self.n_rows), "n_heads": int(self.files.heads.rows),
+                   "postings_file": self.files.postings.path.name,
+                   "postings_gen": int(self._pending_file[1]) if self._pending_file else
+                   int(self.files.manifest.get("postings_gen", 0))}
         return fields_, arrays
+
+    def close(self) -> None:
+        if self._old_store is not None:
+            self._old_store.close()
+            self._old_store = None
+        super().close()
 
     def maintenance_stats(self) -> dict:
         d = self.files.postings.dir

@@ -76,12 +76,28 @@ class IndexDir:
             directory = meta.get_array("directory")
             if directory is None:
                 raise FormatError(f"{path}: metadata store has no posting directory")
-            postings = PostingStore.open(path / POSTINGS, directory, writable=writable, verify=verify)
+            postings = PostingStore.open(path / manifest.get("postings_file", POSTINGS), directory,
+                                         writable=writable, verify=verify)
         except BaseException:
             for thing in reversed(opened):
                 thing.close()
             raise
-        return cls(path, lock, meta, manifest, vectors, heads, postings)
+        d = cls(path, lock, meta, manifest, vectors, heads, postings)
+        if writable:
+            d.remove_unreferenced()
+        return d
+
+    @property
+    def postings_file(self) -> str:
+        return self.manifest.get("postings_file", POSTINGS)
+
+    def remove_unreferenced(self) -> None:
+        """Delete posting files the committed manifest does not name (a compaction before or after its
+        checkpoint, interrupted by a crash). Only the committed file is ever trusted."""
+        keep = self.postings_file
+        for f in self.path.glob("postings*.dat"):
+            if f.name != keep and f.name != self.postings.path.name:
+                f.unlink()
 
     def commit(self, manifest: dict, arrays: dict, *, id_puts=None, id_deletes=None, payload_puts=None) -> None:
         """Make a checkpoint durable: fsync the data files, then one LMDB transaction with all metadata.
@@ -106,11 +122,18 @@ class IndexDir:
             w.set_manifest(manifest)
         self.manifest = manifest
         crashpoint("checkpoint-after-meta")
+        self.remove_unreferenced()
 
     def disk_bytes(self) -> dict[str, int]:
         """Logical bytes per file (sparse growth tails excluded)."""
         return {VECTORS: self.vectors.nbytes, HEADS: self.heads.nbytes, POSTINGS: self.postings.file_bytes,
                 META: self.meta.disk_bytes()}
+
+    def swap_postings(self, new: PostingStore) -> PostingStore:
+        """Serve from `new` from now on; returns the old store (the caller closes it). The switch becomes
+        durable with the next commit, whose manifest names the new file."""
+        old, self.postings = self.postings, new
+        return old
 
     def close(self) -> None:
         for thing in (self.postings, self.heads, self.vectors, self.meta, self.lock):

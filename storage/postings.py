@@ -212,6 +212,14 @@ class PostingStore:
         self._publish(new)
         return np.arange(base, base + len(record_lists))
 
+    def add_retired(self, n: int) -> None:
+        """Directory entries for postings that no longer exist (no extent), keeping posting ids dense."""
+        new = self.dir.grown(n)
+        base = len(self.dir)
+        new.offset[base:] = HEADER_SIZE
+        new.flags[base:] = fmt.FLAG_RETIRED
+        self._publish(new)
+
     def append(self, pid: int, records: np.ndarray, grow_to: int | None = None) -> None:
         """Append records to posting `pid`; moves it to a bigger extent when its slack is used up."""
         d = self.dir

@@ -320,7 +320,7 @@ class Collection:
     def _index_changed(self, fields: dict) -> bool:
         m = self.index.files.manifest
         return fields["n_rows"] != m.get("n_rows") or fields["n_heads"] != m.get("n_heads") or \
-            self.maintainer.dirty
+            fields["postings_file"] != m.get("postings_file", "postings.dat") or self.maintainer.dirty
 
     def flush(self, timeout: float = 300.0) -> int:
         """Wait until every acknowledged write is in postings (if the index has heads) and checkpointed."""

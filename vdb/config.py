@@ -40,6 +40,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("maintenance_batch", 4096, "vectors moved from RAM into postings per maintenance step", _positive),
     Setting("sweep_deleted_fraction", 0.05, "garbage-collect / merge postings after this fraction of rows was "
             "deleted or replaced", _positive),
+    Setting("compact_min_mb", 64.0, "rewrite the posting file when its garbage (old extents) exceeds this and "
+            "half the file", _positive),
     Setting("write_timeout_s", 60.0, "how long a throttled writer waits before RESOURCE_EXHAUSTED", _positive),
     Setting("faiss_threads", 1, "OpenMP threads faiss may use for head search (process-wide). 1: concurrency "
             "comes from parallel requests; OpenMP spin-waiting on a busy machine costs milliseconds per query",
@@ -70,6 +72,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {s.name: s for s in SETTINGS}
 COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
+                       "compact_min_mb",
                        "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
 
 

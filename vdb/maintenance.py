@@ -120,6 +120,12 @@ class Maintainer:
                 idx.sweep()
                 self.dirty = True
                 worked = True
+            store = idx.files.postings
+            if store.garbage_bytes() > max(settings["compact_min_mb"] * (1 << 20), store.file_bytes // 2):
+                idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
+                self.dirty = True
+                self._last_checkpoint = 0.0  # checkpoint soon: until then both files are on disk
+                worked = True
         self.steps += worked
         if self._checkpoint_due():
             c.checkpoint()

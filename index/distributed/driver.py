@@ -208,15 +208,21 @@ def _run_pool(spec: WorkerSpec, todo: list[Partition], record: Progress, staging
         t = time.perf_counter()
         bar = progress("partitions (ray)", sum(p.rows for p in todo))
 
-        def done(part: Partition) -> None:
+        cpu = []
+
+        def done(part: Partition, report: dict) -> None:
             record.done.add(part.index)
             staging.save_progress(record)
             crashpoint("ray-build-partition-recorded")
+            cpu.append(report["cpu_seconds"])
             bar.update(part.rows)
 
         _dispatch(ray, actors, todo, done)
         bar.close()
         timings["partitions"] = round(time.perf_counter() - t, 3)
+        # CPU-seconds the actors got per second of the phase: the pool's effective parallelism on this cluster
+        info["partition_cpu_s"] = round(sum(cpu), 3)
+        info["parallelism"] = round(sum(cpu) / max(timings["partitions"], 1e-9), 2)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -225,8 +231,9 @@ def _run_pool(spec: WorkerSpec, todo: list[Partition], record: Progress, staging
     return info
 
 
-def _dispatch(ray, actors: list, todo: list[Partition], done: Callable[[Partition], None]) -> None:
-    """Keep every actor busy with the next partition, in row order; call `done` as each one completes."""
+def _dispatch(ray, actors: list, todo: list[Partition], done: Callable[[Partition, dict], None]) -> None:
+    """Keep every actor busy with the next partition, in row order; call `done` with the partition's report as
+    each one completes."""
     queue, idle, inflight = list(todo), list(actors), {}
     while queue or inflight:
         while queue and idle:
@@ -236,7 +243,7 @@ def _dispatch(ray, actors: list, todo: list[Partition], done: Callable[[Partitio
         actor, part = inflight.pop(ready[0])
         report = _get(ray, ready[0])
         log.debug("partition %d: %s", part.index, report)
-        done(part)
+        done(part, report)
         idle.append(actor)
 
 

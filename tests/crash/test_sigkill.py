@@ -26,8 +26,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from zygote import vector  # noqa: E402
 
-CRASH_POINTS = ["split:2", "checkpoint-before-meta:1", "checkpoint-after-meta:2", "reassign:3", "split:5",
-                "checkpoint-before-meta:3"]
+CRASH_POINTS = ["split:2", "checkpoint-before-meta:1", "checkpoint-after-meta:2", "reassign:3", "compact:1",
+                "split:5", "checkpoint-before-meta:3", "compact:2"]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def _verify(data: Path, model: dict, acked: dict, inflight: dict) -> dict:
 def run_kills(zygote, data: Path, logs: Path, n_kills: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     model: dict = {}
-    seen = {"checkpoints": 0, "crash_points": 0, "acked_ops": 0}
+    seen = {"checkpoints": 0, "crash_points": 0, "acked_ops": 0, "fired": set()}
     for it in range(n_kills):
         crash_at = CRASH_POINTS[(it // 4) % len(CRASH_POINTS)] if it % 4 == 3 else ""
         log = logs / f"log-{it}.jsonl"
@@ -133,6 +133,7 @@ def run_kills(zygote, data: Path, logs: Path, n_kills: int, seed: int) -> dict:
         if crash_at:
             if _wait_for(lambda: _dead(pid), 15):
                 seen["crash_points"] += 1
+                seen["fired"].add(crash_at.split(":")[0])
         else:
             time.sleep(float(rng.uniform(0.05, 0.9)))
         if not _dead(pid):
@@ -149,6 +150,7 @@ def test_thirty_kills_lose_no_acknowledged_write(zygote, tmp_path):
     seen = run_kills(zygote, tmp_path / "data", tmp_path, n_kills=32, seed=1)
     assert seen["acked_ops"] > 300
     assert seen["crash_points"] >= 4  # the children really died inside splits / checkpoints / reassignments
+    assert {"split", "checkpoint-before-meta", "checkpoint-after-meta", "compact"} <= seen["fired"], seen["fired"]
     assert seen["checkpoints"]
 
 

@@ -24,7 +24,8 @@ from storage import crashpoints  # noqa: E402
 
 DIM = 16
 OPTIONS = dict(split_limit=24, merge_limit=2, bootstrap_rows=200, head_ratio=0.05)
-SETTINGS = dict(checkpoint_interval_s=0.4, sweep_deleted_fraction=0.02, max_pending_rows=100_000)
+SETTINGS = dict(checkpoint_interval_s=0.4, sweep_deleted_fraction=0.02, max_pending_rows=100_000,
+                compact_min_mb=0.2)
 IDS_PER_THREAD = 400
 
 

@@ -116,6 +116,15 @@ class HeadIndex:
             self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))
 
+    def remove(self, ids: np.ndarray) -> bool:
+        """Drop heads by posting id; True if this index kind supports it (flat does, faiss HNSW does not)."""
+        if self.kind != "flat":
+            return False
+        _apply_threads()
+        with self._rw.write():
+            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+        return True
+
     def to_bytes(self) -> np.ndarray:
         with self._rw.read():
             return faiss.serialize_index(self.index)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,8 @@ from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
 DELETED = np.uint8(0x80)
+RETIRED_REBUILD = 0.10
+SPLIT_SLACK = 1.2        # each half of a split holds at most 60% of the records  # rebuild an HNSW head index once this share of its heads is retired
 VERSION_MASK = np.uint8(0x7F)
 
 
@@ -214,7 +216,13 @@ class MutableSpannIndex(SpannIndex):
             return set()
         rows = live["id"].astype(np.int64)
         hs = head_space(self.vectors_of(rows), self.metric)
-        centers = balanced_leaves(hs, 2, self.params, seed=self.params.seed + pid, spherical=self.metric.angular)
+        # The new heads come from the posting's *primary* members (this head is their nearest): replicas of
+        # vectors from neighbouring regions would pull both centres away from the region this posting serves.
+        # Balanced 2-means, so that one half does not stay as long as before.
+        primary = self._nearest_head(hs) == pid
+        train = hs[primary] if primary.sum() >= 2 else hs
+        centers = balanced_leaves(train, 2, replace(self.params, balance_slack=SPLIT_SLACK),
+                                  seed=self.params.seed + pid, spherical=self.metric.angular)
         if len(centers) < 2:  # all records identical: nothing to split on; let the posting grow
             store.rewrite(pid, live, capacity=len(live) + self.params.split_limit)
             return set()
@@ -313,8 +321,6 @@ class MutableSpannIndex(SpannIndex):
                                            | (d.count > self.params.split_limit)))[0]:
                 overflow |= self._split(int(pid))
             self._settle(overflow)
-            if self._excluded.mean() > 0.2:
-                self.rebuild_head_index()
 
     def _merge(self, pid: int) -> set[int]:
         """Retire a posting with few live records; its vectors move to their next best postings."""
@@ -329,7 +335,11 @@ class MutableSpannIndex(SpannIndex):
     def _retire(self, pids: list[int]) -> None:
         self.files.postings.retire(pids)
         self._excluded = self._retired_mask()
-        self._retired_in_head_index = int(self._excluded.sum())
+        if self.head_index.remove(np.asarray(pids)):
+            return  # gone from a flat head index at once
+        self._retired_in_head_index += len(pids)
+        if self._retired_in_head_index > RETIRED_REBUILD * max(self.head_index.size, 1):
+            self.rebuild_head_index()  # retired heads sit where splits happen, i.e. where queries land
 
     def compact_postings(self) -> int:
         """Rewrite every live posting, live records only, into a new posting file (generation N+1) and serve

@@ -58,8 +58,16 @@ class SpannIndex:
         n_heads = int(m["n_heads"])
         if files.postings.n_postings != n_heads or (n_heads and (self.head_index is None or self.quantizer is None)):
             raise FormatError(f"{self.path}: posting directory, head index and manifest disagree on the heads")
-        self._retired_in_head_index = int(((files.postings.dir.flags & FLAG_RETIRED) != 0).sum())
+        retired = np.nonzero((files.postings.dir.flags & FLAG_RETIRED) != 0)[0]
+        # retired heads still in the head index (a flat index drops them at once; HNSW keeps them until rebuilt)
+        self._retired_in_head_index = int(np.isin(retired, self._head_ids()).sum()) if len(retired) else 0
         self._resident_cache: int | None = None
+
+    def _head_ids(self) -> np.ndarray:
+        if self.head_index is None:
+            return np.zeros(0, np.int64)
+        import faiss
+        return faiss.vector_to_array(self.head_index.index.id_map).astype(np.int64)
 
     def _array(self, name: str) -> np.ndarray:
         a = self.files.meta.get_array(name)
@@ -128,7 +136,7 @@ class SpannIndex:
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
             return np.full((len(qs), 0), -1, np.int64)
-        extra = min(self._retired_in_head_index, p.nprobe)  # over-fetch so retired heads do not eat probes
+        extra = min(self._retired_in_head_index, 2 * p.nprobe)  # over-fetch so retired heads do not eat probes
         hd, hids = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
         hids = np.where(hids < len(directory), hids, -1)  # heads added after the snapshot
         if extra:

@@ -41,7 +41,7 @@ class BuildParams:
     candidates: int = 32              # nearest heads considered per vector in the closure assignment
     max_replicas: int = 8             # SPANN: 8 (4 at dim >= 768, applied in resolved())
     rng_factor: float = 1.0           # RNG rule: accept head c unless rng_factor * d(c, a) < d(x, c)
-    closure_eps: float = 10.0         # replicate only into heads with d(x, c) <= (1 + closure_eps) d(x, c_1)
+    closure_eps: float = 1.0          # replicate only into heads with d(x, c) <= (1 + closure_eps) d(x, c_1)
     posting_cap: int = 0              # 0: automatic, = split_limit (a bulk build starts within the online limit)
     extent_slack: float = 0.25        # free append space per posting extent (online inserts)
     split_limit: int = 0              # split a posting longer than this; 0: automatic, ceil(4 / head_ratio)

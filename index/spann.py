@@ -18,7 +18,7 @@ import numpy as np
 from index.centroids import HeadIndex
 from index.distance import as_matrix, from_kernel, head_space, prepare_base
 from index.errors import InvalidParameterError
-from index.kernels import search_many
+from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer
 from index.types import BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
@@ -191,6 +191,27 @@ class SpannIndex:
             if rerank:  # each re-ranked row is one random read of its page(s)
                 stats.bytes_read += int(np.minimum(scanned, p.rerank_k).sum()) * _row_pages(self.dim) * 4096
         return out_ids, out_d
+
+    def exact_rows(self, qs: np.ndarray, k: int, rows: np.ndarray):
+        """Exact search restricted to `rows` (prepared queries): (rows [nq, k] padded -1, kernel distances).
+        Reads the float32 rows straight from the mmap and verifies each row's checksum in the kernel."""
+        mat = self.files.vectors.matrix()
+        is_l2 = self.metric is Metric.L2
+        rows = np.asarray(rows, dtype=np.int64)
+        kk = min(k, len(rows))
+        out_rows = np.full((len(qs), k), -1, np.int64)
+        out_d = np.full((len(qs), k), np.inf, np.float32)
+        dist = np.empty(len(rows), np.float32)
+        for i, q in enumerate(qs):
+            bad = exact_rows(mat, mat.view(np.uint32), rows, q, is_l2, dist)
+            if bad >= 0:
+                self.files.vectors.raise_corrupt_row(int(bad))
+            if kk == 0:
+                continue
+            top = np.argpartition(dist, kk - 1)[:kk] if kk < len(rows) else np.arange(len(rows))
+            top = top[np.argsort(dist[top], kind="stable")]
+            out_rows[i, :kk], out_d[i, :kk] = rows[top], dist[top]
+        return out_rows, out_d
 
     def _prepare(self, qs: np.ndarray, is_l2: bool):
         qz = self.quantizer

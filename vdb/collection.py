@@ -236,8 +236,7 @@ class Collection:
         return rows, d
 
     def _exact(self, qs: np.ndarray, k: int, rows: np.ndarray):
-        vecs = self.index.vectors_of(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
-        return search_exact(((rows, vecs),) if len(rows) else (), qs, k, self.metric, self.index.state, None)
+        return self.index.exact_rows(qs, k, rows)
 
     def _filter_mask(self, node, n_rows: int) -> np.ndarray:
         if self._pindex is None:

@@ -49,7 +49,8 @@ SETTINGS: tuple[Setting, ...] = (
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
-    Setting("exact_filter_rows", 20_000, "filtered searches matching at most this many rows run exactly",
+    Setting("exact_filter_rows", 4_000, "filtered searches matching at most this many rows run exactly (above: "
+            "the index with a widened probe, finished exactly when it comes up short)",
             _positive),
     # semantic cache
     Setting("cache_mb", 0.0, "semantic cache size per collection in MiB (0 disables)", lambda v: v >= 0),

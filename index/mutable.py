@@ -27,7 +27,7 @@ from index.clustering import balanced_leaves, hierarchical_heads
 from index.distance import head_space
 from index.kernels import live_counts
 from index.quantize import Int8Quantizer
-from index.spann import SpannIndex
+from index.spann import SpannIndex, release_free_memory
 from index.types import BuildParams, Metric
 from storage import IndexDir
 from storage.postings import PostingStore
@@ -76,10 +76,12 @@ class MutableSpannIndex(SpannIndex):
     def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
         files = IndexDir.open(path, writable=True, verify=verify)
         try:
-            return cls(files)
+            index = cls(files)
         except BaseException:
             files.close()
             raise
+        release_free_memory()
+        return index
 
     @classmethod
     def create(cls, path: str | os.PathLike, dim: int, params: BuildParams,

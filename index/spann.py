@@ -81,10 +81,12 @@ class SpannIndex:
         """Open a built index read-only (shared lock). verify: lazy (each posting on first read) | full | none."""
         files = IndexDir.open(path, writable=False, verify=verify)
         try:
-            return cls(files)
+            index = cls(files)
         except BaseException:
             files.close()
             raise
+        release_free_memory()
+        return index
 
     def close(self) -> None:
         self.files.close()
@@ -149,6 +151,12 @@ class SpannIndex:
 
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, *, allow: np.ndarray | None = None,
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
+        if p.prefetch and rerank:
+            # Pass 1 (no re-rank) finds the rerank_k candidates so their rows can be read in parallel; pass 2
+            # then finds the same postings in the page cache.
+            cand, _ = self.search_rows(qs, p.rerank_k, p, allow=allow, threads=threads, rerank=False)
+            self.files.vectors.willneed(cand[cand >= 0])
+            p = SearchParams(p.nprobe, p.eps, p.rerank_k, p.ef_search, False)
         """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
         store = self.files.postings
         directory = store.dir  # one snapshot for the whole call; the buffer is read after it (see PostingStore)
@@ -261,6 +269,16 @@ class SpannIndex:
         """Evict the posting and vector files from the page cache (cold-cache benchmarks)."""
         self.files.postings.drop_cache()
         self.files.vectors.drop_cache()
+
+
+def release_free_memory() -> None:
+    """Return freed heap to the OS (glibc malloc_trim). Opening copies the head index out of LMDB and faiss
+    copies it again; without this the process keeps those transient copies as resident memory."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _row_array(a: np.ndarray | None, n: int, dtype, path, name: str) -> np.ndarray:

@@ -144,6 +144,10 @@ class VectorFile:
     def drop_cache(self) -> None:
         self._file.drop_cache()
 
+    def willneed(self, rows: np.ndarray) -> None:
+        """Start reading these rows now (cold-cache re-ranking overlaps the reads)."""
+        self._file.willneed_pages(HEADER_SIZE + np.asarray(rows, dtype=np.int64) * self.row_size, self.row_size)
+
     @property
     def nbytes(self) -> int:
         return HEADER_SIZE + self.rows * self.row_size

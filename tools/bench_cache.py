@@ -32,12 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, build_index  # noqa: E402
-from vdb.synthetic import clustered  # noqa: E402
+from vdb.synthetic import clustered, clustered_queries  # noqa: E402
 
 
 def load(args):
     if args.dataset == "synthetic":
-        return clustered(args.n, 128), clustered(5000, 128, stream=2), "l2"
+        return clustered(args.n, 128), clustered_queries(5000, args.n, 128), "l2"
     d = Path(args.dataset)
     return (np.load(d / "base.npy").astype(np.float32), np.load(d / "query.npy").astype(np.float32), "cosine")
 

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import FlatIndex, recall_at_k  # noqa: E402
-from vdb.synthetic import clustered  # noqa: E402
+from vdb.synthetic import clustered, clustered_queries  # noqa: E402
 
 SELECTIVITIES = (0.001, 0.005, 0.02, 0.1, 0.3, 1.0)
 
@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     shutil.rmtree(args.scratch, ignore_errors=True)
     x = clustered(args.n, 128)
-    q = clustered(args.queries, 128, stream=2)
+    q = clustered_queries(args.queries, args.n, 128)
     bucket = np.arange(args.n) % 1000
     rows = []
     with vdb.connect(args.scratch) as db:

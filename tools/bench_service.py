@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, build_index, recall_at_k  # noqa: E402
-from vdb.synthetic import clustered  # noqa: E402
+from vdb.synthetic import clustered, clustered_queries  # noqa: E402
 
 
 def client_loop(target, queries, seconds, seed, upsert_batch, dim, out):
@@ -97,7 +97,7 @@ def main():
     import shutil
     shutil.rmtree(scratch, ignore_errors=True)
     x = clustered(args.n, 128)
-    queries = clustered(10_000, 128, stream=2)
+    queries = clustered_queries(10_000, args.n, 128)
     build_index(x, scratch / "idx", params=BuildParams())
     with vdb.connect(scratch / "data") as db:
         db.attach_collection("bench", scratch / "idx")

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, SpannIndex, build_index, recall_at_k  # noqa: E402
-from vdb.synthetic import clustered  # noqa: E402
+from vdb.synthetic import clustered, clustered_queries  # noqa: E402
 
 
 def latencies(db, name, queries, nprobe, stop=None, limit=None):
@@ -57,7 +57,7 @@ def main():
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     x = clustered(args.n, args.dim)
-    q = clustered(args.queries, args.dim, stream=2)
+    q = clustered_queries(args.queries, args.n, args.dim)
     n0 = int(args.n * 0.9)
     rng = np.random.default_rng(0)
     deleted = rng.choice(n0, int(args.n * 0.05), replace=False)

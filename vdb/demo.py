@@ -47,13 +47,13 @@ def main() -> None:
     args = ap.parse_args()
     import vdb
     from index import FlatIndex, recall_at_k
-    from vdb.synthetic import clustered
+    from vdb.synthetic import clustered, clustered_queries
 
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     t = time.perf_counter()
-    base, queries = clustered(args.n, 128), clustered(1000, 128, stream=2)
+    base, queries = clustered(args.n, 128), clustered_queries(1000, args.n, 128)
     np.save(root / "base.npy", base)
     np.save(root / "queries.npy", queries)
     say("1. data", vectors=f"{args.n} x 128 clustered (Zipf-sized anisotropic clusters)", queries=len(queries),

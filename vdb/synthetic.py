@@ -55,8 +55,16 @@ class ClusteredMixture:
         return d.argmin(1)
 
 
-def clustered(n: int, dim: int = 128, *, seed: int = 0, n_clusters: int | None = None,
-              stream: int = 1) -> np.ndarray:
-    """Base vectors of the default dataset. Queries: `clustered(nq, dim, seed=seed, stream=2)`."""
-    k = n_clusters or max(8, min(1000, n // 1000))
-    return ClusteredMixture(dim, k, seed).sample(n, stream)
+def default_clusters(n: int) -> int:
+    return max(8, min(1000, n // 1000))
+
+
+def clustered(n: int, dim: int = 128, *, seed: int = 0, n_clusters: int | None = None) -> np.ndarray:
+    """n base vectors of the default dataset (mixture of `n_clusters`, by default about n / 1000)."""
+    return ClusteredMixture(dim, n_clusters or default_clusters(n), seed).sample(n, 1)
+
+
+def clustered_queries(nq: int, n: int, dim: int = 128, *, seed: int = 0, n_clusters: int | None = None) -> np.ndarray:
+    """nq queries from the *same* mixture as `clustered(n, dim, seed=seed, n_clusters=n_clusters)` (an independent
+    stream). The mixture depends on the base size n, not on nq: always pass the base's n."""
+    return ClusteredMixture(dim, n_clusters or default_clusters(n), seed).sample(nq, 2)

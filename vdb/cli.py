@@ -93,8 +93,14 @@ def cli(verbose: int) -> None:
 @click.option("--max-replicas", type=int, help="Postings per vector at most (default 8).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other build parameter.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at --out (atomically).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: assign and encode in a pool of Ray actors over input partitions (resumable); needs "
+                   "`pip install 'vdb[ray]'`.")
+@click.option("--address", help="Ray cluster to use (host:port of its GCS, or auto); default: start a local Ray.")
+@click.option("--workers", type=click.IntRange(min=1), help="Ray actors (default: the cluster's CPUs).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replicas, sets, overwrite, quiet):
+def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replicas, sets, overwrite, engine,
+          address, workers, quiet):
     """Bulk-build an index from a vector file; print a JSON summary.
 
     INPUT is .npy, .fvecs/.bvecs, .fbin/.u8bin/.i8bin (big-ann) or .hdf5/.h5 (ann-benchmarks, dataset "train").
@@ -103,6 +109,7 @@ def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replic
     Example:
       vdbctl build sift_base.fvecs --out sift-idx/ --metric l2
       vdbctl build docs.npy --out docs-idx/ --metric cosine --ids doc_ids.npy --set candidates=48
+      vdbctl build big.fbin --out big-idx/ --engine ray --address 10.0.0.5:6379
     """
     from index import BuildParams, build_index
     from vdb.readers import load_ids, open_vectors
@@ -115,8 +122,17 @@ def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replic
     if max_replicas is not None:
         knobs["max_replicas"] = max_replicas
     params = BuildParams.from_dict({**BuildParams().to_dict(), **knobs})
-    summary = build_index(source, out_dir, ids=ids, params=params, overwrite=overwrite,
-                          progress=_bar_factory(quiet))
+    if engine == "ray":
+        import functools
+        from index.distributed import build_index_ray
+        summary = build_index_ray(input_path, out_dir, ids=ids, params=params, address=address, workers=workers,
+                                  overwrite=overwrite, progress=_bar_factory(quiet),
+                                  reader=functools.partial(open_vectors, dataset=dataset))
+    else:
+        if address or workers:
+            raise click.BadParameter("--address and --workers need --engine ray")
+        summary = build_index(source, out_dir, ids=ids, params=params, overwrite=overwrite,
+                              progress=_bar_factory(quiet))
     _echo_json(summary)
 
 

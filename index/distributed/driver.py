@@ -59,7 +59,7 @@ def build_index_ray(input_path: str | os.PathLike, out_dir: str | os.PathLike, *
     """Build the index of the vectors in `input_path` into `out_dir` on Ray; returns the local build's summary
     plus a "ray" section. Same directory format and parameters as `index.build_index`.
 
-    address: a running Ray cluster ("auto", "ray://host:port", "host:port"); None starts a local Ray with
+    address: a running Ray cluster ("auto" or "host:port" of its GCS); None starts a local Ray with
     `workers` CPUs (default: all) for this build and stops it at the end. An already initialised Ray is used as
     it is. workers: actors in the pool (default: the cluster's CPUs). partition_rows: rows per partition, the
     unit of work and of resume. head_sample: train the heads on this many sampled rows instead of letting the

@@ -138,3 +138,15 @@ def test_every_command_documents_itself_with_an_example():
     for name, command in cli.commands.items():
         code, out = _run(name, "--help")
         assert code == 0 and "Example" in out, f"vdbctl {name} --help lacks an example"
+
+
+def test_build_on_ray_gives_the_same_index_format(data):
+    pytest.importorskip("ray")
+    tmp, x = data
+    _write(tmp / "ray.npy", x)
+    code, out = _run("build", tmp / "ray.npy", "--out", tmp / "ray-idx", "-q", "--engine", "ray", "--workers", 1)
+    assert code == 0, out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["n_vectors"] == 400 and summary["ray"]["partitions_run"] >= 1
+    code, out = _run("info", tmp / "ray-idx")
+    assert code == 0 and json.loads(out)["vectors"] == 400

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index import SearchParams, SearchStats
+from index import kernels
 from index.distance import as_matrix, from_kernel, prepare_base
 from index.mutable import DELETED, MutableSpannIndex
 from storage.wal import WriteAheadLog
@@ -226,7 +227,7 @@ class Collection:
         ex.postings_probed += st.postings_probed
         ex.records_scanned += st.records_scanned
         ex.bytes_read += st.bytes_read
-        ex.memtable_rows = sum(len(r) for r, _ in mem)
+        ex.memtable_rows = len(mem)
         if allow is not None:  # a too-selective filter may leave the ANN short: finish exactly
             short = ((rows >= 0).sum(1) < min(k, ex.filter_matches))
             if short.any():
@@ -367,25 +368,10 @@ _MISSING = object()
 def merge_topk(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray, k: int):
     """Per query, the k nearest distinct rows of two candidate lists (a row may be in both)."""
     nq = max(len(r1), len(r2))
+    rows, d = np.empty((nq, k), np.int64), np.empty((nq, k), np.float32)
     if r2.shape[1] == 0:
-        rows, d = r1, d1
-    elif r1.shape[1] == 0:
-        rows, d = r2, d2
-    else:
-        rows, d = np.concatenate([r1, r2], 1), np.concatenate([d1, d2], 1)
-        o = np.argsort(d, axis=1, kind="stable")
-        rows, d = np.take_along_axis(rows, o, 1), np.take_along_axis(d, o, 1)
-        o = np.argsort(rows, axis=1, kind="stable")  # equal rows become neighbours, nearest first
-        rs, ds = np.take_along_axis(rows, o, 1), np.take_along_axis(d, o, 1)
-        dup = np.zeros_like(rs, bool)
-        dup[:, 1:] = (rs[:, 1:] == rs[:, :-1]) & (rs[:, 1:] >= 0)
-        ds = np.where(dup, np.inf, ds)
-        rs = np.where(dup, -1, rs)
-        o = np.argsort(ds, axis=1, kind="stable")
-        rows, d = np.take_along_axis(rs, o, 1), np.take_along_axis(ds, o, 1)
-    rows, d = rows[:, :k], d[:, :k]
-    if rows.shape[1] < k:
-        rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
-        d = np.pad(d, ((0, 0), (0, k - d.shape[1])), constant_values=np.inf)
-    rows = np.where(np.isinf(d), -1, rows)
-    return rows.reshape(nq, k), d.astype(np.float32).reshape(nq, k)
+        r2, d2 = np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
+    if r1.shape[1] == 0:
+        r1, d1 = np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
+    kernels.merge_topk(r1, d1, r2, d2, k, rows, d)
+    return rows, d

@@ -103,14 +103,13 @@ class Maintainer:
                     self._leave_memtable(n_chunks, vecs)
                     worked = True
                 else:
-                    chunks = c.memtable.snapshot()  # one snapshot: a chunk added meanwhile stays pending
-                    rows = np.concatenate([r for r, _ in chunks])
-                    live = rows[(idx.state[rows] & DELETED) == 0]
+                    mem = c.memtable.snapshot()  # one snapshot: a chunk added meanwhile stays pending
+                    live = mem.rows[(idx.state[mem.rows] & DELETED) == 0]
                     if len(live) >= idx.params.bootstrap_rows:
                         idx.bootstrap(live)
                         if c.cache is not None:
                             c.cache.prepare(c)  # heads exist now: bucket the cache by them
-                        self._leave_memtable(len(chunks), np.concatenate([v for _, v in chunks]))
+                        self._leave_memtable(mem.chunks, mem.vectors)
                         worked = True
             if worked:
                 self.dirty = True

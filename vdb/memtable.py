@@ -1,77 +1,128 @@
 """Acknowledged vectors not yet in any posting: kept in RAM and searched exactly (read-your-writes).
 
-The table is a tuple of immutable chunks (one per applied upsert). Writers append a chunk, the maintenance
-thread drops chunks from the front once their rows are in postings; a search works on the tuple it read, so
-no lock is held while scanning. Searches read the memtable *before* the index snapshot: a row leaving the
-memtable is already in the postings, so it is never missed (and a row seen twice is deduplicated).
+The rows live in one append-only buffer. Writers append past the end, the maintenance thread drops chunks (one
+per applied upsert) from the front once their rows are in postings, and a search works on an immutable view of
+[front, end): no lock is held while scanning, and no copy is made (the buffer region a view covers is never
+written again; growing allocates a new buffer). Searches read the memtable *before* the index snapshot: a row
+leaving the memtable is already in the postings, so it is never missed (and a row seen twice is deduplicated).
 """
 from __future__ import annotations
 
 import threading
+from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
+from index.kernels import small_exact_topk
 from index.types import Metric
 
 DELETED = 0x80
+SMALL = 4096  # rows x queries up to which the memtable is scanned by a compiled loop instead of numpy
+
+
+class MemView(NamedTuple):
+    """An immutable snapshot of the memtable."""
+    rows: np.ndarray      # int64 [n]
+    vectors: np.ndarray   # float32 [n, dim]
+    sq_norms: np.ndarray  # float32 [n], for the L2 expansion
+    chunks: int           # number of upsert chunks in the view
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+_EMPTY = MemView(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32), 0)
 
 
 class Memtable:
     def __init__(self):
-        self._chunks: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
         self._lock = threading.Lock()
+        self._rows = self._vecs = self._norms = None
+        self._front = self._end = 0
+        self._chunk_lens: deque[int] = deque()
+        self._view = _EMPTY
 
     def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        rows = np.asarray(rows, np.int64)
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        n = len(rows)
+        norms = (vectors * vectors).sum(1, dtype=np.float32)
         with self._lock:
-            self._chunks = self._chunks + ((rows, vectors),)
+            if self._rows is None or self._end + n > len(self._rows):
+                self._grow(n, vectors.shape[1])
+            e = self._end
+            self._rows[e: e + n], self._vecs[e: e + n], self._norms[e: e + n] = rows, vectors, norms
+            self._end = e + n
+            self._chunk_lens.append(n)
+            self._publish()
 
-    def snapshot(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        return self._chunks
+    def _grow(self, n: int, dim: int) -> None:
+        """A new buffer holding the live rows: views of the old one stay valid (it is never written again)."""
+        live = self._end - self._front
+        cap = max(1024, 2 * (live + n))
+        rows, vecs, norms = np.empty(cap, np.int64), np.empty((cap, dim), np.float32), np.empty(cap, np.float32)
+        if live:
+            f, e = self._front, self._end
+            rows[:live], vecs[:live], norms[:live] = self._rows[f:e], self._vecs[f:e], self._norms[f:e]
+        self._rows, self._vecs, self._norms = rows, vecs, norms
+        self._front, self._end = 0, live
+
+    def _publish(self) -> None:
+        f, e = self._front, self._end
+        self._view = (MemView(self._rows[f:e], self._vecs[f:e], self._norms[f:e], len(self._chunk_lens))
+                      if e > f else _EMPTY)
+
+    def snapshot(self) -> MemView:
+        return self._view
 
     def oldest(self, max_rows: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(number of chunks, their rows, their vectors) from the front: at least one chunk, about max_rows rows."""
-        chunks = self._chunks
-        taken, rows, vecs = 0, [], []
-        for r, v in chunks:
-            if taken and sum(len(x) for x in rows) + len(r) > max_rows:
-                break
-            rows.append(r)
-            vecs.append(v)
-            taken += 1
-        if not rows:
-            return 0, np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        return taken, np.concatenate(rows), np.concatenate(vecs)
+        with self._lock:
+            taken = total = 0
+            for n in self._chunk_lens:
+                if taken and total + n > max_rows:
+                    break
+                taken, total = taken + 1, total + n
+            view = self._view
+        return taken, view.rows[:total], view.vectors[:total]
 
     def drop_front(self, n_chunks: int) -> None:
         with self._lock:
-            self._chunks = self._chunks[n_chunks:]
+            for _ in range(n_chunks):
+                self._front += self._chunk_lens.popleft()
+            self._publish()
 
     def rows(self) -> np.ndarray:
-        chunks = self._chunks
-        return np.concatenate([r for r, _ in chunks]) if chunks else np.zeros(0, np.int64)
+        return self._view.rows
 
     def __len__(self) -> int:
-        return sum(len(r) for r, _ in self._chunks)
+        return len(self._view)
 
 
-def search_exact(chunks, qs: np.ndarray, k: int, metric: Metric, state: np.ndarray,
+def search_exact(view: MemView, qs: np.ndarray, k: int, metric: Metric, state: np.ndarray,
                  allow: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over the memtable rows, in kernel distances (squared L2 or -IP). Padded with -1 / inf."""
     nq = len(qs)
-    if not chunks:
-        return np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
-    rows = np.concatenate([r for r, _ in chunks])
-    vecs = np.concatenate([v for _, v in chunks]) if len(chunks) > 1 else chunks[0][1]
-    ok = (state[rows] & DELETED) == 0
-    if allow is not None:
-        ok &= allow[rows] != 0
-    if not ok.all():
-        rows, vecs = rows[ok], vecs[ok]
+    rows, vecs = view.rows, view.vectors
     if len(rows) == 0:
         return np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
+    dead = (state[rows] & DELETED) != 0
+    if allow is not None:
+        dead |= allow[rows] == 0
+    n_ok = len(rows) - int(dead.sum())
+    if n_ok == 0:
+        return np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
+    if len(rows) * nq <= SMALL:  # a few rows: one compiled loop beats a dozen numpy calls
+        kk = min(k, n_ok)
+        out_r, out_d = np.empty((nq, kk), np.int64), np.empty((nq, kk), np.float32)
+        small_exact_topk(vecs, rows, dead, np.ascontiguousarray(qs, np.float32), kk, metric is Metric.L2,
+                         out_r, out_d)
+        return out_r, out_d
     ip = qs @ vecs.T
-    d = ((qs * qs).sum(1)[:, None] - 2 * ip + (vecs * vecs).sum(1)[None, :]) if metric is Metric.L2 else -ip
-    kk = min(k, len(rows))
+    d = ((qs * qs).sum(1)[:, None] - 2 * ip + view.sq_norms[None, :]) if metric is Metric.L2 else -ip
+    d[:, dead] = np.inf  # masked, not copied out: the view may hold tens of MB
+    kk = min(k, n_ok)
     part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.tile(np.arange(len(rows)), (nq, 1))
     if metric is Metric.L2:  # the expansion above loses precision; recompute the winners directly
         pd = ((vecs[part] - qs[:, None, :]) ** 2).sum(-1)

@@ -1,0 +1,63 @@
+"""The memtable's append buffer: snapshots stay valid while writers append and maintenance drops the front."""
+import numpy as np
+import pytest
+
+from index.types import Metric
+from vdb.memtable import DELETED, Memtable, search_exact
+
+
+def _brute(rows, vecs, q, k, state):
+    ok = (state[rows] & DELETED) == 0
+    rows, vecs = rows[ok], vecs[ok]
+    d = ((vecs - q) ** 2).sum(1)
+    o = np.argsort(d, kind="stable")[:k]
+    return rows[o], d[o]
+
+
+def test_snapshots_survive_growth_and_front_drops():
+    rng = np.random.default_rng(0)
+    mt = Memtable()
+    all_rows, all_vecs, views = [], [], []
+    next_row = 0
+    for step in range(60):
+        n = int(rng.integers(1, 700))
+        rows = np.arange(next_row, next_row + n)
+        next_row += n
+        vecs = rng.standard_normal((n, 8)).astype(np.float32)
+        mt.add(rows, vecs)
+        all_rows.append(rows)
+        all_vecs.append(vecs)
+        views.append((mt.snapshot(), np.concatenate(all_rows), np.concatenate(all_vecs)))
+        if step % 7 == 6:  # maintenance takes the oldest chunks
+            n_chunks, r, v = mt.oldest(900)
+            assert np.array_equal(r, np.concatenate(all_rows[:n_chunks]))
+            assert np.array_equal(v, np.concatenate(all_vecs[:n_chunks]))
+            mt.drop_front(n_chunks)
+            del all_rows[:n_chunks], all_vecs[:n_chunks]
+        assert len(mt) == sum(len(r) for r in all_rows)
+        assert mt.snapshot().chunks == len(all_rows)
+    for view, rows, vecs in views:  # every old snapshot still shows exactly what it showed when taken
+        assert np.array_equal(view.rows, rows) and np.array_equal(view.vectors, vecs)
+        assert np.allclose(view.sq_norms, (vecs * vecs).sum(1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [500, 3000])  # the compiled small path and the numpy path
+def test_search_exact_masks_deleted_rows(n):
+    rng = np.random.default_rng(1)
+    mt = Memtable()
+    rows = np.arange(n)
+    vecs = rng.standard_normal((n, 16)).astype(np.float32)
+    for part in np.array_split(np.arange(n), 5):
+        mt.add(rows[part], vecs[part])
+    state = np.zeros(n, np.uint8)
+    state[rng.choice(n, n * 2 // 5, replace=False)] = DELETED
+    q = rng.standard_normal((3, 16)).astype(np.float32)
+    got_r, got_d = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None)
+    for i in range(3):
+        want_r, want_d = _brute(rows, vecs, q[i], 10, state)
+        assert np.array_equal(got_r[i], want_r)
+        assert np.allclose(got_d[i], want_d, rtol=1e-4)
+    assert not np.isin(got_r, np.nonzero(state)[0]).any()
+    state[:] = DELETED  # nothing live: an empty answer, not deleted rows
+    r, d = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None)
+    assert r.shape == (3, 0)

@@ -5,8 +5,11 @@ best candidates the index returned (rows, float32 vectors) and R, the distance o
 at distance d = |q - q'|, every indexed vector outside the cached set is at least R - d from q (triangle
 inequality; for inner product, -score moves by at most d * max|x|, Cauchy-Schwarz). So if the k-th best cached
 candidate, re-scored exactly against q with deleted rows dropped, is within that bound, the top-k is provably
-among the cached candidates: a *certified* hit. With an error budget, an uncertified answer whose doubtful
-positions are few enough is served as a *near hit*, counted apart.
+among the cached candidates: a *certified* hit. The certificate is relative to the K' set, which is itself an
+ANN answer: a vector within R of q' that the fill missed is not covered. So fills probe FILL_WIDEN times wider
+than the request (nearly exact), and the sampled shadow check measures what remains (`false_hits`: a hit that
+was farther than the index's own answer at some rank). With an error budget, an uncertified answer whose
+doubtful positions are few enough is served as a *near hit*, counted apart.
 
 Writes never touch the cache on the write path. A hit merges the memtable (acknowledged but unindexed writes)
 exactly, as every search does, and when the maintenance thread moves rows into postings it first evicts every
@@ -20,18 +23,20 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from index.distance import head_space
+from index.kernels import nearest_key
 from index.types import Metric
 from vdb.collection import merge_topk
 from vdb.memtable import search_exact
 
 DELETED = 0x80
 N_BUCKETS = 256
+FILL_WIDEN = 4  # a fill probes this many times the request's nprobe (and eps)
 
 
 @dataclass
@@ -42,6 +47,7 @@ class _Entry:
     rows: np.ndarray       # K' candidate rows, nearest first
     vecs: np.ndarray       # their vectors (stored form)
     radius: float          # l2/cosine: plain distance of the K'-th candidate; ip: its kernel distance (-score)
+    kth: float             # the same for the k-th candidate (the answer's last)
     nbytes: int
 
 
@@ -53,7 +59,7 @@ class _Bucket:
         self.norms = np.zeros(8, np.float32)
         self.slots = np.full(8, -1, np.int64)
         self.sigs = np.zeros(8, np.int64)
-        self.aux = np.zeros(8, np.float32)  # ghosts: the admission radius
+        self.aux = np.zeros(8, np.float32)  # ghosts: the admission radius; entries: the k-th answer's distance
         self.n = 0
         self.dead = 0
 
@@ -84,15 +90,12 @@ class _Bucket:
 
     def nearest(self, q: np.ndarray, qnorm: float, sig: int) -> tuple[int, float, float]:
         """(slot, distance, aux) of the nearest live key with this signature, or (-1, inf, 0)."""
-        n = self.n
-        if n == 0:
+        if self.n == 0:
             return -1, np.inf, 0.0
-        d2 = self.norms[:n] - 2.0 * (self.keys[:n] @ q) + qnorm
-        d2[(self.slots[:n] < 0) | (self.sigs[:n] != sig)] = np.inf
-        i = int(d2.argmin())
-        if not np.isfinite(d2[i]):
+        i, d2 = nearest_key(self.keys, self.norms, self.slots, self.sigs, self.n, q, qnorm, sig)
+        if i < 0:
             return -1, np.inf, 0.0
-        return int(self.slots[i]), float(np.sqrt(max(d2[i], 0.0))), float(self.aux[i])
+        return int(self.slots[i]), float(np.sqrt(max(d2, 0.0))), float(self.aux[i])
 
 
 class SemanticCache:
@@ -106,6 +109,11 @@ class SemanticCache:
         self._ghosts: OrderedDict[int, int] = OrderedDict()  # ghost slot -> bucket (admission doorkeeper)
         self._ghost_buckets: dict[int, _Bucket] = {}
         self._sig_ids: dict[str, int] = {}
+        self._sig_memo: dict[tuple, str] = {}
+        # The doorkeeper admits a returning query only within the distance at which recent fills could certify
+        # a hit (median of radius - k-th distance, i.e. the bound at delta = 0); until 16 fills, its own radius.
+        self._margins: deque[float] = deque(maxlen=256)
+        self._certifiable = np.inf
         self._centroids: np.ndarray | None = None
         self._centroid_norms: np.ndarray | None = None
         self._next = 0
@@ -145,7 +153,7 @@ class SemanticCache:
         """Cached search for prepared queries; returns (ext ids, distances) like Collection.search."""
         if self._centroids is None and c.index.bootstrapped:
             self.prepare(c)
-        sig = _signature(k, p, filter_spec)
+        sig = self._signature(k, p, filter_spec)
         mem = c.memtable.snapshot()  # before the entries are read: see the module docstring
         state = c.index.state
         allow = None
@@ -156,11 +164,13 @@ class SemanticCache:
         with self._lock:
             sig_id = self._sig_ids.setdefault(sig, len(self._sig_ids))
         plain, admitted = [], []
+        buckets = self._buckets_of(qs)
         for i, q in enumerate(qs):
-            bucket = self._bucket(q)
-            got = self._lookup(q, bucket, sig_id, k, state)
+            bucket = int(buckets[i])
+            qnorm = float(q @ q)
+            got = self._lookup(q, qnorm, bucket, sig_id, k, state)
             if got is None:
-                (admitted if self._admit(q, bucket, sig_id) else plain).append(i)
+                (admitted if self._admit(q, qnorm, bucket, sig_id) else plain).append(i)
                 continue
             r, d, kind = got
             mr, md = search_exact(mem, q[None, :], k, self.metric, state, allow)
@@ -171,23 +181,42 @@ class SemanticCache:
         if plain or admitted:
             ex.cache = "miss" if len(plain) + len(admitted) == len(qs) else ex.cache
         if plain:  # first sighting: answer normally and leave a ghost behind
-            r, d = c.search_rows(qs[plain], k, p, node, ex)
-            rows[plain], dists[plain] = r, d
+            everything = len(plain) == len(qs)
+            r, d = c.search_rows(qs if everything else qs[plain], k, p, node, ex)
             for j, i in enumerate(plain):
-                self._add_ghost(qs[i], sig_id, d[j])
+                self._add_ghost(qs[i], int(buckets[i]), sig_id, d[j])
+            if everything:
+                return c.to_ext(r, d)
+            rows[plain], dists[plain] = r, d
         if admitted:  # seen before: search wider once and keep the candidates
             self._fill(c, qs[admitted], k, p, sig, rows, dists, admitted, ex, node)
         return c.to_ext(rows, dists)
 
-    def _lookup(self, q: np.ndarray, bucket: int, sig_id: int, k: int, state: np.ndarray):
+    def _signature(self, k: int, p, filter_spec) -> str:
+        """`_signature`, memoised on the plain knobs (it runs on every lookup; json.dumps costs microseconds)."""
+        if filter_spec is not None:
+            return _signature(k, p, filter_spec)
+        key = (k, p.nprobe, p.eps, p.rerank_k, p.ef_search)
+        sig = self._sig_memo.get(key)
+        if sig is None:
+            sig = self._sig_memo[key] = _signature(k, p, None)
+        return sig
+
+    def _lookup(self, q: np.ndarray, qnorm: float, bucket: int, sig_id: int, k: int, state: np.ndarray):
         with self._lock:
             self.counters["lookups"] += 1
             b = self._buckets.get(bucket)
-            slot, delta, _ = (-1, np.inf, 0.0) if b is None else b.nearest(q, float(q @ q), sig_id)
+            slot, delta, kth = (-1, np.inf, 0.0) if b is None else b.nearest(q, qnorm, sig_id)
             if slot < 0:
                 self.counters["misses"] += 1
                 return None
             e = self._entries[slot]
+            # Certifying needs q's k-th neighbour within bound(delta); if even q''s k-th was farther, that takes
+            # q to sit nearer its neighbours than q' did, which a nearby query rarely does. Skipping the re-score
+            # then turns a rare hit into a miss, never a wrong answer, and keeps misses cheap.
+            if self.error_budget == 0 and self._bound(e, delta) < kth:
+                self.counters["misses"] += 1
+                return None
             self._entries.move_to_end(slot)
         alive = (state[e.rows] & DELETED) == 0
         vecs, erows = e.vecs[alive], e.rows[alive]
@@ -203,32 +232,34 @@ class SemanticCache:
             self.counters["hits" if doubtful == 0 else "near_hits"] += 1
         return erows[order], kernel[order].astype(np.float32), ("hit" if doubtful == 0 else "near-hit")
 
-    def _admit(self, q: np.ndarray, bucket: int, sig_id: int) -> bool:
+    def _admit(self, q: np.ndarray, qnorm: float, bucket: int, sig_id: int) -> bool:
         """TinyLFU's doorkeeper for vectors: fill an entry only when a query comes back (within the radius its
         first sighting left), so a stream with no repeats pays no fills."""
         with self._lock:
             g = self._ghost_buckets.get(bucket)
             if g is None:
                 return False
-            slot, delta, radius = g.nearest(q, float(q @ q), sig_id)
-            if slot < 0 or delta > radius:
+            slot, delta, radius = g.nearest(q, qnorm, sig_id)
+            if slot < 0 or delta > min(radius, self._certifiable):
                 return False
             g.remove(slot)
             self._ghosts.pop(slot, None)
             self.counters["admitted"] += 1
             return True
 
-    def _add_ghost(self, q: np.ndarray, sig_id: int, kernel_d: np.ndarray) -> None:
+    def _add_ghost(self, q: np.ndarray, bucket: int, sig_id: int, kernel_d: np.ndarray) -> None:
         geo = _geometry(kernel_d[np.isfinite(kernel_d)], q, self.metric)
         if len(geo) < 2:
             return
         radius = float(geo[-1] - geo[0]) / 2  # about the scale at which a later query could be certified
-        bucket = self._bucket(q)
         with self._lock:
             slot = self._next
             self._next += 1
             self._ghosts[slot] = bucket
-            self._ghost_buckets.setdefault(bucket, _Bucket(self.dim)).add(slot, sig_id, q, radius)
+            g = self._ghost_buckets.get(bucket)
+            if g is None:
+                g = self._ghost_buckets[bucket] = _Bucket(self.dim)
+            g.add(slot, sig_id, q, radius)
             while len(self._ghosts) > self.max_ghosts:
                 old, b = self._ghosts.popitem(last=False)
                 self._ghost_buckets[b].remove(old)
@@ -249,7 +280,12 @@ class SemanticCache:
         with self._lock:
             epoch = self._epoch
         from index import SearchParams
-        fill = SearchParams(p.nprobe, p.eps, max(p.rerank_k, 4 * k_prime, 64), p.ef_search, p.prefetch)
+        # The certificate is only as good as the K' set: a vector within R of q' that the fill missed could be
+        # nearer to a later q than every cached candidate. So the fill probes much wider than a normal search
+        # (it runs once per admitted query; every hit after it is free).
+        nprobe = FILL_WIDEN * p.nprobe
+        fill = SearchParams(nprobe, FILL_WIDEN * p.eps, max(p.rerank_k, 4 * k_prime, 64),
+                            max(p.ef_search, 2 * nprobe), p.prefetch)
         r, d = c.search_rows(qm, k_prime, fill, node, ex)
         rows[where], dists[where] = r[:, :k], d[:, :k]
         state = c.index.state
@@ -266,7 +302,8 @@ class SemanticCache:
             vecs = c.index.vectors_of(rr)
             # fewer than K' filtered matches means the filter's exact path returned all of them: complete
             radius = float(_geometry(d[j][valid][-1:], q, self.metric)[0]) if len(rr) == k_prime else np.inf
-            self._store(_Entry(sig, q.copy(), self._bucket(q), rr, vecs, radius,
+            kth = float(_geometry(d[j][k - 1: k], q, self.metric)[0])
+            self._store(_Entry(sig, q.copy(), self._bucket(q), rr, vecs, radius, kth,
                                q.nbytes + vecs.nbytes + rr.nbytes + 200), epoch)
 
     def _shadow(self, c, q, k, p, rows, dists, node) -> None:
@@ -286,15 +323,24 @@ class SemanticCache:
 
     # -- entries -----------------------------------------------------------------------------------------
     def _bucket(self, q: np.ndarray) -> int:
+        return int(self._buckets_of(q[None, :])[0])
+
+    def _buckets_of(self, qs: np.ndarray) -> np.ndarray:
+        """The bucket of each query: its nearest of the sampled head vectors (one matrix product per batch)."""
         if self._centroids is None:
-            return 0
-        h = head_space(q[None, :], self.metric)[0] if self.metric is Metric.IP else q
-        return int((self._centroid_norms - 2.0 * (self._centroids @ h)).argmin())
+            return np.zeros(len(qs), np.int64)
+        h = head_space(qs, self.metric) if self.metric is Metric.IP else qs
+        return (self._centroid_norms[None, :] - 2.0 * (h @ self._centroids.T)).argmin(1)
 
     def _store(self, e: _Entry, epoch: int) -> None:
         if e.nbytes > self.max_bytes:
             return
         with self._lock:
+            if np.isfinite(e.radius):  # learn how far from a cached query a hit can be certified
+                scale = self._max_norm if self.metric is Metric.IP else 1.0  # ip: bound shrinks by delta*max|x|
+                self._margins.append((e.radius - e.kth) / max(scale, 1e-12))
+                if len(self._margins) >= 16:
+                    self._certifiable = float(np.median(self._margins))
             if epoch != self._epoch:  # an eviction ran while this fill searched: it may predate new vectors
                 self.counters["not_stored"] += 1
                 return
@@ -302,7 +348,10 @@ class SemanticCache:
             self._next += 1
             self._entries[slot] = e
             sig_id = self._sig_ids[e.sig]
-            self._buckets.setdefault(e.bucket, _Bucket(self.dim)).add(slot, sig_id, e.key)
+            b = self._buckets.get(e.bucket)
+            if b is None:
+                b = self._buckets[e.bucket] = _Bucket(self.dim)
+            b.add(slot, sig_id, e.key, e.kth)
             self._bytes += e.nbytes
             while self._bytes > self.max_bytes and self._entries:
                 old, _ = next(iter(self._entries.items()))

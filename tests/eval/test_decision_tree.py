@@ -58,8 +58,8 @@ def test_render_shows_values_at_each_node():
 
 def test_knob_mapping():
     k = map_knobs("ip", "partition", _mf(relative_contrast=2.5))
-    assert (k.metric, k.nprobe, k.max_replicas, k.int8, k.rerank_k) == ("cosine", 16, 4, "on", 64)
-    assert k.cache_threshold is None and "not measured" in k.reasons["cache_threshold"]
+    assert (k.metric, k.nprobe, k.max_replicas, k.int8, k.rerank_k) == ("cosine", 16, 4, "on", 32)
+    assert k.cache_threshold == 0.0 and "certified hits only" in k.reasons["cache_threshold"]
     hard = map_knobs("l2", "graph", _mf(relative_contrast=1.2), quantization_loss=0.02)
     assert (hard.metric, hard.nprobe, hard.max_replicas, hard.int8, hard.rerank_k) == ("l2", 128, 8, "off", 256)
 

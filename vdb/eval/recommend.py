@@ -101,13 +101,20 @@ def map_knobs(metric_family: str, method_family: str, mf: MetaFeatures, *, k: in
     reasons["max_replicas"] = ("blurred boundaries (RC < 2 or RA >= 60): replicate boundary vectors (SPANN's 8)"
                                if replicas == 8 else "well separated: 4 replicas save disk")
     int8_off = quantization_loss is not None and quantization_loss > QUANT_LOSS_MAX
-    rerank = max(16 * k, 256) if int8_off else max(4 * k, 64)
+    rerank = max(16 * k, 256) if int8_off else max(3 * k, 32)
     reasons["int8"] = ("not measured: vdb re-ranks with float32 anyway" if quantization_loss is None else
                        f"exact INT8 search loses {quantization_loss:+.4f}: "
                        + ("re-rank deeper with float32" if int8_off else "keep the default re-rank depth"))
-    reasons["rerank_k"] = "max(16k, 256)" if int8_off else "vdb default max(4k, 64)"
-    reasons["cache_threshold"] = "not measured: the semantic cache does not exist yet"
-    return Knobs(metric, nprobe, replicas, "off" if int8_off else "on", rerank, None, reasons)
+    reasons["rerank_k"] = "max(16k, 256)" if int8_off else "vdb default max(3k, 32)"
+    # vdb's cache has no similarity threshold to tune: hits are certified by the triangle inequality, and the
+    # only knob is how many uncertified positions to tolerate (cache_error_budget). Recommend none.
+    reasons["cache_threshold"] = (f"cache_error_budget 0 (certified hits only); the certifiable distance grows "
+                                  f"with the gap between the k-th and K'-th neighbours, small at RC "
+                                  f"{mf.relative_contrast:.2f}, so expect hits mostly on near-exact repeats"
+                                  if mf.relative_contrast < RC_EASY else
+                                  f"cache_error_budget 0 (certified hits only); RC {mf.relative_contrast:.2f}: "
+                                  f"neighbour gaps are wide, near-duplicate queries certify")
+    return Knobs(metric, nprobe, replicas, "off" if int8_off else "on", rerank, 0.0, reasons)
 
 
 # -- checking against a sweep --------------------------------------------------------------------------------

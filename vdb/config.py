@@ -46,6 +46,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("faiss_threads", 1, "OpenMP threads faiss may use for head search (process-wide). 1: concurrency "
             "comes from parallel requests; OpenMP spin-waiting on a busy machine costs milliseconds per query",
             _positive),
+    Setting("gil_switch_ms", 1.0, "Python's GIL switch interval in ms (process-wide). A search waiting for the GIL "
+            "behind the maintenance thread waits up to this long per hand-over; CPython's 5 ms default shows up "
+            "as milliseconds of tail latency while writes are being indexed", _positive),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -245,6 +246,7 @@ def connect(path: str | os.PathLike, *, config_file: str | None = None, **settin
         raise translate(e) from None
     from index.centroids import set_search_threads
     set_search_threads(int(resolved["faiss_threads"]))
+    sys.setswitchinterval(float(resolved["gil_switch_ms"]) / 1000.0)
     return public(Database)(path, resolved)
 
 

@@ -23,9 +23,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, build_index, recall_at_k  # noqa: E402
+from vdb import convert  # noqa: E402
+from vdb.v1 import vector_db_pb2 as pb  # noqa: E402
 from vdb.synthetic import clustered, clustered_queries  # noqa: E402
+from benchkit.grpc_echo import floor_p50  # noqa: E402
+
+RESPONSE_BYTES = 64  # about a SearchResponse with 10 ids and distances (56 bytes)
 
 
 def client_loop(target, queries, seconds, seed, upsert_batch, dim, out):
@@ -124,12 +130,26 @@ def main():
                 c.search("bench", queries[s: s + 100], top_k=10, nprobe=args.nprobe, use_cache=False)
                 gb.append(time.perf_counter() - t)
             gids, _ = c.search("bench", queries[:1000], top_k=10, nprobe=args.nprobe, use_cache=False)
+        # the framework floor: a bare Python gRPC server, same payload sizes, same client process
+        req = pb.SearchRequest(collection="bench", query=convert.to_vectors(queries[:1]),
+                                                 params=convert.search_params(10, args.nprobe, None, None, None,
+                                                                              False, False, False))
+        echo = subprocess.Popen([sys.executable, str(Path(__file__).parent / "benchkit" / "grpc_echo.py"),
+                                 str(RESPONSE_BYTES), "32"], stderr=subprocess.PIPE, text=True)
+        try:
+            echo_target = next(json.loads(line)["serving"] for line in echo.stderr if line.startswith("{"))
+            floor = floor_p50(echo_target, req.SerializeToString())
+        finally:
+            echo.kill()
+            echo.wait()
         result["overhead"] = {
             "recall_in_process": round(recall_at_k(ids, truth, 10), 4),
             "recall_grpc": round(recall_at_k(gids, truth, 10), 4),
             "single_p50_ms_in_process": round(float(np.median(lat)) * 1e3, 3),
             "single_p50_ms_grpc": round(float(np.median(glat)) * 1e3, 3),
             "single_p50_overhead_ms": round(float(np.median(glat) - np.median(lat)) * 1e3, 3),
+            "bare_grpc_roundtrip_p50_ms": round(floor * 1e3, 3),
+            "overhead_above_bare_grpc_ms": round(float(np.median(glat) - np.median(lat) - floor) * 1e3, 3),
             "batch100_ms_in_process": round(float(np.median(batches)) * 1e3, 3),
             "batch100_ms_grpc": round(float(np.median(gb)) * 1e3, 3),
             "batch100_overhead_pct": round(100 * (float(np.median(gb)) / float(np.median(batches)) - 1), 1),

@@ -55,7 +55,9 @@ class EvalConfig:
     progress: bool = True
     served_cached: float | None = None        # task value through the semantic cache (else measured, see below)
     server: str | None = None                 # evaluate a running vdb server (host:port) instead of embedded
-    cache_mb: float = 64.0                    # semantic cache of the service system (0: no cache points)
+    # Semantic cache of the service system (0: no cache points). Room for every query's entry (kjv: 2,000 x 40
+    # x 384 floats = 123 MB): a cyclic pass over more entries than fit defeats LRU and measures capacity instead.
+    cache_mb: float = 256.0
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def _make_system(spec: SystemSpec, seed: int, config: EvalConfig | None = None):
         from vdb.eval.service import ServiceSystem
         return ServiceSystem(spec.metric, {"seed": seed, **spec.build}, name=spec.name,
                              server=config.server if config else None,
-                             cache_mb=config.cache_mb if config else 64.0)
+                             cache_mb=config.cache_mb if config else 256.0)
     return FaissSystem(spec.kind, spec.metric, spec.build, seed=seed)
 
 

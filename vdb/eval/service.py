@@ -25,7 +25,7 @@ class ServiceSystem:
     family = "partition"
 
     def __init__(self, metric: str, build: dict | None = None, name: str = "vdb-service", *,
-                 server: str | None = None, cache_mb: float = 64.0, shadow_rate: float = 0.1):
+                 server: str | None = None, cache_mb: float = 256.0, shadow_rate: float = 0.1):
         self.metric, self.name, self.server = metric, name, server
         self.build_knobs = dict(build or {})
         self.cache_mb, self.shadow_rate = cache_mb, shadow_rate

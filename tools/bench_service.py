@@ -17,6 +17,7 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ RESPONSE_BYTES = 64  # about a SearchResponse with 10 ids and distances (56 byte
 def client_loop(target, queries, seconds, seed, upsert_batch, dim, out):
     rng = np.random.default_rng(seed)
     lat = {"Search": [], "Upsert": []}
-    errors = 0
+    errors, messages = 0, []
     next_id = 10_000_000 + seed * 1_000_000
     with vdb.Client(target, retries=0) as c:
         end = time.monotonic() + seconds
@@ -53,13 +54,21 @@ def client_loop(target, queries, seconds, seed, upsert_batch, dim, out):
                     next_id += upsert_batch
                     kind = "Upsert"
                 lat[kind].append(time.perf_counter() - t)
-            except vdb.VdbError:
+            except vdb.VdbError as e:
                 errors += 1
-    out.put({"lat": lat, "errors": errors})
+                if len(messages) < 5:
+                    messages.append(f"{kind_of(e)}: {e}"[:300])
+    out.put({"lat": lat, "errors": errors, "messages": messages})
+
+
+def kind_of(e) -> str:
+    code = getattr(e, "code", None)
+    return f"{type(e).__name__}({getattr(code, 'name', code)})"
 
 
 def summarize(results, seconds):
-    out = {"errors": sum(r["errors"] for r in results)}
+    out = {"errors": sum(r["errors"] for r in results),
+           "error_messages": [m for r in results for m in r["messages"]][:10]}
     for kind in ("Search", "Upsert"):
         a = np.concatenate([np.array(r["lat"][kind]) for r in results]) if results else np.zeros(0)
         if len(a):
@@ -113,6 +122,8 @@ def main():
                              "0", "--set", f"workers={max(16, max(int(x) for x in args.levels.split(',')) * 2)}"],
                             stderr=subprocess.PIPE, text=True)
     target = next(json.loads(line)["serving"] for line in proc.stderr if line.startswith("{"))
+    server_log = open(scratch / "server.log", "w")  # keep draining stderr: a full pipe would block the server
+    threading.Thread(target=lambda: server_log.writelines(proc.stderr), daemon=True).start()
     result = {"benchmark": "bench_service", "n": args.n, "nprobe": args.nprobe, "seconds": args.seconds,
               "upsert_batch": args.upsert_batch, "machine": platform.platform(), "levels": {}}
     try:

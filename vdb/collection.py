@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import SearchParams, SearchStats
-from index import kernels
+from index import SearchParams, SearchStats, kernels
 from index.distance import as_matrix, from_kernel, prepare_base
 from index.mutable import DELETED, MutableSpannIndex
 from storage.wal import WriteAheadLog

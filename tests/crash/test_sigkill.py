@@ -155,6 +155,7 @@ def test_thirty_kills_lose_no_acknowledged_write(zygote, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 200 kill-recover-verify rounds: ~1.5-2 s each on 2 cores, over the suite's 300 s
 def test_two_hundred_kills_lose_no_acknowledged_write(zygote, tmp_path):
     seen = run_kills(zygote, tmp_path / "data", tmp_path, n_kills=200, seed=2)
     assert seen["crash_points"] >= 30

@@ -114,14 +114,17 @@ class Client:
         if len(q) == 1:
             resp = self._call("Search", pb.SearchRequest(collection=name, query=convert.to_vectors(q), params=params),
                               retry=True)
-            results = [resp.result]
-        else:
+            ids, dists, explains = convert.from_search_results([resp.result], int(top_k))
+            ex, partial = explains[0], resp.result.partial
+        else:  # packed: two arrays instead of one message per query
             resp = self._call("BatchSearch", pb.BatchSearchRequest(collection=name, queries=convert.to_vectors(q),
-                                                                   params=params), retry=True)
-            results = resp.results
-        ids, dists, explains = convert.from_search_results(results, int(top_k))
-        ex = explains[0] if explains else None
-        partial = any(r.partial for r in results)
+                                                                   params=params, packed=True), retry=True)
+            if resp.HasField("packed"):
+                ids, dists, ex = convert.from_packed(resp.packed, len(q), int(top_k))
+                partial = resp.packed.partial
+            else:  # a server that predates packed answers
+                ids, dists, explains = convert.from_search_results(resp.results, int(top_k))
+                ex, partial = (explains[0] if explains else None), any(r.partial for r in resp.results)
         res = SearchResult(ids[0], dists[0], ex) if np.ndim(queries) == 1 else SearchResult(ids, dists, ex)
         res.partial = partial
         return res

@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from vdb.records import Record
-from vdb.errors import InvalidArgumentError
+from vdb.errors import DataLossError, InvalidArgumentError
 from vdb.v1 import vector_db_pb2 as pb
 
 METRICS = {pb.METRIC_L2: "l2", pb.METRIC_IP: "ip", pb.METRIC_COSINE: "cosine"}
@@ -138,6 +138,32 @@ def from_search_results(results, k: int) -> tuple[np.ndarray, np.ndarray, list]:
             ex = {**(ex or {}), "partial": True, "missing_shards": list(r.missing_shards)}
         explains.append(ex)
     return ids, dists, explains
+
+
+def packed_results(ids: np.ndarray, dists: np.ndarray, explain: dict | None, *, partial: bool = False,
+                   missing_shards=()) -> pb.PackedResults:
+    """A batch's answers as two little-endian arrays ([nq, k] int64 ids with -1 pads, float32 distances)."""
+    ids = np.ascontiguousarray(np.where(np.asarray(ids) >= 0, ids, -1), dtype="<i8")
+    r = pb.PackedResults(top_k=ids.shape[1], ids=ids.tobytes(),
+                         distances=np.ascontiguousarray(dists, dtype="<f4").tobytes(), partial=partial,
+                         missing_shards=list(missing_shards))
+    if explain is not None:
+        r.explain.CopyFrom(pb.Explain(**{k: v for k, v in explain.items()
+                                         if k in pb.Explain.DESCRIPTOR.fields_by_name and v is not None}))
+    return r
+
+
+def from_packed(p: pb.PackedResults, nq: int, k: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """Back to vdb's padded arrays [nq, k]; the sizes are checked, a malformed answer is a DataLossError."""
+    if p.top_k != k or len(p.ids) != 8 * nq * k or len(p.distances) != 4 * nq * k:
+        raise DataLossError(f"packed batch answer has top_k={p.top_k}, {len(p.ids)} id bytes and "
+                            f"{len(p.distances)} distance bytes; expected top_k={k} for {nq} queries")
+    ids = np.frombuffer(p.ids, dtype="<i8").reshape(nq, k).astype(np.int64)
+    dists = np.frombuffer(p.distances, dtype="<f4").reshape(nq, k).astype(np.float32)
+    ex = explain_dict(p.explain) if p.HasField("explain") else None
+    if p.partial:
+        ex = {**(ex or {}), "partial": True, "missing_shards": list(p.missing_shards)}
+    return ids, dists, ex
 
 
 def explain_dict(e: pb.Explain) -> dict:

@@ -209,7 +209,15 @@ class RouterServicer:
 
     @rpc
     def BatchSearch(self, req, context):
-        return pb.BatchSearchResponse(results=self._search(req.collection, req.queries, req.params, context))
+        results = self._search(req.collection, req.queries, req.params, context)
+        if not req.packed:
+            return pb.BatchSearchResponse(results=results)
+        k = req.params.top_k
+        ids, dists, explains = convert.from_search_results(results, k)
+        first = results[0] if results else pb.SearchResult()
+        return pb.BatchSearchResponse(packed=convert.packed_results(
+            ids, dists, explains[0] if explains and req.params.explain else None, partial=first.partial,
+            missing_shards=first.missing_shards))
 
     def _search(self, collection: str, queries: pb.Vectors, params: pb.SearchParams, context):
         if params.top_k == 0:

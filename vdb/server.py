@@ -135,6 +135,8 @@ class VectorDBServicer:
     def BatchSearch(self, req, context):
         q = convert.from_vectors(req.queries, what="queries")
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
+        if req.packed:
+            return pb.BatchSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain))
         return pb.BatchSearchResponse(results=[convert.search_result(i, d, res.explain)
                                                for i, d in zip(res.ids, res.distances)])
 

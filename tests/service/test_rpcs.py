@@ -7,6 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vdb
+from vdb import convert
 from vdb.v1 import vector_db_pb2 as pb
 from vdb.v1 import vector_db_pb2_grpc as pb_grpc
 
@@ -34,6 +35,33 @@ def test_every_rpc_round_trip(client, filled):
     assert stats["count"] == 1499 and "wal" in stats and "maintenance" in stats
     client.drop_collection("c")
     assert client.list_collections() == []
+
+
+def test_batch_search_packed_and_per_result_answers_agree(running, client, filled):
+    """The client asks for packed arrays; a caller that does not (an older client) still gets one message per
+    query, with the same ids and distances."""
+    stub = pb_grpc.VectorDBStub(grpc.insecure_channel(running.target))
+    params = pb.SearchParams(top_k=4, explain=True)
+    req = pb.BatchSearchRequest(collection="c", queries=convert.to_vectors(filled[:30]), params=params)
+    per_result = stub.BatchSearch(req, timeout=10)
+    assert len(per_result.results) == 30 and not per_result.HasField("packed")
+    req.packed = True
+    packed = stub.BatchSearch(req, timeout=10)
+    assert not packed.results and packed.packed.top_k == 4 and packed.packed.explain.path
+    ids, d, ex = convert.from_packed(packed.packed, 30, 4)
+    old_ids, old_d, _ = convert.from_search_results(per_result.results, 4)
+    assert np.array_equal(ids, old_ids) and np.array_equal(d, old_d)
+    assert ex == convert.explain_dict(per_result.results[0].explain)
+    res = client.search("c", filled[:30], top_k=4)
+    assert np.array_equal(res.ids, ids) and res.explain is None
+
+
+def test_malformed_packed_answer_is_data_loss():
+    p = convert.packed_results(np.arange(6).reshape(2, 3), np.zeros((2, 3), np.float32), None)
+    assert convert.from_packed(p, 2, 3)[0].tolist() == [[0, 1, 2], [3, 4, 5]]
+    p.ids = p.ids[:-8]
+    with pytest.raises(vdb.DataLossError, match="40 id bytes"):
+        convert.from_packed(p, 2, 3)
 
 
 def test_create_options_and_durability_travel(client):

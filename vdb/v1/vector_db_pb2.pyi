@@ -232,20 +232,40 @@ class SearchResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[SearchResult, _Mapping]] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "params")
+    __slots__ = ("collection", "queries", "params", "packed")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Vectors
     params: SearchParams
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Vectors, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ...) -> None: ...
+    packed: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Vectors, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., packed: _Optional[bool] = ...) -> None: ...
+
+class PackedResults(_message.Message):
+    __slots__ = ("top_k", "ids", "distances", "explain", "partial", "missing_shards")
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    DISTANCES_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    top_k: int
+    ids: bytes
+    distances: bytes
+    explain: Explain
+    partial: bool
+    missing_shards: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, top_k: _Optional[int] = ..., ids: _Optional[bytes] = ..., distances: _Optional[bytes] = ..., explain: _Optional[_Union[Explain, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchSearchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
+    packed: PackedResults
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., packed: _Optional[_Union[PackedResults, _Mapping]] = ...) -> None: ...
 
 class CountRequest(_message.Message):
     __slots__ = ("collection",)

@@ -107,9 +107,12 @@ class VectorFile:
     # -- reading ----------------------------------------------------------------------------------------
     def matrix(self) -> np.ndarray:
         """float32 [rows, dim + 1] view: columns :dim are the vector, the last column holds the checksum bits."""
-        # The writer maps new space before it writes a row and bumps `rows` after, so no remap is needed here.
-        buf = self._file.buffer[HEADER_SIZE: HEADER_SIZE + self.rows * self.row_size]
-        return buf.view(np.float32).reshape(self.rows, self.dim + 1)
+        # Read `rows` once, and before the buffer: the writer maps new space before it writes a row and bumps
+        # `rows` after, so a buffer fetched after reading `rows` covers them (no remap needed here). Reading
+        # `rows` twice let a concurrent append change it between the slice and the reshape.
+        rows = self.rows
+        buf = self._file.buffer[HEADER_SIZE: HEADER_SIZE + rows * self.row_size]
+        return buf.view(np.float32).reshape(rows, self.dim + 1)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Copy rows out as float32 [n, dim], verifying each checksum."""

@@ -83,3 +83,41 @@ def test_empty_file_is_truncated(tmp_path):
     (tmp_path / "e").write_bytes(b"")
     with pytest.raises(TruncatedError):
         VectorFile.open(tmp_path / "e", rows=0)
+
+
+def test_matrix_is_consistent_while_a_writer_appends(tmp_path):
+    """A reader's matrix() must never see a row count and a mapping from different moments (a service search
+    once failed with `cannot reshape` while an upsert appended). Tiny GIL switch intervals make the race likely."""
+    import sys
+    import threading
+    import time
+    vf = VectorFile.create(tmp_path / "v.vec", 8)
+    stop, errors = threading.Event(), []
+
+    def writer():
+        block = np.ones((10, 8), np.float32)
+        while not stop.is_set():
+            vf.append(block)
+
+    def reader():
+        while not stop.is_set():
+            try:
+                m = vf.matrix()
+                assert m.shape[1] == 9
+            except Exception as e:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(e))
+                stop.set()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[0]
+    assert vf.rows > 1000

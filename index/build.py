@@ -181,6 +181,16 @@ def quantizer_sample_rows(n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, min(n, QUANTIZER_SAMPLE), replace=False))
 
 
+def train_heads(space, n: int, params: BuildParams, metric: Metric, progress: ProgressFactory) -> np.ndarray:
+    """head_ratio * n head vectors by hierarchical balanced k-means over `space` (all n rows, or a sample of
+    them: the Ray build trains on a sample). Shared by the local and the distributed build."""
+    n_target = max(1, int(round(params.head_ratio * n)))
+    bar = progress("cluster heads", n_target)
+    heads = hierarchical_heads(space, n_target, params, spherical=metric.angular, progress=bar.update)
+    bar.close()
+    return heads
+
+
 def build_head_index(heads: np.ndarray, metric: Metric, params: BuildParams) -> HeadIndex:
     return HeadIndex.build(heads, angular=metric.angular, kind=params.head_index, m=params.hnsw_m,
                            ef_construction=params.hnsw_ef_construction)
@@ -207,10 +217,7 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     sample_rows = quantizer_sample_rows(n, params.seed)
     quantizer = Int8Quantizer.train(np.asarray(vec[sample_rows], dtype=np.float32))
     hs = HeadSpaceView(vec, metric)
-    n_target = max(1, int(round(params.head_ratio * n)))
-    bar = progress("cluster heads", n_target)
-    heads = hierarchical_heads(hs, n_target, params, spherical=metric.angular, progress=bar.update)
-    bar.close()
+    heads = train_heads(hs, n, params, metric, progress)
     timings["cluster"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()

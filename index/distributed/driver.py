@@ -22,8 +22,7 @@ from typing import Callable
 import numpy as np
 
 from index.build import (HeadSpaceView, ProgressFactory, _null_progress, build_head_index, quantizer_sample_rows,
-                         validate_ids)
-from index.clustering import hierarchical_heads
+                         train_heads, validate_ids)
 from index.distributed.merge import committed_stats, merge
 from index.distributed.partition import Partition, PartitionWorker, StoredView, WorkerSpec, split_rows
 from index.distributed.staging import Plan, Progress, Staging, fingerprint
@@ -172,10 +171,7 @@ def train_plan(stored: StoredView, params: BuildParams, metric: Metric, head_sam
         data = HeadSpaceView(stored[rows], metric)
     else:
         data = HeadSpaceView(stored, metric)
-    n_target = max(1, int(round(params.head_ratio * n)))
-    bar = progress("cluster heads", n_target)
-    heads = hierarchical_heads(data, n_target, params, spherical=metric.angular, progress=bar.update)
-    bar.close()
+    heads = train_heads(data, n, params, metric, progress)
     timings["cluster"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     head_index = build_head_index(heads, metric, params)

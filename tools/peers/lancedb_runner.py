@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procstats import drop_files, percentiles, rss_delta, status, time_batch, time_chunks, time_singles  # noqa: E402
+from procstats import cold_point, percentiles, rss_delta, status, time_chunks, time_singles  # noqa: E402
 
 TABLE = "vectors"
 
@@ -96,13 +96,8 @@ def cmd_search(a) -> dict:
         print(f"[lancedb] {p} qps={points[-1]['warm']['qps']} p50={points[-1]['warm']['p50_ms']} ms",
               file=sys.stderr, flush=True)
     for point, p in zip(points, a.points):
-        cold, io_cold = time_singles(lambda q: one(q, p), queries[: a.n_cold],
-                                     before_each=lambda: drop_files([a.index]))
-        drop_files([a.index])
-        cold_seconds, _, io_cold_batch = time_batch(lambda qs: batch(qs, p), queries[: a.n_cold_batch])
-        point["cold"] = {**percentiles(cold), "read_bytes_per_query": io_cold / max(1, a.n_cold),
-                         "qps": round(a.n_cold_batch / cold_seconds, 2), "batch_n": a.n_cold_batch,
-                         "batch_read_bytes_per_query": io_cold_batch / a.n_cold_batch}
+        point["cold"] = cold_point(lambda q: one(q, p), lambda qs: batch(qs, p), queries, [a.index], a.n_cold,
+                                   a.n_cold_batch)
     s2 = status()
     return {"load_s": round(load_s, 3), "status_before": s0, "status_after_load": s1, "status_after_runs": s2,
             "ram_after_load": rss_delta(s0, s1), "ram_after_runs": rss_delta(s0, s2),

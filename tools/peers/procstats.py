@@ -105,3 +105,14 @@ def time_chunks(search_batch, queries: np.ndarray, chunk: int = 1000) -> tuple[d
              "qps_all": round(float(len(queries) / (per_query.sum() * chunk)), 2) if len(per_query) else None,
              "qps_chunks": [round(float(1.0 / t), 1) for t in per_query], "batch_n": len(queries), "chunk": chunk},
             np.concatenate(ids), io)
+
+
+def cold_point(search_one, search_batch, queries: np.ndarray, paths, n_cold: int, n_cold_batch: int) -> dict:
+    """One operating point with a cold page cache: `paths` are dropped before each of n_cold single queries
+    (percentiles, bytes read per query), then once before a batch of n_cold_batch (QPS of a cold start)."""
+    cold, io_cold = time_singles(search_one, queries[:n_cold], before_each=lambda: drop_files(paths))
+    drop_files(paths)
+    cold_seconds, _, io_cold_batch = time_batch(search_batch, queries[:n_cold_batch])
+    return {**percentiles(cold), "read_bytes_per_query": io_cold / max(1, n_cold),
+            "qps": round(n_cold_batch / cold_seconds, 2), "batch_n": n_cold_batch,
+            "batch_read_bytes_per_query": io_cold_batch / n_cold_batch}

@@ -189,7 +189,7 @@ class SemanticCache:
                 return c.to_ext(r, d)
             rows[plain], dists[plain] = r, d
         if admitted:  # seen before: search wider once and keep the candidates
-            self._fill(c, qs[admitted], k, p, sig, rows, dists, admitted, ex, node)
+            self._fill(c, qs[admitted], buckets[admitted], k, p, sig, rows, dists, admitted, ex, node)
         return c.to_ext(rows, dists)
 
     def _signature(self, k: int, p, filter_spec) -> str:
@@ -199,6 +199,8 @@ class SemanticCache:
         key = (k, p.nprobe, p.eps, p.rerank_k, p.ef_search)
         sig = self._sig_memo.get(key)
         if sig is None:
+            if len(self._sig_memo) >= 1024:  # knobs come from requests: keep the memo bounded
+                self._sig_memo.clear()
             sig = self._sig_memo[key] = _signature(k, p, None)
         return sig
 
@@ -275,7 +277,8 @@ class SemanticCache:
             return e.radius - delta * self._max_norm
         return e.radius - delta
 
-    def _fill(self, c, qm: np.ndarray, k: int, p, sig: str, rows, dists, where, ex, node) -> None:
+    def _fill(self, c, qm: np.ndarray, qbuckets: np.ndarray, k: int, p, sig: str, rows, dists, where, ex,
+              node) -> None:
         k_prime = max(4 * k, 20)
         with self._lock:
             epoch = self._epoch
@@ -303,7 +306,7 @@ class SemanticCache:
             # fewer than K' filtered matches means the filter's exact path returned all of them: complete
             radius = float(_geometry(d[j][valid][-1:], q, self.metric)[0]) if len(rr) == k_prime else np.inf
             kth = float(_geometry(d[j][k - 1: k], q, self.metric)[0])
-            self._store(_Entry(sig, q.copy(), self._bucket(q), rr, vecs, radius, kth,
+            self._store(_Entry(sig, q.copy(), int(qbuckets[j]), rr, vecs, radius, kth,
                                q.nbytes + vecs.nbytes + rr.nbytes + 200), epoch)
 
     def _shadow(self, c, q, k, p, rows, dists, node) -> None:
@@ -322,9 +325,6 @@ class SemanticCache:
         return n % max(1, int(round(1 / self.shadow_rate))) == 0
 
     # -- entries -----------------------------------------------------------------------------------------
-    def _bucket(self, q: np.ndarray) -> int:
-        return int(self._buckets_of(q[None, :])[0])
-
     def _buckets_of(self, qs: np.ndarray) -> np.ndarray:
         """The bucket of each query: its nearest of the sampled head vectors (one matrix product per batch)."""
         if self._centroids is None:

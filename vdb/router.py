@@ -204,22 +204,22 @@ class RouterServicer:
 
     @rpc
     def Search(self, req, context):
-        results = self._search(req.collection, req.query, req.params, context)
-        return pb.SearchResponse(result=results[0])
+        ids, dists, explain, missing = self._search(req.collection, req.query, req.params, context)
+        return pb.SearchResponse(result=_result(ids[0], dists[0], explain, missing))
 
     @rpc
     def BatchSearch(self, req, context):
-        results = self._search(req.collection, req.queries, req.params, context)
+        ids, dists, explain, missing = self._search(req.collection, req.queries, req.params, context)
         if not req.packed:
-            return pb.BatchSearchResponse(results=results)
-        k = req.params.top_k
-        ids, dists, explains = convert.from_search_results(results, k)
-        first = results[0] if results else pb.SearchResult()
-        return pb.BatchSearchResponse(packed=convert.packed_results(
-            ids, dists, explains[0] if explains and req.params.explain else None, partial=first.partial,
-            missing_shards=first.missing_shards))
+            return pb.BatchSearchResponse(results=[_result(i, d, explain, missing) for i, d in zip(ids, dists)])
+        packed = convert.packed_results(ids, dists, None, partial=bool(missing), missing_shards=missing)
+        if explain is not None:
+            packed.explain.CopyFrom(explain)
+        return pb.BatchSearchResponse(packed=packed)
 
     def _search(self, collection: str, queries: pb.Vectors, params: pb.SearchParams, context):
+        """Every shard's over-fetched top-k, merged: (ids, distances) [nq, top_k] padded with -1 / inf, the summed
+        explain (when asked for) and the shards that did not answer."""
         if params.top_k == 0:
             raise InvalidArgumentError("top_k must be an integer >= 1")
         k = params.top_k
@@ -227,28 +227,42 @@ class RouterServicer:
         shard_params.CopyFrom(params)
         shard_params.top_k = int(math.ceil(k * self.config.overfetch))
         shard_params.allow_partial = False
-        req = pb.BatchSearchRequest(collection=collection, queries=queries, params=shard_params)
+        req = pb.BatchSearchRequest(collection=collection, queries=queries, params=shard_params, packed=True)
         out, missing = self._fanout([(s, "BatchSearch", req) for s in range(len(self._stubs))], context,
                                     allow_partial=params.allow_partial)
         if not out:
             raise UnavailableError(f"no shard answered ({', '.join(missing)})")
-        per_shard = [out[s].results for s in sorted(out)]
-        merged = []
-        for qi in range(len(per_shard[0])):
-            ids = np.concatenate([np.fromiter(r[qi].ids, np.uint64) for r in per_shard])
-            dist = np.concatenate([np.fromiter(r[qi].distances, np.float32) for r in per_shard])
-            order = np.argsort(dist, kind="stable")[:k]
-            res = pb.SearchResult(ids=ids[order].tolist(), distances=dist[order].tolist(),
-                                  partial=bool(missing), missing_shards=missing)
-            if params.explain:
-                res.explain.CopyFrom(_sum_explain([r[qi].explain for r in per_shard]))
-            merged.append(res)
-        return merged
+        parts = [_shard_arrays(out[s], shard_params.top_k) for s in sorted(out)]
+        ids = np.concatenate([p[0] for p in parts], axis=1)  # shards hold disjoint ids: nothing to deduplicate
+        dists = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(dists, axis=1, kind="stable")[:, :k]
+        ids, dists = np.take_along_axis(ids, order, 1), np.take_along_axis(dists, order, 1)
+        ids[~np.isfinite(dists)] = -1
+        explain = _sum_explain([p[2] for p in parts]) if params.explain else None
+        return ids, dists, explain, missing
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         for c in self._channels:
             c.close()
+
+
+def _shard_arrays(resp: pb.BatchSearchResponse, k: int) -> tuple[np.ndarray, np.ndarray, pb.Explain]:
+    """A shard's answer as arrays [nq, k] plus its explain (packed, or one message per query from an older shard)."""
+    if resp.HasField("packed"):
+        nq = len(resp.packed.ids) // (8 * k)
+        ids, dists, _ = convert.from_packed(resp.packed, nq, k)
+        return ids, dists, resp.packed.explain
+    ids, dists, _ = convert.from_search_results(resp.results, k)
+    return ids, dists, resp.results[0].explain if resp.results else pb.Explain()
+
+
+def _result(ids: np.ndarray, dists: np.ndarray, explain: pb.Explain | None, missing: list) -> pb.SearchResult:
+    r = convert.search_result(ids, dists, None)
+    if explain is not None:
+        r.explain.CopyFrom(explain)
+    r.partial, r.missing_shards[:] = bool(missing), missing
+    return r
 
 
 def _sum_explain(parts) -> pb.Explain:

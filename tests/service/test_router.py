@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import socket
 
+import grpc
 import numpy as np
 import pytest
 
 import vdb
+from vdb import convert
+from vdb.v1 import vector_db_pb2 as pb
+from vdb.v1 import vector_db_pb2_grpc as pb_grpc
 from running import Running
 from vdb.router import ClusterConfig, create_router, shard_of
 
@@ -92,6 +96,16 @@ def test_router_is_congruent_with_a_single_node(cluster, tmp_path):
             fg = c.search("c", q[:5], top_k=5, filter={"m": 2}, **EXACT)
             fw = single.search("c", q[:5], top_k=5, filter={"m": 2}, **EXACT)
             assert np.array_equal(fg[0], fw[0])
+            one = c.search("c", q[0], top_k=10, explain=True, **EXACT)  # Search: one query, summed explain
+            assert np.array_equal(one.ids, want[0]) and one.explain["path"] == "router"
+            assert one.explain["memtable_rows"] + one.explain["records_scanned"] > 0  # summed over the shards
+            # a caller that does not ask for packed arrays gets one message per query, the same answer
+            stub = pb_grpc.VectorDBStub(grpc.insecure_channel(cluster.target))
+            params = convert.search_params(10, EXACT["nprobe"], EXACT["rerank_k"], EXACT["eps"], None, False)
+            resp = stub.BatchSearch(pb.BatchSearchRequest(collection="c", queries=convert.to_vectors(q),
+                                                          params=params), timeout=10)
+            assert not resp.HasField("packed")
+            assert np.array_equal(convert.from_search_results(resp.results, 10)[0], want)
             ids = [5, 9, 2999, 77777]
             assert [(r.id, r.payload) for r in c.get("c", ids)] == [(r.id, r.payload) for r in single.get("c", ids)]
             assert c.describe_collection("c")["count"] == 2666 and c.list_collections() == ["c"]

@@ -6,7 +6,7 @@ CPU-seconds per wall-second of the phase), which tells a busy machine from a poo
 compare medians; recall@10 at a fixed nprobe (against exact search) checks that every build gives the same index
 quality. Configurations run interleaved, and the 1-minute load average at the start of each run is kept.
 
-    python tools/bench_ray_build.py --n 1000000 --dim 128 --repeat 3 --out bench-data/ray_build-1m.json
+    python tools/bench_ray_build.py --n 1000000 --dim 128 --repeat 3 --out docs/benchmarks/ray_build-1m.json
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """An in-memory file system that forgets what was not made durable (after LevelDB's fault-injection Env).
 
-It implements the port of storage/fs.py and remembers, for every file, its content as of the last
+It implements the port of storage/wal/fs.py and remembers, for every file, its content as of the last
 `fsync`, and for every directory, the names as of the last `fsync_dir`. `crash()` then does what a power
 loss does: each file goes back to its fsync'd content, and names created, renamed or removed since their
 directory's last fsync revert. Tests use it to prove that everything the WAL acknowledged survives and

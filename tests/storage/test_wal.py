@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from faultfs import FaultyFS
 from storage.errors import CorruptionError, LockedError
 from storage.wal import WalCorruptionError, WalFailedError, WalRecord, WriteAheadLog
-from storage.wal_format import MAX_PAYLOAD
+from storage.wal.format import MAX_PAYLOAD
 from wal_child import SEGMENT_BYTES as CHILD_SEGMENT_BYTES
 from wal_child import payload_for, rtype_for
 

@@ -30,11 +30,11 @@ from typing import Iterable, Iterator
 
 
 from storage.errors import FormatError
-from storage.fs import File, FileSystem, RealFS
-from storage.wal_format import (CONSUMERS_FILE, CONSUMERS_VERSION, DEFAULT_SEGMENT_BYTES, MAX_PAYLOAD,
+from storage.wal.fs import File, FileSystem, RealFS
+from storage.wal.format import (CONSUMERS_FILE, CONSUMERS_VERSION, DEFAULT_SEGMENT_BYTES, MAX_PAYLOAD,
                                 MAX_USER_TYPE, MIN_USER_TYPE, NONE_BUFFER_BYTES, RECORD_BODY, RECORD_CRC,
                                 RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, segment_name)
-from storage.wal_reader import (WalCorruptionError, WalFailedError, WalRecord, _Damage,  # noqa: F401 (API)
+from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _Damage,  # noqa: F401 (API)
                                 _iter_records, _recover, _Segment, encode_segment_header)
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 
 from storage.errors import CorruptionError, FormatError, StorageError
-from storage.fs import FileSystem
-from storage.wal_format import (LSN_OFFSET, MAGIC, MAX_PAYLOAD, MAX_USER_TYPE, MIN_USER_TYPE, RECORD_BODY,
+from storage.wal.fs import FileSystem
+from storage.wal.format import (LSN_OFFSET, MAGIC, MAX_PAYLOAD, MAX_USER_TYPE, MIN_USER_TYPE, RECORD_BODY,
                                 RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER, SEGMENT_HEADER_SIZE,
                                 SEGMENT_NAME, VERSION)
 

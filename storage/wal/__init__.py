@@ -1,0 +1,11 @@
+"""The write-ahead log (spec: docs/wal_format.md).
+
+    format.py   the byte layout and constants, shared by writer and reader (LevelDB's log_format.h)
+    writer.py   WriteAheadLog: append with group commit, consumers, purge
+    reader.py   segment listing, record iteration, recovery (torn tail vs corruption)
+    fs.py       the file-system port the log does all its I/O through (tests substitute a faulty one)
+"""
+from storage.wal.reader import WalCorruptionError, WalFailedError, WalRecord
+from storage.wal.writer import WriteAheadLog
+
+__all__ = ["WalCorruptionError", "WalFailedError", "WalRecord", "WriteAheadLog"]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-ROW_SALT = 0x9E3779B1
+from storage.posting_format import RECORD_CODE_OFFSET as CODE, RECORD_ID_OFFSET as ID, \
+    RECORD_VERSION_OFFSET as VER
+from storage.vectors import ROW_SALT
+
 MASK32 = 0xFFFFFFFF
 
 
@@ -71,15 +74,15 @@ def scan_l2(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, dim, u, w,
         off = offsets[p]
         for r in range(counts[p]):
             base = off + r * rec_size
-            code = buf_i8[base + 8: base + 8 + dim]  # a slice, not buf[i + j]: lets LLVM vectorize the loop
+            code = buf_i8[base + CODE: base + CODE + dim]  # a slice, not buf[i + j]: lets LLVM vectorize the loop
             acc = np.float32(0.0)
             for j in range(dim):
                 t = u[j] - np.float32(code[j])
                 acc += w[j] * t * t
             if n == cap and acc >= hd[0]:
                 continue
-            rid = buf_u32[base >> 2]
-            if state[rid] != buf_u8[base + 4]:
+            rid = buf_u32[(base + ID) >> 2]
+            if state[rid] != buf_u8[base + VER]:
                 continue
             if use_allow and allow[rid] == 0:
                 continue
@@ -99,15 +102,15 @@ def scan_ip(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, dim, v, co
         off = offsets[p]
         for r in range(counts[p]):
             base = off + r * rec_size
-            code = buf_i8[base + 8: base + 8 + dim]
+            code = buf_i8[base + CODE: base + CODE + dim]
             acc = np.float32(0.0)
             for j in range(dim):
                 acc += v[j] * np.float32(code[j])
             d = -(const + acc)
             if n == cap and d >= hd[0]:
                 continue
-            rid = buf_u32[base >> 2]
-            if state[rid] != buf_u8[base + 4]:
+            rid = buf_u32[(base + ID) >> 2]
+            if state[rid] != buf_u8[base + VER]:
                 continue
             if use_allow and allow[rid] == 0:
                 continue
@@ -376,7 +379,7 @@ def live_counts(buf_u32, buf_u8, offsets, counts, rec_size, state):
         live = 0
         for r in range(counts[p]):
             base = off + r * rec_size
-            if state[buf_u32[base >> 2]] == buf_u8[base + 4]:
+            if state[buf_u32[(base + ID) >> 2]] == buf_u8[base + VER]:
                 live += 1
         out[p] = live
     return out
@@ -389,8 +392,8 @@ def mark_reachable(buf_u32, buf_u8, offsets, counts, rec_size, state, reached):
         off = offsets[p]
         for r in range(counts[p]):
             base = off + r * rec_size
-            rid = buf_u32[base >> 2]
-            if state[rid] == buf_u8[base + 4]:
+            rid = buf_u32[(base + ID) >> 2]
+            if state[rid] == buf_u8[base + VER]:
                 reached[rid] = True
 
 

@@ -27,6 +27,7 @@ from index.clustering import balanced_leaves, hierarchical_heads
 from index.distance import head_space
 from index.kernels import live_counts
 from index.quantize import Int8Quantizer
+from index.rowstate import DELETED, is_live, next_version, version_of
 from index.spann import SpannIndex, release_free_memory
 from index.types import BuildParams, Metric
 from storage import IndexDir
@@ -35,10 +36,8 @@ from storage.crashpoints import crashpoint
 from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
-DELETED = np.uint8(0x80)
-RETIRED_REBUILD = 0.10
-SPLIT_SLACK = 1.2        # each half of a split holds at most 60% of the records  # rebuild an HNSW head index once this share of its heads is retired
-VERSION_MASK = np.uint8(0x7F)
+RETIRED_REBUILD = 0.10  # rebuild an HNSW head index once this share of its heads is retired
+SPLIT_SLACK = 1.2       # each half of a split holds at most 60% of the records
 
 
 @dataclass
@@ -162,7 +161,7 @@ class MutableSpannIndex(SpannIndex):
         with self.maint_lock:
             if len(rows) == 0:
                 return
-            overflow = self._place(rows, self.state[rows] & VERSION_MASK)
+            overflow = self._place(rows, version_of(self.state[rows]))
             self.stats.rows_indexed += len(rows)
             self._settle(overflow)
 
@@ -287,8 +286,8 @@ class MutableSpannIndex(SpannIndex):
         if len(rows) == 0:
             return set()
         with self.lock:
-            rows = rows[(self.state[rows] & DELETED) == 0]
-            new_version = ((self.state[rows] & VERSION_MASK) + 1) & VERSION_MASK
+            rows = rows[is_live(self.state[rows])]
+            new_version = next_version(self.state[rows])
         if len(rows) == 0:
             return set()
         overflow = self._place(rows, new_version.astype(np.uint8), excluded)
@@ -296,7 +295,7 @@ class MutableSpannIndex(SpannIndex):
         with self.lock:  # copy on write: a search that read the old array keeps a consistent view
             buf = self._state_buf.copy()
             state = buf[: len(self.state)]
-            still = (state[rows] & DELETED) == 0  # deleted meanwhile: keep the deleted bit
+            still = is_live(state[rows])  # deleted meanwhile: keep the deleted bit
             state[rows] = np.where(still, new_version, state[rows] | DELETED).astype(np.uint8)
             self._state_buf, self.state = buf, state
         self.stats.reassigned += len(rows)

@@ -20,6 +20,7 @@ from index.distance import as_matrix, from_kernel, head_space, prepare_base
 from index.errors import InvalidParameterError
 from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer
+from index.rowstate import is_live
 from index.types import BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
@@ -102,7 +103,7 @@ class SpannIndex:
         return len(self.state)
 
     def __len__(self) -> int:
-        return int((self.state & 0x80 == 0).sum())
+        return int(is_live(self.state).sum())
 
     # -- search -----------------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, nprobe: int | None = None, *, params: SearchParams | None = None,

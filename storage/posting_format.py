@@ -10,6 +10,9 @@ MAGIC = b"VDBPOST1"
 VERSION = 1
 PAGE_SIZE = 4096          # extents start on page boundaries and span whole pages
 RECORD_HEADER = 8         # u32 internal id, u8 version, 3 reserved bytes
+RECORD_ID_OFFSET = 0      # byte offsets inside a record (the numba kernels read records straight from the mmap)
+RECORD_VERSION_OFFSET = 4
+RECORD_CODE_OFFSET = RECORD_HEADER
 FLAG_RETIRED = 1          # directory flag: the posting was split or merged away; its head is gone
 
 # Directory entry as persisted in the metadata store (key "directory"): one row per posting id.

@@ -21,7 +21,7 @@ from storage.mapped import MappedFile
 
 MAGIC = b"VDBVEC01"
 VERSION = 1
-ROW_SALT = np.uint64(0x9E3779B1)
+ROW_SALT = 0x9E3779B1  # the row-index term of the checksum (also used by index/kernels.py)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
@@ -38,7 +38,7 @@ def row_checksums(vectors: np.ndarray, first_row: int) -> np.ndarray:
     words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32).astype(np.uint64)
     total = words @ _weights(words.shape[1]) if len(words) else np.zeros(0, np.uint64)
     rows = np.arange(first_row, first_row + len(words), dtype=np.uint64)
-    return ((total + rows * ROW_SALT) & _MASK32).astype(np.uint32)
+    return ((total + rows * np.uint64(ROW_SALT)) & _MASK32).astype(np.uint32)
 
 
 class VectorFile:
@@ -123,7 +123,7 @@ class VectorFile:
         vectors = np.ascontiguousarray(block[:, : self.dim])
         stored = block.view(np.uint32)[:, self.dim]
         expect = ((vectors.view(np.uint32).astype(np.uint64) @ _weights(self.dim)
-                   + rows.astype(np.uint64) * ROW_SALT) & _MASK32).astype(np.uint32)
+                   + rows.astype(np.uint64) * np.uint64(ROW_SALT)) & _MASK32).astype(np.uint32)
         bad = np.nonzero(stored != expect)[0]
         if len(bad):
             self.raise_corrupt_row(int(rows[bad[0]]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vdb.synthetic import ClusteredMixture
+from vdb.inputs.synthetic import ClusteredMixture
 
 
 @pytest.fixture(scope="session")

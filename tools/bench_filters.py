@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import FlatIndex, recall_at_k  # noqa: E402
-from vdb.synthetic import clustered, clustered_queries  # noqa: E402
+from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 
 SELECTIVITIES = (0.001, 0.005, 0.02, 0.1, 0.3, 1.0)
 

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from index import FlatIndex, SpannIndex, build_index, recall_at_k  # noqa: E402
 from index.distributed import build_index_ray  # noqa: E402
-from vdb.readers import open_vectors  # noqa: E402
-from vdb.synthetic import clustered, clustered_queries  # noqa: E402
+from vdb.inputs.readers import open_vectors  # noqa: E402
+from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 
 
 def dataset(n: int, dim: int, path: Path) -> Path:

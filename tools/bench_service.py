@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, build_index, recall_at_k  # noqa: E402
-from vdb import convert  # noqa: E402
+from vdb.service import convert  # noqa: E402
 from vdb.v1 import vector_db_pb2 as pb  # noqa: E402
-from vdb.synthetic import clustered, clustered_queries  # noqa: E402
+from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 from benchkit.grpc_echo import floor_p50  # noqa: E402
 
 RESPONSE_BYTES = 64  # about a SearchResponse with 10 ids and distances (56 bytes)

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
 from index import BuildParams, FlatIndex, SpannIndex, build_index, recall_at_k  # noqa: E402
-from vdb.synthetic import clustered, clustered_queries  # noqa: E402
+from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 
 
 def latencies(db, name, queries, nprobe, stop=None, limit=None):

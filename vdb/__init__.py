@@ -6,9 +6,9 @@
     db.upsert("docs", ids, vectors, payloads=None)
     ids, dists = db.search("docs", queries, top_k=10)
 """
-from vdb.client import Client
-from vdb.records import Record
-from vdb.engine import Database, SearchResult, connect
+from vdb.api import Record, SearchResult, VectorDB
+from vdb.engine import Database, connect
+from vdb.service.client import Client
 from vdb.errors import (AlreadyExistsError, DataLossError, DeadlineExceededError, FailedPreconditionError,
                         InternalError, InvalidArgumentError, NotFoundError, PermissionDeniedError,
                         ResourceExhaustedError, UnauthenticatedError, UnavailableError, VdbError)
@@ -17,4 +17,4 @@ __version__ = "0.1.0"
 __all__ = ["AlreadyExistsError", "Client", "DataLossError", "Database", "DeadlineExceededError", "FailedPreconditionError",
            "InternalError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "Record",
            "ResourceExhaustedError", "SearchResult", "UnauthenticatedError", "UnavailableError", "VdbError",
-           "connect"]
+           "VectorDB", "connect"]

@@ -112,7 +112,7 @@ def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replic
       vdbctl build big.fbin --out big-idx/ --engine ray --address 10.0.0.5:6379
     """
     from index import BuildParams, build_index
-    from vdb.readers import load_ids, open_vectors
+    from vdb.inputs.readers import load_ids, open_vectors
     source = open_vectors(input_path, dataset=dataset)
     ids = load_ids(ids_path) if ids_path else None
     knobs = _parse_sets(sets)
@@ -157,7 +157,7 @@ def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_p
       vdbctl search sift-idx/ --queries sift_query.fvecs --top-k 10 --nprobe 16 --out res
     """
     from index import SpannIndex
-    from vdb.readers import open_vectors
+    from vdb.inputs.readers import open_vectors
     queries = np.asarray(open_vectors(queries_path, dataset=dataset), dtype=np.float32)
     knobs = {k: v for k, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
     with SpannIndex.open(index_dir) as idx:
@@ -207,7 +207,7 @@ def check(path):
       vdbctl check data/
       vdbctl check sift-idx/
     """
-    from vdb.engine import check_path
+    from vdb.engine.database import check_path
     reports = check_path(path)
     _echo_json(reports)
     if not all(r["ok"] for r in reports):
@@ -241,7 +241,7 @@ def serve(data_dir, host, port, api_key, read_only_api_key, tls_cert, tls_key, m
       vdbctl serve --data data/ --attach sift=sift-idx/ --api-key s3cret --metrics-port 9100
     """
     import vdb
-    from vdb.server import serve as run
+    from vdb.service.server import serve as run
     overrides = {**_parse_sets(sets), "host": host, "port": port, "api_key": api_key,
                  "read_only_api_key": read_only_api_key, "tls_cert": tls_cert, "tls_key": tls_key,
                  "metrics_port": metrics_port}
@@ -283,7 +283,7 @@ def route(config_file, port, api_key):
     """
     import signal
     import threading
-    from vdb.router import ClusterConfig, create_router
+    from vdb.service.router import ClusterConfig, create_router
     config = ClusterConfig.load(config_file)
     server, bound = create_router(config, port=port, api_key=api_key or "")
     server.start()

@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     import vdb
     from index import FlatIndex, recall_at_k
-    from vdb.synthetic import clustered, clustered_queries
+    from vdb.inputs.synthetic import clustered, clustered_queries
 
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)

@@ -10,7 +10,7 @@ from index import FlatIndex, recall_at_k
 
 
 def _data(n=3000, dim=16, seed=0):
-    from vdb.synthetic import ClusteredMixture
+    from vdb.inputs.synthetic import ClusteredMixture
     m = ClusteredMixture(dim, 12, seed)
     return m.sample(n, 1), m.sample(30, 2)
 

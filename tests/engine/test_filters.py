@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vdb.filters import FilterError, compile_filter
-from vdb.payloads import PayloadIndex
+from vdb.query.filters import FilterError, compile_filter
+from vdb.query.payloads import PayloadIndex
 
 PAYLOADS = [
     {"genre": "jazz", "year": 1959, "tags": ["a", "b"], "meta": {"score": 0.5}},
@@ -69,7 +69,7 @@ def test_deep_nesting_is_refused():
 
 @pytest.mark.parametrize("selectivity", [0.002, 0.05, 0.5])
 def test_filtered_search_returns_k_matches_when_k_exist(db, selectivity):
-    from vdb.synthetic import ClusteredMixture
+    from vdb.inputs.synthetic import ClusteredMixture
     m = ClusteredMixture(16, 10, 4)
     x, q = m.sample(6000, 1), m.sample(20, 2)
     rng = np.random.default_rng(1)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from index.types import Metric
-from vdb.memtable import DELETED, Memtable, search_exact
+from index.rowstate import DELETED
+from vdb.engine.memtable import Memtable, search_exact
 
 
 def _brute(rows, vecs, q, k, state):

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from vdb.collection import merge_topk
+from vdb.engine.collection import merge_topk
 
 
 def _reference(r1, d1, r2, d2, k):

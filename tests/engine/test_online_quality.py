@@ -7,7 +7,7 @@ import pytest
 
 import vdb
 from index import BuildParams, FlatIndex, SpannIndex, build_index, recall_at_k
-from vdb.synthetic import ClusteredMixture
+from vdb.inputs.synthetic import ClusteredMixture
 
 N, DIM = 20_000, 32
 

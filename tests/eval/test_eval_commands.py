@@ -31,7 +31,7 @@ def test_unreachable_server_is_one_error_line(tmp_path):
 def test_eval_against_a_running_server_measures_the_cache(tmp_path):
     import vdb
     from vdb.config import load_settings
-    from vdb.server import create_server
+    from vdb.service.server import create_server
     db = vdb.connect(tmp_path / "data", cache_mb=16, cache_shadow_rate=1.0)
     server, port = create_server(db, load_settings({"port": 0}))
     server.start()

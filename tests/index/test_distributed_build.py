@@ -21,8 +21,8 @@ from index.distributed import build_index_ray  # noqa: E402
 from index.distributed.staging import Progress, Staging  # noqa: E402
 from storage import IndexDir  # noqa: E402
 from storage.fileheader import HEADER_SIZE  # noqa: E402
-from vdb.readers import DatasetError, open_vectors  # noqa: E402
-from vdb.synthetic import clustered, clustered_queries  # noqa: E402
+from vdb.inputs.readers import DatasetError, open_vectors  # noqa: E402
+from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 N, DIM, NPROBE = 100_000, 32, 8
@@ -30,7 +30,7 @@ PART_ROWS = 32768  # 4 partitions, cut where the local build cuts its assignment
 CRASHED_DRIVER = """
 import sys
 from index.distributed import build_index_ray
-from vdb.readers import open_vectors
+from vdb.inputs.readers import open_vectors
 build_index_ray(sys.argv[1], sys.argv[2], reader=open_vectors, address=sys.argv[3], workers=2,
                 partition_rows=int(sys.argv[4]))
 """

@@ -21,7 +21,7 @@ def client(running):
 
 @pytest.fixture
 def filled(client):
-    from vdb.synthetic import ClusteredMixture
+    from vdb.inputs.synthetic import ClusteredMixture
     m = ClusteredMixture(16, 8, 5)
     x = m.sample(1500, 1)
     client.create_collection("c", dim=16)

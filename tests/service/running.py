@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import vdb
 from vdb.config import load_settings
-from vdb.server import create_server
+from vdb.service.server import create_server
 
 
 class Running:

@@ -27,7 +27,7 @@ def _script(db, x, q):
 
 
 def test_embedded_and_remote_agree(tmp_path):
-    from vdb.synthetic import ClusteredMixture
+    from vdb.inputs.synthetic import ClusteredMixture
     m = ClusteredMixture(24, 10, 2)
     x, q = m.sample(2300, 1), m.sample(25, 2)
     local = vdb.connect(tmp_path / "local", checkpoint_interval_s=3600)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import vdb
-from vdb import convert
+from vdb.service import convert
 from vdb.v1 import vector_db_pb2 as pb
 from vdb.v1 import vector_db_pb2_grpc as pb_grpc
 from running import Running
-from vdb.router import ClusterConfig, create_router, shard_of
+from vdb.service.router import ClusterConfig, create_router, shard_of
 
 EXACT = dict(nprobe=100_000, eps=1e9, rerank_k=2000, use_cache=False)
 
@@ -55,7 +55,7 @@ class Cluster:
 # Running binds port 0 by default; give it the fixed shard port instead.
 def _running_on(path, port, **settings):
     from vdb.config import load_settings
-    from vdb.server import create_server
+    from vdb.service.server import create_server
     r = Running.__new__(Running)
     r.db = vdb.connect(path, **settings)
     r.server, r.port = create_server(r.db, load_settings({**settings, "port": port}))
@@ -75,7 +75,7 @@ def cluster(tmp_path):
 
 
 def _data():
-    from vdb.synthetic import ClusteredMixture
+    from vdb.inputs.synthetic import ClusteredMixture
     m = ClusteredMixture(16, 10, 8)
     return m.sample(3000, 1), m.sample(40, 2)
 

@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vdb
-from vdb import convert
+from vdb.service import convert
 from vdb.v1 import vector_db_pb2 as pb
 from vdb.v1 import vector_db_pb2_grpc as pb_grpc
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from vdb.synthetic import clustered, clustered_queries
+from vdb.inputs.synthetic import clustered, clustered_queries
 
 N_CLUSTERS = 1000
 KJV = Path("/work/shared/data/kjv_books")

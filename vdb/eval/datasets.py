@@ -225,7 +225,7 @@ def synthetic_dataset(n: int = 20_000, nq: int = 1_000, dim: int = 64, clusters:
     `spread` 3.0 makes clusters overlap so that a 10-NN vote is right about 80% of the time (at the default
     0.6 the task is trivially 100%). Base and queries are independent draws (streams 1 and 2).
     """
-    from vdb.synthetic import ClusteredMixture
+    from vdb.inputs.synthetic import ClusteredMixture
     if min(n, nq, dim, clusters) < 1 or spread <= 0:
         raise EvalDatasetError("synthetic: n, nq, dim and clusters must be >= 1 and spread > 0")
     mix = ClusteredMixture(dim, clusters, seed, spread=spread)

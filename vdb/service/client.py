@@ -11,9 +11,9 @@ import time
 import grpc
 import numpy as np
 
-from vdb import convert
-from vdb.records import Record
-from vdb.engine import SearchResult
+from vdb.service import convert
+from vdb.api import Record
+from vdb.api import SearchResult
 from vdb.errors import BY_CODE, InternalError, InvalidArgumentError, VdbError
 from vdb.v1 import vector_db_pb2 as pb
 from vdb.v1 import vector_db_pb2_grpc as pb_grpc

@@ -30,11 +30,11 @@ import numpy as np
 
 from index.distance import head_space
 from index.kernels import nearest_key
+from index.rowstate import DELETED
 from index.types import Metric
-from vdb.collection import merge_topk
-from vdb.memtable import search_exact
+from vdb.engine.collection import merge_topk
+from vdb.engine.memtable import search_exact
 
-DELETED = 0x80
 N_BUCKETS = 256
 FILL_WIDEN = 4  # a fill probes this many times the request's nprobe (and eps)
 

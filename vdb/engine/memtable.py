@@ -15,9 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from index.kernels import small_exact_topk
+from index.rowstate import DELETED
 from index.types import Metric
 
-DELETED = 0x80
 SMALL = 4096  # rows x queries up to which the memtable is scanned by a compiled loop instead of numpy
 
 

@@ -20,15 +20,18 @@ import numpy as np
 
 from index import SearchParams, SearchStats, kernels
 from index.distance import as_matrix, from_kernel, prepare_base
-from index.mutable import DELETED, MutableSpannIndex
+from index.mutable import MutableSpannIndex
+from index.rowstate import DELETED
 from storage.wal import WriteAheadLog
-from vdb import walcodec
+from vdb.engine import walcodec
 from vdb.errors import (DataLossError, DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError,
                         UnavailableError, translate)
-from vdb.filters import compile_filter
-from vdb.memtable import Memtable, search_exact
-from vdb.payloads import PayloadIndex
-from vdb.records import Explain, Record, check_ids, check_payloads
+from vdb.query.filters import compile_filter
+from vdb.engine.memtable import Memtable, search_exact
+from vdb.query.payloads import PayloadIndex
+from vdb.engine.explain import Explain
+from vdb.api import Record
+from vdb.engine.validate import check_ids, check_payloads
 
 log = logging.getLogger(__name__)
 CONSUMER = "index"
@@ -58,7 +61,7 @@ class Collection:
         self.wal.register_consumer(CONSUMER)
         self.cache = None  # set by the engine when the semantic cache is enabled
         self._recover()
-        from vdb.maintenance import Maintainer
+        from vdb.engine.maintenance import Maintainer
         self.maintainer = Maintainer(self)
         self.maintainer.start()
 

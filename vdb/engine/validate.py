@@ -1,8 +1,7 @@
-"""What the API takes and gives back: records, the `explain` report, and the validation of ids and payloads."""
+"""Validation of what writers send (ids, payloads) before anything reaches the WAL."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -10,28 +9,6 @@ from vdb.errors import InvalidArgumentError, ResourceExhaustedError
 
 MAX_ID = (1 << 63) - 1
 MAX_PAYLOAD_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class Record:
-    id: int
-    vector: np.ndarray
-    payload: dict | None
-
-
-@dataclass
-class Explain:
-    path: str = "ann"                 # ann | exact-filter | exact-fallback | memtable-only | cache
-    postings_probed: int = 0
-    records_scanned: int = 0
-    bytes_read: int = 0
-    memtable_rows: int = 0
-    filter_matches: int | None = None
-    cache: str = "off"                # off | miss | hit | near-hit
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
 
 def check_ids(ids, max_batch: int, *, unique: bool = True) -> np.ndarray:

@@ -17,9 +17,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vdb import convert
+from vdb.service import convert
 from vdb.errors import DeadlineExceededError, InvalidArgumentError, VdbError, translate
-from vdb.metrics import Metrics
+from vdb.service.metrics import Metrics
 from vdb.v1 import vector_db_pb2 as pb
 
 log = logging.getLogger(__name__)

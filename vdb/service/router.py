@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from vdb import convert
+from vdb.service import convert
 from vdb.errors import InvalidArgumentError, UnavailableError, VdbError
-from vdb.server import SERVICE, rpc
+from vdb.service.server import SERVICE, rpc
 from vdb.v1 import vector_db_pb2 as pb
 from vdb.v1 import vector_db_pb2_grpc as pb_grpc
 
@@ -276,13 +276,13 @@ def _sum_explain(parts) -> pb.Explain:
 
 
 def convert_error(e: grpc.RpcError) -> VdbError:
-    from vdb.client import _error
+    from vdb.service.client import _error
     return _error(e)
 
 
 def create_router(config: ClusterConfig, *, port: int | None = None, api_key: str = "") -> tuple[grpc.Server, int]:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from vdb.server import AuthInterceptor, METHODS, _safe_parser
+    from vdb.service.server import AuthInterceptor, METHODS, _safe_parser
     servicer = RouterServicer(config)
     server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="vdb-router"),
                          interceptors=[AuthInterceptor(api_key)],

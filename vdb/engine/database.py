@@ -18,9 +18,10 @@ from index import BuildParams
 from index.mutable import MutableSpannIndex
 from index.types import Metric
 from storage.lock import DirLock
-from vdb.catalog import Catalog, check_name
-from vdb.collection import Collection
-from vdb.records import Explain, Record
+from vdb.engine.catalog import Catalog, check_name
+from vdb.engine.collection import Collection
+from vdb.engine.explain import Explain
+from vdb.api import Record, SearchResult
 from vdb.config import COLLECTION_SETTINGS, load_settings
 from vdb.errors import AlreadyExistsError, InvalidArgumentError, UnavailableError, translate
 
@@ -42,16 +43,6 @@ def public(fn):
                 raise
             raise err from e
     return wrapper
-
-
-class SearchResult(tuple):
-    """`ids, distances = db.search(...)`; `.explain` holds what the search did when asked for."""
-
-    def __new__(cls, ids, distances, explain=None):
-        obj = super().__new__(cls, (ids, distances))
-        obj.ids, obj.distances, obj.explain = ids, distances, explain
-        obj.partial = False  # only a router answering from some shards sets it
-        return obj
 
 
 class Database:
@@ -86,7 +77,7 @@ class Database:
 
     def _attach_cache(self, collection: Collection) -> None:
         if collection.settings.get("cache_mb", 0) > 0:
-            from vdb.cache import SemanticCache
+            from vdb.cache.semantic import SemanticCache
             collection.cache = SemanticCache.for_collection(collection)
 
     def _get(self, name: str) -> Collection:
@@ -208,7 +199,7 @@ class Database:
     @public
     def check(self, name: str | None = None) -> list[dict]:
         """Verify checksums and invariants of one collection (or all); see vdb/check.py."""
-        from vdb.check import check_collection
+        from vdb.engine.check import check_collection
         names = [name] if name is not None else self.list_collections()
         return [check_collection(self._get(n)) for n in names]
 
@@ -256,7 +247,7 @@ def check_path(path: str | os.PathLike) -> list[dict]:
     if (path / "catalog.json").exists():
         with connect(path) as db:
             return db.check()
-    from vdb.check import check_collection
+    from vdb.engine.check import check_collection
     try:
         index = MutableSpannIndex.open_writable(path)
     except BaseException as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from index.kernels import mark_reachable
-from index.mutable import DELETED
+from index.rowstate import DELETED
 from storage.errors import CorruptionError
 from storage.posting_format import FLAG_RETIRED
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from vdb.records import Record
+from vdb.api import Record
 from vdb.errors import DataLossError, InvalidArgumentError
 from vdb.v1 import vector_db_pb2 as pb
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from index.mutable import DELETED
+from index.rowstate import DELETED
 from vdb.errors import ResourceExhaustedError, translate
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Where vectors come from: dataset files (readers.py) and deterministic synthetic data (synthetic.py)."""

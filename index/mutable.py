@@ -407,6 +407,36 @@ class MutableSpannIndex(SpannIndex):
                    int(self.files.manifest.get("postings_gen", 0))}
         return fields_, arrays
 
+    def commit(self, manifest: dict, arrays: dict, *, id_puts=None, id_deletes=None, payload_puts=None) -> None:
+        """Make a checkpoint durable: the data files are fsync'd, then one LMDB transaction stores the manifest,
+        the arrays (those of snapshot() and any of the caller's own) and the caller's id map and payload changes.
+        id_puts: (ext ids, rows); id_deletes: ext ids; payload_puts: (ext ids, list of dict or None)."""
+        self.files.commit(manifest, arrays, id_puts=id_puts, id_deletes=id_deletes, payload_puts=payload_puts)
+
+    # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
+    def committed_array(self, name: str) -> np.ndarray | None:
+        return self.files.meta.get_array(name)
+
+    def committed_rows(self, ext_ids: np.ndarray) -> np.ndarray:
+        """The committed row of each external id, -1 where the id map has none."""
+        return self.files.meta.lookup(ext_ids)
+
+    def iter_committed_ids(self):
+        """(external id, row) of every committed id-map entry, ascending by id."""
+        return self.files.meta.iter_ids()
+
+    def committed_payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
+        return self.files.meta.payloads(ext_ids)
+
+    def iter_committed_payloads(self):
+        """(external id, payload) of every committed payload."""
+        return self.files.meta.iter_payloads()
+
+    def compaction_due(self, min_bytes: float) -> bool:
+        """True when the posting file's garbage exceeds min_bytes and half the file (see compact_postings)."""
+        store = self.files.postings
+        return store.garbage_bytes() > max(min_bytes, store.file_bytes // 2)
+
     def close(self) -> None:
         if self._old_store is not None:
             self._old_store.close()

@@ -18,14 +18,15 @@ import numpy as np
 from index.centroids import HeadIndex
 from index.distance import as_matrix, from_kernel, head_space, prepare_base
 from index.errors import InvalidParameterError
-from index.kernels import exact_rows, search_many
+from index.kernels import exact_rows, mark_reachable, search_many
 from index.quantize import Int8Quantizer
 from index.rowstate import is_live
 from index.types import BuildParams, Metric, SearchParams
-from storage import FormatError, IndexDir
+from storage import CorruptionError, FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
 
 MAX_TOP_K = 100_000
+STORED_ARRAYS = ("directory", "state", "int2ext", "quantizer", "head_index", "pending")  # checked by verify()
 
 
 @dataclass
@@ -120,10 +121,7 @@ class SpannIndex:
         if nprobe is not None:
             knobs["nprobe"] = nprobe
         if knobs:
-            try:
-                p = SearchParams(**{**p.__dict__, **knobs})
-            except TypeError as e:
-                raise InvalidParameterError(f"unknown search parameter: {e}") from None
+            p = p.replace(**knobs)
         rows, dists = self.search_rows(prepare_base(q, self.metric), k, p.resolved(k), threads=threads,
                                        stats=stats)
         ids = np.where(rows >= 0, self.int2ext[np.maximum(rows, 0)], -1)
@@ -152,13 +150,13 @@ class SpannIndex:
 
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, *, allow: np.ndarray | None = None,
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
+        """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
         if p.prefetch and rerank:
             # Pass 1 (no re-rank) finds the rerank_k candidates so their rows can be read in parallel; pass 2
             # then finds the same postings in the page cache.
             cand, _ = self.search_rows(qs, p.rerank_k, p, allow=allow, threads=threads, rerank=False)
             self.files.vectors.willneed(cand[cand >= 0])
-            p = SearchParams(p.nprobe, p.eps, p.rerank_k, p.ef_search, False)
-        """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
+            p = p.replace(prefetch=False)
         store = self.files.postings
         directory = store.dir  # one snapshot for the whole call; the buffer is read after it (see PostingStore)
         state = self.state     # replaced, never edited, when rows move (see MutableSpannIndex._reassign)
@@ -270,6 +268,56 @@ class SpannIndex:
         """Evict the posting and vector files from the page cache (cold-cache benchmarks)."""
         self.files.postings.drop_cache()
         self.files.vectors.drop_cache()
+
+    # -- what callers above the index may read (they never reach into self.files) ----------------------
+    @property
+    def manifest(self) -> dict:
+        """The manifest of the last commit (read-only by convention: commit() replaces it)."""
+        return self.files.manifest
+
+    @property
+    def n_heads(self) -> int:
+        """Heads ever created (posting ids), retired ones included."""
+        return int(self.files.heads.rows)
+
+    def head_vectors(self) -> np.ndarray:
+        """Every head vector by posting id [n_heads, dim] (a view of the mmap'd head file)."""
+        return self.files.heads.matrix()[:, : self.dim]
+
+    def max_vector_norm(self, block: int = 1 << 16) -> float:
+        """The largest norm of any stored vector, streamed over the vector file in blocks."""
+        m, best = self.files.vectors.matrix(), 0.0
+        for s in range(0, len(m), block):
+            part = np.asarray(m[s: s + block, : self.dim])
+            best = max(best, float(np.sqrt((part * part).sum(1).max())))
+        return best
+
+    def verify(self) -> tuple[list[str], dict]:
+        """Every checksum of the index's files: (violations, what was checked). Read-only."""
+        violations: list[str] = []
+        store, vectors = self.files.postings, self.files.vectors
+        bad = store.verify_all()
+        violations += [f"posting {p} fails its checksum ({store.path})" for p in bad]
+        bad_rows = vectors.verify()
+        violations += [f"vector row {r} fails its checksum ({vectors.path})" for r in bad_rows[:20]]
+        for name in STORED_ARRAYS:
+            try:
+                self.files.meta.get_array(name)
+            except CorruptionError as e:
+                violations.append(str(e))
+        return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "postings_ok": not bad}
+
+    def reachable_rows(self, state: np.ndarray) -> np.ndarray:
+        """bool [rows]: the rows with a valid record (version == state) in some live posting."""
+        store = self.files.postings
+        d = store.dir
+        reached = np.zeros(len(state), bool)
+        alive = np.nonzero((d.flags & FLAG_RETIRED) == 0)[0]
+        buf = store.buffer
+        if len(alive):
+            mark_reachable(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset[alive], d.count[alive],
+                           store.rec_size, state, reached)
+        return reached
 
 
 def release_free_memory() -> None:

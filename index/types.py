@@ -1,7 +1,7 @@
 """Parameters: build-time knobs (persisted with the index, immutable) apart from query-time knobs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 
 import numpy as np
@@ -106,6 +106,13 @@ class SearchParams:
     ef_search: int = 0        # head-index HNSW beam; 0: automatic, max(2 * nprobe, 16)
     prefetch: bool = False    # MADV_WILLNEED postings, then the re-rank rows, before reading (a cold cache)
 
+    def replace(self, **changes) -> "SearchParams":
+        """A copy with some knobs changed (the only way knobs change: a new field can never shift silently)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise InvalidParameterError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
     def resolved(self, k: int) -> "SearchParams":
         if self.nprobe < 1:
             raise InvalidParameterError(f"nprobe must be >= 1, got {self.nprobe}")
@@ -114,5 +121,4 @@ class SearchParams:
         if self.rerank_k < 0 or self.ef_search < 0:
             raise InvalidParameterError("rerank_k and ef_search must be >= 0")
         rerank = self.rerank_k or max(3 * k, 32)       # measured: at k=10, 32 re-ranks as well as 64
-        return SearchParams(self.nprobe, self.eps, max(rerank, k), self.ef_search or max(2 * self.nprobe, 16),
-                            self.prefetch)
+        return replace(self, rerank_k=max(rerank, k), ef_search=self.ef_search or max(2 * self.nprobe, 16))

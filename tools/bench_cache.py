@@ -33,6 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
+
+vdb.tune_process()  # process-wide settings, as `vdbctl serve` applies them
 from index import BuildParams, FlatIndex, build_index  # noqa: E402
 from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 

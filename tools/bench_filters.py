@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdb  # noqa: E402
+
+vdb.tune_process()  # process-wide settings, as `vdbctl serve` applies them
 from index import FlatIndex, recall_at_k  # noqa: E402
 from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 

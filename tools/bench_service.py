@@ -26,6 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vdb  # noqa: E402
+
+vdb.tune_process()  # process-wide settings, as `vdbctl serve` applies them
 from index import BuildParams, FlatIndex, build_index, recall_at_k  # noqa: E402
 from vdb.service import convert  # noqa: E402
 from vdb.v1 import vector_db_pb2 as pb  # noqa: E402

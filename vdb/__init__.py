@@ -7,6 +7,7 @@
     ids, dists = db.search("docs", queries, top_k=10)
 """
 from vdb.api import Record, SearchResult, VectorDB
+from vdb.config import tune_process
 from vdb.engine import Database, connect
 from vdb.service.client import Client
 from vdb.errors import (AlreadyExistsError, DataLossError, DeadlineExceededError, FailedPreconditionError,
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 __all__ = ["AlreadyExistsError", "Client", "DataLossError", "Database", "DeadlineExceededError", "FailedPreconditionError",
            "InternalError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "Record",
            "ResourceExhaustedError", "SearchResult", "UnauthenticatedError", "UnavailableError", "VdbError",
-           "VectorDB", "connect"]
+           "VectorDB", "connect", "tune_process"]

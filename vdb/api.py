@@ -25,13 +25,18 @@ class Record:
 
 
 class SearchResult(tuple):
-    """`ids, distances = db.search(...)`; `.explain` holds what the search did when asked for, `.partial` says
-    that a router answered from some shards only (allow_partial=True)."""
+    """`ids, distances = db.search(...)`; `.explain` holds what the search did when asked for; `.partial` says
+    that a router answered without some shards (allow_partial=True), named in `.missing_shards`."""
 
-    def __new__(cls, ids, distances, explain=None, partial: bool = False):
+    def __new__(cls, ids, distances, explain=None, missing_shards=()):
         obj = super().__new__(cls, (ids, distances))
-        obj.ids, obj.distances, obj.explain, obj.partial = ids, distances, explain, partial
+        obj.ids, obj.distances, obj.explain = ids, distances, explain
+        obj.missing_shards = tuple(missing_shards)
         return obj
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing_shards)
 
 
 @runtime_checkable

@@ -246,6 +246,7 @@ def serve(data_dir, host, port, api_key, read_only_api_key, tls_cert, tls_key, m
                  "read_only_api_key": read_only_api_key, "tls_cert": tls_cert, "tls_key": tls_key,
                  "metrics_port": metrics_port}
     db = vdb.connect(data_dir, config_file=config_file, **overrides)
+    vdb.tune_process(db.settings)
     try:
         for spec in attach:
             name, _, path = spec.partition("=")
@@ -281,20 +282,16 @@ def route(config_file, port, api_key):
     Example:
       vdbctl route --config cluster.toml
     """
-    import signal
-    import threading
-    from vdb.service.router import ClusterConfig, create_router
+    from vdb.config import load_settings, tune_process
+    from vdb.service.router import ClusterConfig, Router
+    from vdb.service.server import serve as run
     config = ClusterConfig.load(config_file)
-    server, bound = create_router(config, port=port, api_key=api_key or "")
-    server.start()
-    click.echo(json.dumps({"routing": f"{config.host}:{bound}", "shards": list(config.shards)}), err=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
-    server.stop(5).wait()
-    server.router.close()
+    settings = load_settings({"host": config.host, "port": config.port if port is None else port,
+                              "workers": config.workers, "api_key": api_key or ""})
+    tune_process(settings)
+    run(Router(config), settings, what=f"router over {len(config.shards)} shards",
+        ready=lambda p: click.echo(json.dumps({"routing": f"{config.host}:{p}", "shards": list(config.shards)}),
+                                   err=True))
 
 
 def _register_evaluator() -> None:

@@ -43,8 +43,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compact_min_mb", 64.0, "rewrite the posting file when its garbage (old extents) exceeds this and "
             "half the file", _positive),
     Setting("write_timeout_s", 60.0, "how long a throttled writer waits before RESOURCE_EXHAUSTED", _positive),
-    Setting("faiss_threads", 1, "OpenMP threads faiss may use for head search (process-wide). 1: concurrency "
-            "comes from parallel requests; OpenMP spin-waiting on a busy machine costs milliseconds per query",
+    Setting("faiss_threads", 1, "OpenMP threads faiss may use for head search (process-wide: tune_process). 1: "
+            "concurrency comes from parallel requests; OpenMP spin-waiting on a busy machine costs milliseconds per query",
             _positive),
     Setting("gil_switch_ms", 1.0, "Python's GIL switch interval in ms (process-wide). A search waiting for the GIL "
             "behind the maintenance thread waits up to this long per hand-over; CPython's 5 ms default shows up "
@@ -78,6 +78,20 @@ COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkp
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
                        "compact_min_mb",
                        "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
+
+
+PROCESS_SETTINGS = ("faiss_threads", "gil_switch_ms")  # process-wide: applied by entry points, never by connect()
+
+
+def tune_process(settings=None) -> None:
+    """Apply the process-wide settings (faiss_threads, gil_switch_ms) to this process. `vdbctl serve`, `route`,
+    `eval` and the benchmarks call it at start; an application embedding vdb calls it once if it wants them
+    (connect() never changes process-wide state)."""
+    import sys
+    from index.centroids import set_search_threads
+    s = settings if settings is not None else load_settings()
+    set_search_threads(int(s["faiss_threads"]))
+    sys.setswitchinterval(float(s["gil_switch_ms"]) / 1000.0)
 
 
 def _coerce(setting: Setting, value: Any) -> Any:

@@ -44,7 +44,7 @@ class Cluster:
 
     def close(self):
         self.router.stop(0).wait()
-        self.router.router.close()
+        self.router.db.close()
         for s in self.shards:
             try:
                 s.stop()

@@ -1,46 +1,25 @@
 """`vdbctl check`: verify checksums and the invariants a collection must keep after any crash.
 
-Checked: every posting's and vector row's checksum and the stored metadata arrays; every live row is
-reachable (a valid record in some posting, or pending in the memtable); no deleted or replaced row is
-reachable through the id map; the external <-> internal id maps agree; the live count matches.
+Checked: every posting's and vector row's checksum and the stored metadata arrays (the index's own verify());
+every live row is reachable (a valid record in some posting, or pending in the memtable); no deleted or replaced
+row is reachable through the id map; the external <-> internal id maps agree; the live count matches.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from index.kernels import mark_reachable
-from index.rowstate import DELETED
-from storage.errors import CorruptionError
-from storage.posting_format import FLAG_RETIRED
+from index.rowstate import is_live
 
 
 def check_collection(c) -> dict:
-    """Report for an open vdb.collection.Collection: {"ok": bool, "violations": [...], "checked": {...}}."""
+    """Report for an open vdb.engine.collection.Collection: {"ok": bool, "violations": [...], "checked": {...}}."""
     idx = c.index
-    violations: list[str] = []
-    checked: dict = {}
-    store = idx.files.postings
-    bad = store.verify_all()
-    violations += [f"posting {p} fails its checksum ({store.path})" for p in bad]
-    checked["postings"] = store.n_postings
-    bad_rows = idx.files.vectors.verify()
-    violations += [f"vector row {r} fails its checksum ({idx.files.vectors.path})" for r in bad_rows[:20]]
-    checked["vector_rows"] = idx.files.vectors.rows
-    for name in ("directory", "state", "int2ext", "quantizer", "head_index", "pending"):
-        try:
-            idx.files.meta.get_array(name)
-        except CorruptionError as e:
-            violations.append(str(e))
+    violations, checked = idx.verify()
+    postings_ok = checked.pop("postings_ok")
     with idx.maint_lock, idx.lock:
         state, int2ext = idx.state.copy(), idx.int2ext.copy()
-        live = (state & DELETED) == 0
-        reached = np.zeros(len(state), bool)
-        d = store.dir
-        alive = np.nonzero((d.flags & FLAG_RETIRED) == 0)[0]
-        buf = store.buffer
-        if len(alive) and not bad:
-            mark_reachable(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset[alive], d.count[alive],
-                           store.rec_size, state, reached)
+        live = is_live(state)
+        reached = idx.reachable_rows(state) if postings_ok else np.zeros(len(state), bool)
         reached[c.memtable.rows()] = True
         unreachable = np.nonzero(live & ~reached)[0]
         if len(unreachable):
@@ -53,7 +32,7 @@ def check_collection(c) -> dict:
             violations.append("a deleted row still has an external id")
         if len(np.unique(ext_live)) != len(ext_live):
             violations.append("two live rows share one external id")
-        mapped = c._lookup(ext_live.astype(np.int64)) if len(ext_live) else np.zeros(0, np.int64)
+        mapped = c.rows_of(ext_live.astype(np.int64)) if len(ext_live) else np.zeros(0, np.int64)
         rows = np.nonzero(live)[0]
         wrong = rows[mapped != rows]
         if len(wrong):

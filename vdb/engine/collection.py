@@ -21,12 +21,14 @@ import numpy as np
 from index import SearchParams, SearchStats, kernels
 from index.distance import as_matrix, from_kernel, prepare_base
 from index.mutable import MutableSpannIndex
-from index.rowstate import DELETED
+from index.rowstate import is_live
 from storage.wal import WriteAheadLog
 from vdb.engine import walcodec
 from vdb.errors import (DataLossError, DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError,
                         UnavailableError, translate)
 from vdb.query.filters import compile_filter
+from vdb.cache import SemanticCache
+from vdb.engine.maintenance import Maintainer
 from vdb.engine.memtable import Memtable, search_exact
 from vdb.query.payloads import PayloadIndex
 from vdb.engine.explain import Explain
@@ -50,24 +52,23 @@ class Collection:
         self._throttle = threading.Condition()
         self._failed: BaseException | None = None
         self._closed = False
-        self.changed_rows = 0                         # rows deleted or replaced since the last sweep
-        self.applied_lsn = int(index.files.manifest.get("checkpoint_lsn", 0))
+        self.changed_rows = 0                         # rows deleted or replaced since opening (only grows)
+        self.applied_lsn = int(index.manifest.get("checkpoint_lsn", 0))
         self.checkpoint_lsn = self.applied_lsn
-        self.live = int(index.files.manifest.get("live", int(((index.state & DELETED) == 0).sum())))
+        self.live = int(index.manifest.get("live", int(is_live(index.state).sum())))
         self.wal = WriteAheadLog(self.path / "wal", durability=settings["durability"],
                                  batch_delay_ms=settings["batch_delay_ms"],
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
                                  repair=bool(settings.get("wal_repair", False)))
         self.wal.register_consumer(CONSUMER)
-        self.cache = None  # set by the engine when the semantic cache is enabled
         self._recover()
-        from vdb.engine.maintenance import Maintainer
+        self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
         self.maintainer.start()
 
     # -- recovery ---------------------------------------------------------------------------------------
     def _recover(self) -> None:
-        pending = self.index.files.meta.get_array("pending")
+        pending = self.index.committed_array("pending")
         if pending is not None and len(pending):
             self.memtable.add(pending.astype(np.int64), self.index.vectors_of(pending))
         if self.wal.last_lsn < self.checkpoint_lsn:
@@ -102,7 +103,7 @@ class Collection:
     def _log_and_apply(self, rtype: int, data: bytes, op) -> int:
         lsn = self.wal.append(rtype, data)
         with self._seq:  # apply in LSN order, exactly the order recovery will replay
-            while self.applied_lsn != lsn - 1 and self._failed is None:
+            while self.applied_lsn != lsn - 1 and self.failed is None:
                 self._seq.wait(1.0)
             try:
                 self._check_usable()
@@ -120,7 +121,7 @@ class Collection:
     def _apply(self, op) -> None:
         idx = self.index
         with idx.lock:
-            old = self._lookup(op.ids)
+            old = self.rows_of(op.ids)
             had = old >= 0
             if had.any():
                 idx.delete_rows(old[had])
@@ -141,17 +142,17 @@ class Collection:
                 self._payloads.update(dict.fromkeys(gone, None))
                 self.live -= n_old
 
-    def _lookup(self, ids: np.ndarray) -> np.ndarray:
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent. The overlay wins over LMDB (it is newer)."""
         out = np.fromiter((self._ids.get(e, -2) for e in ids.tolist()), np.int64, len(ids))
         miss = out == -2
         if miss.any():
-            out[miss] = self.index.files.meta.lookup(ids[miss])
+            out[miss] = self.index.committed_rows(ids[miss])
         return out
 
     def meta_ids(self):
         """Every (external id, row) the id map holds now: LMDB overlaid with the changes since the checkpoint."""
-        merged = dict(self.index.files.meta.iter_ids())
+        merged = dict(self.index.iter_committed_ids())
         merged.update(self._ids)
         return [(e, r) for e, r in merged.items() if r >= 0]
 
@@ -209,15 +210,15 @@ class Collection:
         state = idx.state
         allow = None
         if node is not None:
-            mask = self._filter_mask(node, len(state)) & ((state & DELETED) == 0)
+            mask = self._filter_mask(node, len(state)) & is_live(state)
             ex.filter_matches = int(mask.sum())
             if ex.filter_matches <= self.settings["exact_filter_rows"]:
                 ex.path = "exact-filter"
                 return self._exact(qs, k, np.nonzero(mask)[0])
             allow = mask.astype(np.uint8)
             widen = int(np.ceil(max(1.0, self.live / max(ex.filter_matches, 1))))
-            p = SearchParams(min(p.nprobe * widen, p.nprobe * 8), p.eps * widen, p.rerank_k * min(widen, 4),
-                             p.ef_search * min(widen, 8), p.prefetch)
+            p = p.replace(nprobe=min(p.nprobe * widen, p.nprobe * 8), eps=p.eps * widen,
+                          rerank_k=p.rerank_k * min(widen, 4), ef_search=p.ef_search * min(widen, 8))
         st = SearchStats()
         if idx.bootstrapped:
             ann_rows, ann_d = idx.search_rows(qs, k, p, allow=allow, stats=st)
@@ -253,14 +254,37 @@ class Collection:
         """First filtered search: index every live payload (LMDB, then the newer overlay)."""
         with self.index.lock:
             pi = PayloadIndex(self.index.n_rows)
-            meta = self.index.files.meta
-            ext2row = dict(meta.iter_ids())
+            ext2row = dict(self.index.iter_committed_ids())
             ext2row.update(self._ids)
-            stored = {e: p for e, p in meta.iter_payloads()}
+            stored = {e: p for e, p in self.index.iter_committed_payloads()}
             stored.update(self._payloads)
             items = [(ext2row[e], p) for e, p in stored.items() if p is not None and ext2row.get(e, -1) >= 0]
             pi.set_rows([r for r, _ in items], [p for _, p in items], self.index.n_rows)
             self._pindex = pi
+
+    # -- the port the semantic cache searches through (vdb/cache/backend.py) ------------------------------
+    def unindexed(self):
+        return self.memtable.snapshot()
+
+    def row_state(self) -> np.ndarray:
+        return self.index.state
+
+    def filter_allow(self, node, state: np.ndarray) -> np.ndarray:
+        return (self._filter_mask(node, len(state)) & is_live(state)).astype(np.uint8)
+
+    def merge_unindexed(self, view, q: np.ndarray, k: int, state: np.ndarray, allow, rows: np.ndarray,
+                        dists: np.ndarray):
+        mem_rows, mem_d = search_exact(view, q, k, self.metric, state, allow)
+        return merge_topk(rows, dists, mem_rows, mem_d, k)
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.index.vectors_of(rows)
+
+    def head_vectors(self) -> np.ndarray | None:
+        return self.index.head_vectors() if self.index.bootstrapped else None
+
+    def max_vector_norm(self) -> float:
+        return self.index.max_vector_norm() if self.index.n_rows else 0.0
 
     def to_ext(self, rows: np.ndarray, d: np.ndarray):
         ext = np.where(rows >= 0, self.index.int2ext[np.maximum(rows, 0)], -1)
@@ -271,13 +295,13 @@ class Collection:
         self._check_usable()
         ids = check_ids(ids, self.settings["max_batch"], unique=False)
         with self.index.lock:
-            rows = self._lookup(ids)
+            rows = self.rows_of(ids)
             found = rows >= 0
             payloads = [self._payloads.get(e, _MISSING) for e in ids[found].tolist()]
         vecs = self.index.vectors_of(rows[found])
         need = [i for i, p in enumerate(payloads) if p is _MISSING]
         if need:
-            fetched = self.index.files.meta.payloads(ids[found][need])
+            fetched = self.index.committed_payloads(ids[found][need])
             for i, p in zip(need, fetched):
                 payloads[i] = p
         return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
@@ -301,8 +325,8 @@ class Collection:
                 return lsn
             self.wal.sync()  # batch/none policies: the WAL must reach at least the LSN the checkpoint claims
             puts = [(e, r) for e, r in ids.items() if r >= 0]
-            manifest = {**idx.files.manifest, **fields, "checkpoint_lsn": lsn, "live": live}
-            idx.files.commit(manifest, arrays,
+            manifest = {**idx.manifest, **fields, "checkpoint_lsn": lsn, "live": live}
+            idx.commit(manifest, arrays,
                              id_puts=(np.array([e for e, _ in puts], np.int64), np.array([r for _, r in puts])),
                              id_deletes=np.array([e for e, r in ids.items() if r < 0], np.int64),
                              payload_puts=(np.array(list(payloads), np.int64), list(payloads.values())))
@@ -314,15 +338,15 @@ class Collection:
                     if e in self._payloads and self._payloads[e] is p:
                         del self._payloads[e]
             self.checkpoint_lsn = lsn
-            self.maintainer.dirty = False
+            self.maintainer.checkpointed()
         self.wal.mark_applied(CONSUMER, lsn)
         self.wal.purge()
         return lsn
 
     def _index_changed(self, fields: dict) -> bool:
-        m = self.index.files.manifest
+        m = self.index.manifest
         return fields["n_rows"] != m.get("n_rows") or fields["n_heads"] != m.get("n_heads") or \
-            fields["postings_file"] != m.get("postings_file", "postings.dat") or self.maintainer.dirty
+            fields["postings_file"] != m.get("postings_file", "postings.dat") or self.maintainer.index_changed
 
     def flush(self, timeout: float = 300.0) -> int:
         """Wait until every acknowledged write is in postings (if the index has heads) and checkpointed."""
@@ -341,6 +365,15 @@ class Collection:
             "index": idx.info() if idx.bootstrapped else {}, "settings": dict(self.settings),
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
         }
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The error that made this collection unusable (an apply that failed), or None."""
+        return self._failed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _check_usable(self) -> None:
         if self._closed:

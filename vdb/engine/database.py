@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import threading
 from pathlib import Path
 
@@ -66,19 +65,13 @@ class Database:
     def _open_collection(self, name: str) -> Collection:
         index = MutableSpannIndex.open_writable(self.catalog.path_of(name))
         try:
-            stored = index.files.manifest.get("collection", {})
+            stored = index.manifest.get("collection", {})
             settings = {**dict(self.settings), **{k: v for k, v in stored.items() if k in COLLECTION_SETTINGS}}
             collection = Collection(name, index, settings)
         except BaseException:
             index.close()
             raise
-        self._attach_cache(collection)
         return collection
-
-    def _attach_cache(self, collection: Collection) -> None:
-        if collection.settings.get("cache_mb", 0) > 0:
-            from vdb.cache.semantic import SemanticCache
-            collection.cache = SemanticCache.for_collection(collection)
 
     def _get(self, name: str) -> Collection:
         if self._closed:
@@ -140,10 +133,9 @@ class Database:
     @public
     def describe_collection(self, name: str) -> dict:
         c = self._get(name)
-        m = c.index.files.manifest
         return {"name": name, "dim": c.dim, "metric": c.metric.value, "count": c.live,
                 "path": str(c.path), "durability": c.settings["durability"],
-                "build_params": m.get("build_params", {}), "heads": int(c.index.files.heads.rows)}
+                "build_params": c.index.manifest.get("build_params", {}), "heads": c.index.n_heads}
 
     @public
     def drop_collection(self, name: str) -> None:
@@ -162,8 +154,9 @@ class Database:
         return self._get(name).upsert(ids, vectors, payloads, timeout=timeout)
 
     @public
-    def delete(self, name: str, ids) -> int:
-        """Delete ids (unknown ids are ignored); returns the LSN once durable."""
+    def delete(self, name: str, ids, *, timeout: float | None = None) -> int:
+        """Delete ids (unknown ids are ignored); returns the LSN once durable. Deletes are never throttled
+        (they add nothing to index), so `timeout` only exists for the VectorDB interface."""
         return self._get(name).delete(ids)
 
     @public
@@ -173,8 +166,9 @@ class Database:
 
     @public
     def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None,
-               eps=None, use_cache: bool = True, explain: bool = False) -> SearchResult:
-        """Nearest neighbours: (ids int64, distances float32), [nq, top_k] or [top_k] for one query vector."""
+               eps=None, use_cache: bool = True, explain: bool = False, allow_partial: bool = False) -> SearchResult:
+        """Nearest neighbours: (ids int64, distances float32), [nq, top_k] or [top_k] for one query vector.
+        One node always answers in full, so allow_partial changes nothing here (see VectorDB.search)."""
         c = self._get(name)
         ex = Explain() if explain else None
         ids, d = c.search(queries, top_k, filter=filter, nprobe=nprobe, eps=eps, rerank_k=rerank_k,
@@ -235,9 +229,6 @@ def connect(path: str | os.PathLike, *, config_file: str | None = None, **settin
         resolved = load_settings(settings, config_file=config_file)
     except BaseException as e:
         raise translate(e) from None
-    from index.centroids import set_search_threads
-    set_search_threads(int(resolved["faiss_threads"]))
-    sys.setswitchinterval(float(resolved["gil_switch_ms"]) / 1000.0)
     return public(Database)(path, resolved)
 
 
@@ -253,7 +244,7 @@ def check_path(path: str | os.PathLike) -> list[dict]:
     except BaseException as e:
         raise translate(e) from None
     try:
-        stored = index.files.manifest.get("collection", {})
+        stored = index.manifest.get("collection", {})
         settings = {**dict(load_settings()), **{k: v for k, v in stored.items() if k in COLLECTION_SETTINGS}}
         collection = Collection(path.name, index, settings)
     except BaseException as e:

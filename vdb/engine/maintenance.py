@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from index.rowstate import DELETED
+from index.rowstate import is_live
 from vdb.errors import ResourceExhaustedError, translate
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ IDLE_WAIT_S = 0.2
 class Maintainer:
     def __init__(self, collection):
         self.c = collection
-        self.dirty = False                    # index changed since the last checkpoint
+        self._index_changed = False           # since the last checkpoint
+        self._changed_rows_at_sweep = 0       # the collection's changed_rows when the last sweep ran
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -53,7 +54,7 @@ class Maintainer:
             try:
                 self._wake.set()
                 while not self._caught_up():
-                    if self.c._failed is not None or self._stop.is_set():
+                    if self.c.failed is not None or self._stop.is_set():
                         return
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -71,11 +72,11 @@ class Maintainer:
 
     def _live_pending(self) -> np.ndarray:
         rows = self.c.memtable.rows()
-        return rows[(self.c.index.state[rows] & DELETED) == 0]
+        return rows[is_live(self.c.index.state[rows])]
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self.c._failed is not None:
+            if self.c.failed is not None:
                 return
             try:
                 worked = self.step()
@@ -99,12 +100,12 @@ class Maintainer:
             n_chunks, rows, vecs = c.memtable.oldest(settings["maintenance_batch"])
             if n_chunks:
                 if idx.bootstrapped:
-                    idx.insert(rows[(idx.state[rows] & DELETED) == 0])
+                    idx.insert(rows[is_live(idx.state[rows])])
                     self._leave_memtable(n_chunks, vecs)
                     worked = True
                 else:
                     mem = c.memtable.snapshot()  # one snapshot: a chunk added meanwhile stays pending
-                    live = mem.rows[(idx.state[mem.rows] & DELETED) == 0]
+                    live = mem.rows[is_live(idx.state[mem.rows])]
                     if len(live) >= idx.params.bootstrap_rows:
                         idx.bootstrap(live)
                         if c.cache is not None:
@@ -112,17 +113,17 @@ class Maintainer:
                         self._leave_memtable(mem.chunks, mem.vectors)
                         worked = True
             if worked:
-                self.dirty = True
+                self._index_changed = True
                 c.room_available()
-            if c.changed_rows > settings["sweep_deleted_fraction"] * max(idx.n_rows, 1) and idx.bootstrapped:
-                c.changed_rows = 0
+            changed = c.changed_rows - self._changed_rows_at_sweep
+            if changed > settings["sweep_deleted_fraction"] * max(idx.n_rows, 1) and idx.bootstrapped:
+                self._changed_rows_at_sweep = c.changed_rows
                 idx.sweep()
-                self.dirty = True
+                self._index_changed = True
                 worked = True
-            store = idx.files.postings
-            if store.garbage_bytes() > max(settings["compact_min_mb"] * (1 << 20), store.file_bytes // 2):
+            if idx.compaction_due(settings["compact_min_mb"] * (1 << 20)):
                 idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
-                self.dirty = True
+                self._index_changed = True
                 self._last_checkpoint = 0.0  # checkpoint soon: until then both files are on disk
                 worked = True
         self.steps += worked
@@ -134,20 +135,29 @@ class Maintainer:
         return worked
 
     def _leave_memtable(self, n_chunks: int, vectors: np.ndarray) -> None:
-        """Rows now in postings leave the memtable; cache entries they could change go first (vdb/cache.py)."""
+        """Rows now in postings leave the memtable; cache entries they could change go first (vdb/cache/)."""
         if self.c.cache is not None:
             self.c.cache.on_indexed(vectors)
         self.c.memtable.drop_front(n_chunks)
 
     def _checkpoint_due(self) -> bool:
         c = self.c
-        if c.applied_lsn == c.checkpoint_lsn and not self.dirty:
+        if c.applied_lsn == c.checkpoint_lsn and not self._index_changed:
             return False
         if self._draining and len(c.memtable) == 0:
             return False  # flush() checkpoints itself once drained
         grown = c.wal.stats().get("bytes", 0) - self._wal_bytes_at_checkpoint
         return (time.monotonic() - self._last_checkpoint > c.settings["checkpoint_interval_s"]
                 or grown > c.settings["checkpoint_wal_mb"] << 20)
+
+    @property
+    def index_changed(self) -> bool:
+        """The index changed (indexing, splits, sweeps) since the last checkpoint."""
+        return self._index_changed
+
+    def checkpointed(self) -> None:
+        """A checkpoint (run by the collection, under the index's maint_lock) covered every change so far."""
+        self._index_changed = False
 
     def stats(self) -> dict:
         return {"backlog_rows": len(self.c.memtable), "steps": self.steps, "errors": self.errors,

@@ -100,7 +100,9 @@ def eval_command(dataset, metric, k, seed, dim, out_dir, sweep_file, quick, late
                  keep_indexes, server, quiet):
     from vdb.eval.datasets import load_dataset
     from vdb.eval.report import write_outputs
+    from vdb.config import tune_process
     from vdb.eval.runner import EvalConfig, run_eval
+    tune_process()  # the evaluator measures latency as a server would see it
     ds = load_dataset(dataset, dim=dim)
     config = EvalConfig(k=k, metric=metric, quick=quick, sweep_file=sweep_file, seed=seed,
                         latency_queries=min(latency_queries, 200) if quick else latency_queries,

@@ -43,11 +43,12 @@ class Client:
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries, self.max_message_bytes = timeout, retries, max_message_bytes
 
-    def _call(self, method: str, request, *, retry: bool):
+    def _call(self, method: str, request, *, retry: bool, timeout: float | None = None):
         attempt = 0
+        timeout = self.timeout if timeout is None else timeout
         while True:
             try:
-                return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+                return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 if retry and e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     time.sleep(0.1 * 2 ** attempt)
@@ -69,22 +70,26 @@ class Client:
         return convert.info_dict(self._call("CreateCollection", req, retry=False).collection)
 
     def list_collections(self) -> list[str]:
+        """As VectorDB.list_collections."""
         return list(self._call("ListCollections", pb.ListCollectionsRequest(), retry=True).names)
 
     def describe_collection(self, name: str) -> dict:
+        """As VectorDB.describe_collection."""
         return convert.info_dict(self._call("DescribeCollection", pb.DescribeCollectionRequest(name=name),
                                             retry=True).collection)
 
     def drop_collection(self, name: str) -> None:
+        """As VectorDB.drop_collection (never retried)."""
         self._call("DropCollection", pb.DropCollectionRequest(name=name), retry=False)
 
     # -- data -------------------------------------------------------------------------------------------
-    def upsert(self, name: str, ids, vectors, payloads=None) -> int:
+    def upsert(self, name: str, ids, vectors, payloads=None, *, timeout: float | None = None) -> int:
+        """As VectorDB.upsert; `timeout` replaces the client's default deadline for this call."""
         ids = np.atleast_1d(np.asarray(ids))
         req = pb.UpsertRequest(collection=name, ids=_ids(ids), vectors=convert.to_vectors(_floats(vectors)))
         if payloads is not None:
             req.payloads_json.extend(convert.to_json(p) for p in payloads)
-        return self._call("Upsert", req, retry=True).lsn
+        return self._call("Upsert", req, retry=True, timeout=timeout).lsn
 
     def upsert_batched(self, name: str, ids, vectors, payloads=None, batch_size: int | None = None) -> int:
         """Upsert any number of vectors in messages that fit the size limit; returns the last LSN."""
@@ -97,49 +102,57 @@ class Client:
                               payloads[s: s + batch] if payloads is not None else None)
         return lsn
 
-    def delete(self, name: str, ids) -> int:
+    def delete(self, name: str, ids, *, timeout: float | None = None) -> int:
+        """As VectorDB.delete; `timeout` replaces the client's default deadline for this call."""
         ids = np.atleast_1d(np.asarray(ids))
-        return self._call("Delete", pb.DeleteRequest(collection=name, ids=_ids(ids)), retry=True).lsn
+        return self._call("Delete", pb.DeleteRequest(collection=name, ids=_ids(ids)), retry=True,
+                          timeout=timeout).lsn
 
     def get(self, name: str, ids) -> list[Record]:
+        """As VectorDB.get."""
         ids = np.atleast_1d(np.asarray(ids))
         return convert.records_from(self._call("Get", pb.GetRequest(collection=name, ids=_ids(ids)), retry=True))
 
     def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None, eps=None,
                use_cache: bool = True, explain: bool = False, allow_partial: bool = False) -> SearchResult:
-        """As Database.search. Through a router (`vdbctl route`), allow_partial=True answers from the shards
-        that are up; `.partial` then says whether some were missing."""
+        """As VectorDB.search. One query goes as a Search call, several as one packed BatchSearch. Through a
+        router (`vdbctl route`), allow_partial=True answers from the shards that are up (`.missing_shards`)."""
         q = _floats(queries)
         params = convert.search_params(top_k, nprobe, rerank_k, eps, filter, use_cache, explain, allow_partial)
         if len(q) == 1:
             resp = self._call("Search", pb.SearchRequest(collection=name, query=convert.to_vectors(q), params=params),
                               retry=True)
             ids, dists, explains = convert.from_search_results([resp.result], int(top_k))
-            ex, partial = explains[0], resp.result.partial
+            ex, missing = explains[0], list(resp.result.missing_shards)
         else:  # packed: two arrays instead of one message per query
             resp = self._call("BatchSearch", pb.BatchSearchRequest(collection=name, queries=convert.to_vectors(q),
                                                                    params=params, packed=True), retry=True)
             if resp.HasField("packed"):
                 ids, dists, ex = convert.from_packed(resp.packed, len(q), int(top_k))
-                partial = resp.packed.partial
+                missing = list(resp.packed.missing_shards)
             else:  # a server that predates packed answers
                 ids, dists, explains = convert.from_search_results(resp.results, int(top_k))
-                ex, partial = (explains[0] if explains else None), any(r.partial for r in resp.results)
-        res = SearchResult(ids[0], dists[0], ex) if np.ndim(queries) == 1 else SearchResult(ids, dists, ex)
-        res.partial = partial
-        return res
+                ex = explains[0] if explains else None
+                missing = sorted({s for r in resp.results for s in r.missing_shards})
+        if np.ndim(queries) == 1:
+            return SearchResult(ids[0], dists[0], ex, missing)
+        return SearchResult(ids, dists, ex, missing)
 
     def count(self, name: str) -> int:
+        """As VectorDB.count."""
         return self._call("Count", pb.CountRequest(collection=name), retry=True).count
 
     def stats(self, name: str) -> dict:
+        """As VectorDB.stats."""
         import json
         return json.loads(self._call("Stats", pb.StatsRequest(collection=name), retry=True).stats_json)
 
     def flush(self, name: str) -> int:
+        """As VectorDB.flush."""
         return self._call("Flush", pb.FlushRequest(collection=name), retry=True).checkpoint_lsn
 
     def close(self) -> None:
+        """Close the channel."""
         self._channel.close()
 
     def __enter__(self) -> "Client":

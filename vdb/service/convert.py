@@ -101,7 +101,8 @@ def search_kwargs(p: pb.SearchParams) -> dict:
     return {"top_k": p.top_k, "nprobe": p.nprobe or None, "rerank_k": p.rerank_k or None,
             "eps": p.eps if p.HasField("eps") else None,
             "filter": from_json(p.filter_json, "filter_json"),
-            "use_cache": p.use_cache if p.HasField("use_cache") else True, "explain": p.explain}
+            "use_cache": p.use_cache if p.HasField("use_cache") else True, "explain": p.explain,
+            "allow_partial": p.allow_partial}
 
 
 def search_params(top_k, nprobe=None, rerank_k=None, eps=None, filter=None, use_cache=True,
@@ -114,13 +115,19 @@ def search_params(top_k, nprobe=None, rerank_k=None, eps=None, filter=None, use_
     return p
 
 
-def search_result(ids: np.ndarray, dists: np.ndarray, explain: dict | None) -> pb.SearchResult:
+def search_result(ids: np.ndarray, dists: np.ndarray, explain: dict | None, *, missing_shards=()) -> pb.SearchResult:
+    """One query's answer (padding dropped); `missing_shards` (a router's) makes it partial."""
     keep = ids >= 0
-    r = pb.SearchResult(ids=ids[keep].tolist(), distances=dists[keep].tolist())
+    r = pb.SearchResult(ids=ids[keep].tolist(), distances=dists[keep].tolist(), partial=bool(missing_shards),
+                        missing_shards=list(missing_shards))
     if explain is not None:
-        r.explain.CopyFrom(pb.Explain(**{k: v for k, v in explain.items()
-                                         if k in pb.Explain.DESCRIPTOR.fields_by_name and v is not None}))
+        r.explain.CopyFrom(explain_message(explain))
     return r
+
+
+def explain_message(explain: dict) -> pb.Explain:
+    return pb.Explain(**{k: v for k, v in explain.items()
+                         if k in pb.Explain.DESCRIPTOR.fields_by_name and v is not None})
 
 
 def from_search_results(results, k: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -140,16 +147,14 @@ def from_search_results(results, k: int) -> tuple[np.ndarray, np.ndarray, list]:
     return ids, dists, explains
 
 
-def packed_results(ids: np.ndarray, dists: np.ndarray, explain: dict | None, *, partial: bool = False,
-                   missing_shards=()) -> pb.PackedResults:
+def packed_results(ids: np.ndarray, dists: np.ndarray, explain: dict | None, *, missing_shards=()) -> pb.PackedResults:
     """A batch's answers as two little-endian arrays ([nq, k] int64 ids with -1 pads, float32 distances)."""
     ids = np.ascontiguousarray(np.where(np.asarray(ids) >= 0, ids, -1), dtype="<i8")
     r = pb.PackedResults(top_k=ids.shape[1], ids=ids.tobytes(),
-                         distances=np.ascontiguousarray(dists, dtype="<f4").tobytes(), partial=partial,
+                         distances=np.ascontiguousarray(dists, dtype="<f4").tobytes(), partial=bool(missing_shards),
                          missing_shards=list(missing_shards))
     if explain is not None:
-        r.explain.CopyFrom(pb.Explain(**{k: v for k, v in explain.items()
-                                         if k in pb.Explain.DESCRIPTOR.fields_by_name and v is not None}))
+        r.explain.CopyFrom(explain_message(explain))
     return r
 
 

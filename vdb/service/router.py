@@ -1,36 +1,33 @@
-"""`vdbctl route`: one `vdb.v1.VectorDB` endpoint in front of several shard servers (scatter-gather).
+"""Router: one VectorDB in front of several shard servers (scatter-gather); `vdbctl route` serves it over gRPC.
 
 Sharding is by id hash: shard(id) = splitmix64(id) mod N. Writes, deletes and gets go to the owning shard only;
 a search goes to every shard, each asked for ceil(top_k * overfetch) neighbours, and the router merges the
 global top-k by distance. Why id hash rather than head partitions: routing needs no global state (no router-side
 head index to keep in sync with splits), every shard holds a uniform share of the data and load, and an online
 split never moves vectors between shards; the price is that every search touches every shard. See
-docs/scaling.md. Ray is not in this path: shards are ordinary `vdbctl serve` processes.
+docs/scaling.md. Ray is not in this path: shards are ordinary `vdbctl serve` processes, reached with vdb.Client.
 
 A shard that does not answer makes a search UNAVAILABLE (naming the shard), unless the request sets
-allow_partial: then the answer comes from the shards that are up and is flagged partial. Writes to a shard that
-is down are UNAVAILABLE (the client may retry: upserts and deletes are idempotent by id).
+allow_partial: then the answer comes from the shards that are up and names the missing ones. Writes to a shard
+that is down are UNAVAILABLE (the client may retry: upserts and deletes are idempotent by id).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
-from vdb.service import convert
-from vdb.errors import InvalidArgumentError, UnavailableError, VdbError
-from vdb.service.server import SERVICE, rpc
-from vdb.v1 import vector_db_pb2 as pb
-from vdb.v1 import vector_db_pb2_grpc as pb_grpc
+from vdb.api import Record, SearchResult
+from vdb.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
+from vdb.service.client import Client
 
 log = logging.getLogger(__name__)
 _M = (1 << 64) - 1
+SUMMED_EXPLAIN = ("postings_probed", "records_scanned", "bytes_read", "memtable_rows")
 
 
 def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
@@ -71,233 +68,152 @@ class ClusterConfig:
         return cls(shards=shards, **router)
 
 
-class RouterServicer:
+class Router:
+    """The VectorDB interface over shard servers. Stateless: any number of routers may front the same shards."""
+
     def __init__(self, config: ClusterConfig):
         self.config = config
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        self._channels = [grpc.insecure_channel(a, options=opts) for a in config.shards]
-        self._stubs = [pb_grpc.VectorDBStub(c) for c in self._channels]
+        # No client-side retries: a shard that is down is reported at once (and searched around if allowed).
+        self._shards = [Client(a, api_key=config.api_key or None, timeout=config.timeout_s, retries=0)
+                        for a in config.shards]
         self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(config.shards)), thread_name_prefix="vdb-route")
-        self._metadata = (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
 
     # -- plumbing ---------------------------------------------------------------------------------------
-    def _call(self, shard: int, method: str, request, context):
-        timeout = context.time_remaining() if context is not None else None
-        timeout = min(timeout, self.config.timeout_s) if timeout is not None else self.config.timeout_s
-        return getattr(self._stubs[shard], method)(request, timeout=timeout, metadata=self._metadata)
-
-    def _fanout(self, calls, context, *, allow_partial: bool = False):
-        """Run (shard, method, request) calls in parallel; returns {shard: response} and the missing shards."""
-        futures = {shard: self._pool.submit(self._call, shard, method, req, context) for shard, method, req in calls}
+    def _fanout(self, calls, *, allow_partial: bool = False):
+        """Run (shard, method, args, kwargs) in parallel; returns {shard: result} and the missing shards."""
+        futures = {s: self._pool.submit(getattr(self._shards[s], m), *a, **kw) for s, m, a, kw in calls}
         out, missing = {}, []
         for shard, fut in futures.items():
             try:
                 out[shard] = fut.result()
-            except grpc.RpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    if allow_partial:
-                        missing.append(self.config.shards[shard])
-                        continue
-                    raise UnavailableError(f"shard {shard} ({self.config.shards[shard]}) is unavailable: "
-                                           f"{e.details()}") from None
-                err = convert_error(e)
-                raise err from None
+            except (UnavailableError, DeadlineExceededError) as e:
+                if allow_partial:
+                    missing.append(self.config.shards[shard])
+                    continue
+                raise UnavailableError(f"shard {shard} ({self.config.shards[shard]}) is unavailable: "
+                                       f"{e.message}") from None
         return out, missing
 
-    def _all(self, method: str, request, context):
-        return self._fanout([(s, method, request) for s in range(len(self._stubs))], context)[0]
+    def _all(self, method: str, *args, **kwargs) -> dict:
+        return self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))])[0]
+
+    def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
+        owner = shard_of(ids, len(self._shards))
+        return {int(s): np.nonzero(owner == s)[0] for s in np.unique(owner)}
 
     # -- collections ------------------------------------------------------------------------------------
-    @rpc
-    def CreateCollection(self, req, context):
-        out = self._all("CreateCollection", req, context)
-        info = out[0].collection
-        info.count = sum(r.collection.count for r in out.values())
-        return pb.CreateCollectionResponse(collection=info)
+    def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
+                          **options) -> dict:
+        """Create the collection on every shard."""
+        out = self._all("create_collection", name, dim, metric, exist_ok=exist_ok, **options)
+        return {**out[0], "count": sum(i["count"] for i in out.values())}
 
-    @rpc
-    def ListCollections(self, req, context):
-        out = self._all("ListCollections", req, context)
-        names = set.intersection(*(set(r.names) for r in out.values()))
-        return pb.ListCollectionsResponse(names=sorted(names))
+    def list_collections(self) -> list[str]:
+        """Collections present on every shard."""
+        return sorted(set.intersection(*(set(n) for n in self._all("list_collections").values())))
 
-    @rpc
-    def DescribeCollection(self, req, context):
-        out = self._all("DescribeCollection", req, context)
-        info = out[0].collection
-        info.count = sum(r.collection.count for r in out.values())
-        info.heads = sum(r.collection.heads for r in out.values())
-        return pb.DescribeCollectionResponse(collection=info)
+    def describe_collection(self, name: str) -> dict:
+        """Shard 0's description with counts and heads summed over the shards."""
+        out = self._all("describe_collection", name)
+        return {**out[0], "count": sum(i["count"] for i in out.values()),
+                "heads": sum(i["heads"] for i in out.values())}
 
-    @rpc
-    def DropCollection(self, req, context):
-        self._all("DropCollection", req, context)
-        return pb.DropCollectionResponse()
-
-    @rpc
-    def Count(self, req, context):
-        return pb.CountResponse(count=sum(r.count for r in self._all("Count", req, context).values()))
-
-    @rpc
-    def Flush(self, req, context):
-        return pb.FlushResponse(checkpoint_lsn=max(r.checkpoint_lsn for r in self._all("Flush", req, context).values()))
-
-    @rpc
-    def Stats(self, req, context):
-        out = self._all("Stats", req, context)
-        shards = [json.loads(out[s].stats_json) for s in sorted(out)]
-        merged = {"shards": shards, "count": sum(s["count"] for s in shards),
-                  "pending_rows": sum(s["pending_rows"] for s in shards)}
-        return pb.StatsResponse(stats_json=convert.to_json(merged).decode())
+    def drop_collection(self, name: str) -> None:
+        """Drop the collection on every shard."""
+        self._all("drop_collection", name)
 
     # -- data -------------------------------------------------------------------------------------------
-    def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
-        owner = shard_of(ids, len(self._stubs))
-        return {s: np.nonzero(owner == s)[0] for s in np.unique(owner)}
-
-    @rpc
-    def Upsert(self, req, context):
-        ids = convert.from_ids(req.ids)
-        vectors = convert.from_vectors(req.vectors)
+    def upsert(self, name: str, ids, vectors, payloads=None, *, timeout: float | None = None) -> int:
+        """Each id goes to its shard; returns the highest LSN of the shards written (each shard has its own)."""
+        ids = np.atleast_1d(np.asarray(ids))
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if len(vectors) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(vectors)} vectors")
-        if req.payloads_json and len(req.payloads_json) != len(ids):
+        if payloads is not None and len(payloads) != len(ids):
             raise InvalidArgumentError(f"payloads must be a list of {len(ids)} objects, one per id")
-        calls = []
-        for shard, rows in self._split(ids).items():
-            sub = pb.UpsertRequest(collection=req.collection, ids=ids[rows].tolist(),
-                                   vectors=convert.to_vectors(vectors[rows]))
-            if req.payloads_json:
-                sub.payloads_json.extend(req.payloads_json[int(i)] for i in rows)
-            calls.append((int(shard), "Upsert", sub))
-        out, _ = self._fanout(calls, context)
-        return pb.UpsertResponse(lsn=max(r.lsn for r in out.values()), upserted=len(ids))
+        calls = [(s, "upsert", (name, ids[rows], vectors[rows],
+                                [payloads[int(i)] for i in rows] if payloads is not None else None),
+                  {"timeout": timeout}) for s, rows in self._split(ids).items()]
+        out, _ = self._fanout(calls)
+        return max(out.values())
 
-    @rpc
-    def Delete(self, req, context):
-        ids = convert.from_ids(req.ids)
-        calls = [(int(s), "Delete", pb.DeleteRequest(collection=req.collection, ids=ids[rows].tolist()))
-                 for s, rows in self._split(ids).items()]
-        out, _ = self._fanout(calls, context)
-        return pb.DeleteResponse(lsn=max(r.lsn for r in out.values()))
+    def delete(self, name: str, ids, *, timeout: float | None = None) -> int:
+        """Each id is deleted on its shard; returns the highest LSN of the shards written."""
+        ids = np.atleast_1d(np.asarray(ids))
+        out, _ = self._fanout([(s, "delete", (name, ids[rows]), {"timeout": timeout})
+                               for s, rows in self._split(ids).items()])
+        return max(out.values())
 
-    @rpc
-    def Get(self, req, context):
-        ids = convert.from_ids(req.ids)
-        calls = [(int(s), "Get", pb.GetRequest(collection=req.collection, ids=ids[rows].tolist(),
-                                               omit_vectors=req.omit_vectors))
-                 for s, rows in self._split(ids).items()]
-        out, _ = self._fanout(calls, context)
-        found: dict[int, tuple] = {}
-        dim = 0
-        for resp in out.values():
-            vecs = convert.from_vectors(resp.vectors) if resp.HasField("vectors") and resp.vectors.dim else None
-            dim = resp.vectors.dim or dim
-            for j, (i, p) in enumerate(zip(resp.ids, resp.payloads_json)):
-                found[int(i)] = (vecs[j] if vecs is not None else None, p)
-        order = [int(i) for i in ids if int(i) in found]
-        resp = pb.GetResponse(ids=order, payloads_json=[found[i][1] for i in order])
-        if not req.omit_vectors:
-            vecs = np.stack([found[i][0] for i in order]) if order else np.zeros((0, dim), np.float32)
-            resp.vectors.CopyFrom(convert.to_vectors(vecs) if order else pb.Vectors(dim=dim))
-        return resp
+    def get(self, name: str, ids) -> list[Record]:
+        """Each id is read from its shard; records come back in the order asked."""
+        ids = np.atleast_1d(np.asarray(ids))
+        out, _ = self._fanout([(s, "get", (name, ids[rows]), {}) for s, rows in self._split(ids).items()])
+        found = {r.id: r for records in out.values() for r in records}
+        return [found[int(i)] for i in ids if int(i) in found]
 
-    @rpc
-    def Search(self, req, context):
-        ids, dists, explain, missing = self._search(req.collection, req.query, req.params, context)
-        return pb.SearchResponse(result=_result(ids[0], dists[0], explain, missing))
-
-    @rpc
-    def BatchSearch(self, req, context):
-        ids, dists, explain, missing = self._search(req.collection, req.queries, req.params, context)
-        if not req.packed:
-            return pb.BatchSearchResponse(results=[_result(i, d, explain, missing) for i, d in zip(ids, dists)])
-        packed = convert.packed_results(ids, dists, None, partial=bool(missing), missing_shards=missing)
-        if explain is not None:
-            packed.explain.CopyFrom(explain)
-        return pb.BatchSearchResponse(packed=packed)
-
-    def _search(self, collection: str, queries: pb.Vectors, params: pb.SearchParams, context):
-        """Every shard's over-fetched top-k, merged: (ids, distances) [nq, top_k] padded with -1 / inf, the summed
-        explain (when asked for) and the shards that did not answer."""
-        if params.top_k == 0:
-            raise InvalidArgumentError("top_k must be an integer >= 1")
-        k = params.top_k
-        shard_params = pb.SearchParams()
-        shard_params.CopyFrom(params)
-        shard_params.top_k = int(math.ceil(k * self.config.overfetch))
-        shard_params.allow_partial = False
-        req = pb.BatchSearchRequest(collection=collection, queries=queries, params=shard_params, packed=True)
-        out, missing = self._fanout([(s, "BatchSearch", req) for s in range(len(self._stubs))], context,
-                                    allow_partial=params.allow_partial)
+    def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None, eps=None,
+               use_cache: bool = True, explain: bool = False, allow_partial: bool = False) -> SearchResult:
+        """Every shard's over-fetched top-k, merged by distance (shards hold disjoint ids)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise InvalidArgumentError(f"top_k must be an integer >= 1, got {top_k!r}")
+        q = np.asarray(queries, dtype=np.float32)
+        qm = np.atleast_2d(q)
+        shard_k = int(math.ceil(top_k * self.config.overfetch))
+        kwargs = dict(filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps, use_cache=use_cache,
+                      explain=explain)
+        out, missing = self._fanout([(s, "search", (name, qm, shard_k), kwargs) for s in range(len(self._shards))],
+                                    allow_partial=allow_partial)
         if not out:
             raise UnavailableError(f"no shard answered ({', '.join(missing)})")
-        parts = [_shard_arrays(out[s], shard_params.top_k) for s in sorted(out)]
-        ids = np.concatenate([p[0] for p in parts], axis=1)  # shards hold disjoint ids: nothing to deduplicate
-        dists = np.concatenate([p[1] for p in parts], axis=1)
-        order = np.argsort(dists, axis=1, kind="stable")[:, :k]
+        parts = [out[s] for s in sorted(out)]
+        ids = np.concatenate([p.ids for p in parts], axis=1)
+        dists = np.concatenate([p.distances for p in parts], axis=1)
+        order = np.argsort(dists, axis=1, kind="stable")[:, :top_k]
         ids, dists = np.take_along_axis(ids, order, 1), np.take_along_axis(dists, order, 1)
         ids[~np.isfinite(dists)] = -1
-        explain = _sum_explain([p[2] for p in parts]) if params.explain else None
-        return ids, dists, explain, missing
+        if ids.shape[1] < top_k:  # fewer than top_k vectors in the whole cluster
+            pad = top_k - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            dists = np.pad(dists, ((0, 0), (0, pad)), constant_values=np.inf)
+        ex = _sum_explain([p.explain for p in parts]) if explain else None
+        if q.ndim == 1:
+            return SearchResult(ids[0], dists[0], ex, missing)
+        return SearchResult(ids, dists, ex, missing)
+
+    def count(self, name: str) -> int:
+        """Live vectors summed over the shards."""
+        return sum(self._all("count", name).values())
+
+    def stats(self, name: str) -> dict:
+        """Every shard's stats, with count and backlog summed."""
+        out = self._all("stats", name)
+        shards = [out[s] for s in sorted(out)]
+        return {"shards": shards, "count": sum(s["count"] for s in shards),
+                "pending_rows": sum(s["pending_rows"] for s in shards)}
+
+    def flush(self, name: str) -> int:
+        """Flush every shard; returns the highest checkpoint LSN."""
+        return max(self._all("flush", name).values())
 
     def close(self) -> None:
+        """Close the shard channels."""
         self._pool.shutdown(wait=False)
-        for c in self._channels:
+        for c in self._shards:
             c.close()
 
 
-def _shard_arrays(resp: pb.BatchSearchResponse, k: int) -> tuple[np.ndarray, np.ndarray, pb.Explain]:
-    """A shard's answer as arrays [nq, k] plus its explain (packed, or one message per query from an older shard)."""
-    if resp.HasField("packed"):
-        nq = len(resp.packed.ids) // (8 * k)
-        ids, dists, _ = convert.from_packed(resp.packed, nq, k)
-        return ids, dists, resp.packed.explain
-    ids, dists, _ = convert.from_search_results(resp.results, k)
-    return ids, dists, resp.results[0].explain if resp.results else pb.Explain()
+def _sum_explain(parts: list[dict | None]) -> dict:
+    parts = [p for p in parts if p]
+    out = {"path": "router", "cache": ",".join(sorted({p.get("cache", "") for p in parts}))}
+    for key in SUMMED_EXPLAIN:
+        out[key] = sum(int(p.get(key) or 0) for p in parts)
+    return out
 
 
-def _result(ids: np.ndarray, dists: np.ndarray, explain: pb.Explain | None, missing: list) -> pb.SearchResult:
-    r = convert.search_result(ids, dists, None)
-    if explain is not None:
-        r.explain.CopyFrom(explain)
-    r.partial, r.missing_shards[:] = bool(missing), missing
-    return r
-
-
-def _sum_explain(parts) -> pb.Explain:
-    e = pb.Explain(path="router", cache=",".join(sorted({p.cache for p in parts})))
-    for p in parts:
-        e.postings_probed += p.postings_probed
-        e.records_scanned += p.records_scanned
-        e.bytes_read += p.bytes_read
-        e.memtable_rows += p.memtable_rows
-    return e
-
-
-def convert_error(e: grpc.RpcError) -> VdbError:
-    from vdb.service.client import _error
-    return _error(e)
-
-
-def create_router(config: ClusterConfig, *, port: int | None = None, api_key: str = "") -> tuple[grpc.Server, int]:
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from vdb.service.server import AuthInterceptor, METHODS, _safe_parser
-    servicer = RouterServicer(config)
-    server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="vdb-router"),
-                         interceptors=[AuthInterceptor(api_key)],
-                         options=[("grpc.max_receive_message_length", 64 << 20),
-                                  ("grpc.max_send_message_length", 64 << 20)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=_safe_parser(req),
-                                                  response_serializer=resp.SerializeToString)
-        for name, (req, resp) in METHODS.items()}),))
-    hs = health.HealthServicer()
-    for name in ("", SERVICE):
-        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    bound = server.add_insecure_port(f"{config.host}:{config.port if port is None else port}")
-    if bound == 0:
-        raise OSError(f"cannot bind {config.host}:{config.port}")
-    server.router = servicer
-    return server, bound
+def create_router(config: ClusterConfig, *, port: int | None = None, api_key: str = ""):
+    """A gRPC server (not yet started) over a Router; returns (server, bound port). `server.db` is the Router."""
+    from vdb.config import load_settings
+    from vdb.service.server import create_server
+    settings = load_settings({"host": config.host, "port": config.port if port is None else port,
+                              "workers": config.workers, "api_key": api_key})
+    return create_server(Router(config), settings)

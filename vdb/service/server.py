@@ -1,13 +1,13 @@
-"""The gRPC server: `vdb.v1.VectorDB` over one embedded Database, plus health, reflection and metrics.
+"""The gRPC server: `vdb.v1.VectorDB` over any VectorDB (vdb/api.py), plus health, reflection and metrics.
 
+It serves an embedded Database (`vdbctl serve`) and a Router over shard servers (`vdbctl route`) alike.
 Built by `create_server(db, settings) -> (server, port)` (tests bind port 0). Each concern is one small piece:
-`rpc` (errors -> status codes, deadlines, bad bytes), `AuthInterceptor` (API keys), `MetricsInterceptor`
-(Prometheus). Handlers only translate (vdb/convert.py) and call the Database.
+`rpc` (errors -> status codes, deadlines, bad bytes), `AuthInterceptor` (API keys, auth.py), the metrics
+interceptor (Prometheus, metrics.py). Handlers only translate (convert.py) and call the VectorDB.
 """
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
 import signal
 import threading
@@ -17,14 +17,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vdb.service import convert
 from vdb.errors import DeadlineExceededError, InvalidArgumentError, VdbError, translate
+from vdb.service import convert
+from vdb.service.auth import SERVICE, AuthInterceptor
 from vdb.service.metrics import Metrics
 from vdb.v1 import vector_db_pb2 as pb
 
 log = logging.getLogger(__name__)
-SERVICE = "vdb.v1.VectorDB"
-READ_METHODS = {"ListCollections", "DescribeCollection", "Get", "Search", "BatchSearch", "Count", "Stats"}
 METHODS = {  # name -> (request type, response type)
     "CreateCollection": (pb.CreateCollectionRequest, pb.CreateCollectionResponse),
     "ListCollections": (pb.ListCollectionsRequest, pb.ListCollectionsResponse),
@@ -115,12 +114,13 @@ class VectorDBServicer:
 
     @rpc
     def Delete(self, req, context):
-        return pb.DeleteResponse(lsn=self.db.delete(req.collection, convert.from_ids(req.ids)))
+        return pb.DeleteResponse(lsn=self.db.delete(req.collection, convert.from_ids(req.ids),
+                                                    timeout=_timeout(context)))
 
     @rpc
     def Get(self, req, context):
         records = self.db.get(req.collection, convert.from_ids(req.ids))
-        dim = self.db.describe_collection(req.collection)["dim"]
+        dim = len(records[0].vector) if records else self.db.describe_collection(req.collection)["dim"]
         return convert.get_response(records, req.omit_vectors, dim)
 
     @rpc
@@ -129,15 +129,18 @@ class VectorDBServicer:
         if len(q) != 1:
             raise InvalidArgumentError(f"Search takes exactly one query vector, got {len(q)}; use BatchSearch")
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
-        return pb.SearchResponse(result=convert.search_result(res.ids[0], res.distances[0], res.explain))
+        return pb.SearchResponse(result=convert.search_result(res.ids[0], res.distances[0], res.explain,
+                                                              missing_shards=res.missing_shards))
 
     @rpc
     def BatchSearch(self, req, context):
         q = convert.from_vectors(req.queries, what="queries")
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
         if req.packed:
-            return pb.BatchSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain))
-        return pb.BatchSearchResponse(results=[convert.search_result(i, d, res.explain)
+            return pb.BatchSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain,
+                                                                        missing_shards=res.missing_shards))
+        return pb.BatchSearchResponse(results=[convert.search_result(i, d, res.explain,
+                                                                     missing_shards=res.missing_shards)
                                                for i, d in zip(res.ids, res.distances)])
 
     @rpc
@@ -160,53 +163,9 @@ def _handlers(servicer) -> grpc.GenericRpcHandler:
         for name, (req, resp) in METHODS.items()})
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """`authorization: Bearer <key>` on every call but health checks; keys compared in constant time."""
-
-    def __init__(self, api_key: str, read_only_key: str = ""):
-        self._key = api_key.encode()
-        self._ro = read_only_key.encode()
-
-    def intercept_service(self, continuation, details):
-        method = details.method
-        if (not self._key and not self._ro) or method.startswith("/grpc.health.v1.Health/"):
-            return continuation(details)
-        token = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization" and value.startswith("Bearer "):
-                token = value[len("Bearer "):].encode()
-        name = method.rsplit("/", 1)[-1]
-        full = bool(self._key) and hmac.compare_digest(token, self._key)
-        read_only = bool(self._ro) and hmac.compare_digest(token, self._ro)
-        if full or (read_only and method.startswith(f"/{SERVICE}/") and name in READ_METHODS):
-            return continuation(details)
-        if read_only:
-            return _deny(continuation(details), grpc.StatusCode.PERMISSION_DENIED,
-                         f"the read-only API key may not call {name}")
-        return _deny(continuation(details), grpc.StatusCode.UNAUTHENTICATED,
-                     "missing or wrong API key: send metadata `authorization: Bearer <key>`")
-
-
-def _deny(handler, code, message):
-    if handler is None:
-        return None
-
-    def abort(request, context):
-        context.abort(code, message)
-
-    def abort_stream(request_iterator, context):
-        context.abort(code, message)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort_stream)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
 def create_server(db, settings, *, port: int | None = None) -> tuple[grpc.Server, int]:
-    """A started-ready (not yet started) server over `db`; returns it and the bound port."""
+    """A ready (not yet started) server over `db`, any VectorDB; returns it and the bound port. `settings`: the
+    server settings of vdb/config.py (host, port, workers, max_message_mb, api keys, TLS, metrics_port)."""
     from concurrent.futures import ThreadPoolExecutor
     max_bytes = int(settings["max_message_mb"]) << 20
     metrics = Metrics(db)
@@ -234,28 +193,35 @@ def create_server(db, settings, *, port: int | None = None) -> tuple[grpc.Server
         raise OSError(f"cannot bind {address}")
     server.health = health_servicer
     server.metrics = metrics
+    server.db = db
     if settings["metrics_port"]:
         metrics.serve(settings["host"], int(settings["metrics_port"]))
     return server, bound
 
 
-def serve(db, settings, *, ready=None) -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, drain for grace_s, flush and close the database."""
+def serve(db, settings, *, ready=None, what: str = "") -> None:
+    """Serve `db` (any VectorDB) until SIGTERM/SIGINT; then stop accepting, drain for grace_s and close it (a
+    Database checkpoints every collection as it closes). `ready(port)` is called once the port is bound."""
     server, port = create_server(db, settings)
     server.start()
-    log.warning("vdb serving %s on %s:%d (%s)", db.path, settings["host"], port,
+    log.warning("vdb serving %s on %s:%d (%s)", what or getattr(db, "path", db), settings["host"], port,
                 "TLS" if settings["tls_cert"] else "plaintext")
     if ready is not None:
         ready(port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+    wait_for_signal()
     log.warning("shutting down: draining RPCs for up to %.0f s", settings["grace_s"])
     for name in ("", SERVICE):
         server.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     t = time.monotonic()
     server.stop(settings["grace_s"]).wait()
     db.close()
-    log.warning("stopped after %.1f s; every collection checkpointed", time.monotonic() - t)
+    log.warning("stopped after %.1f s", time.monotonic() - t)
+
+
+def wait_for_signal() -> None:
+    """Block the main thread until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass

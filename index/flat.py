@@ -41,9 +41,16 @@ class FlatIndex:
         return (ids[0], d[0]) if single else (ids, d)
 
 
+def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """Recall@k per query: the fraction of the exact top-k ids (-1 = none) found in the first k results."""
+    f, t = np.atleast_2d(found)[:, :k], np.atleast_2d(truth)[:, :k]
+    valid_t = t >= 0
+    match = (f[:, :, None] == t[:, None, :]) & valid_t[:, None, :] & (f >= 0)[:, :, None]
+    hits = match.any(axis=1).sum(axis=1)
+    denom = valid_t.sum(axis=1)
+    return np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean fraction of the true top-k ids present in the found top-k."""
-    found, truth = np.atleast_2d(found)[:, :k], np.atleast_2d(truth)[:, :k]
-    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth))
-    denom = sum(int((t >= 0).sum()) for t in truth)
-    return hits / denom if denom else 1.0
+    """Mean recall@k over the queries (see recall_per_query): the one definition every test and tool uses."""
+    return float(recall_per_query(found, truth, k).mean())

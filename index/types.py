@@ -98,6 +98,10 @@ class BuildParams:
         return cls(**d)
 
 
+RERANK_PER_K, RERANK_MIN = 3, 32   # automatic rerank_k = max(3k, 32); measured: at k=10, 32 re-ranks as well as 64
+EF_PER_NPROBE, EF_MIN = 2, 16      # automatic ef_search = max(2 * nprobe, 16)
+
+
 @dataclass(frozen=True)
 class SearchParams:
     nprobe: int = 32          # heads probed at most
@@ -105,6 +109,10 @@ class SearchParams:
     rerank_k: int = 0         # INT8 candidates re-ranked with float32; 0: automatic, max(3k, 32)
     ef_search: int = 0        # head-index HNSW beam; 0: automatic, max(2 * nprobe, 16)
     prefetch: bool = False    # MADV_WILLNEED postings, then the re-rank rows, before reading (a cold cache)
+
+    @staticmethod
+    def describe_rerank() -> str:
+        return f"max({RERANK_PER_K}k, {RERANK_MIN})"
 
     def replace(self, **changes) -> "SearchParams":
         """A copy with some knobs changed (the only way knobs change: a new field can never shift silently)."""
@@ -120,5 +128,6 @@ class SearchParams:
             raise InvalidParameterError(f"eps must be >= 0, got {self.eps}")
         if self.rerank_k < 0 or self.ef_search < 0:
             raise InvalidParameterError("rerank_k and ef_search must be >= 0")
-        rerank = self.rerank_k or max(3 * k, 32)       # measured: at k=10, 32 re-ranks as well as 64
-        return replace(self, rerank_k=max(rerank, k), ef_search=self.ef_search or max(2 * self.nprobe, 16))
+        rerank = self.rerank_k or max(RERANK_PER_K * k, RERANK_MIN)
+        ef = self.ef_search or max(EF_PER_NPROBE * self.nprobe, EF_MIN)
+        return replace(self, rerank_k=max(rerank, k), ef_search=ef)

@@ -9,6 +9,8 @@ import time
 import click
 import numpy as np
 
+from index.types import BuildParams, SearchParams
+from vdb.config import BY_NAME as SETTING
 from vdb.errors import VdbError, translate
 
 EXIT_ERROR = 1
@@ -89,8 +91,10 @@ def cli(verbose: int) -> None:
 @click.option("--metric", type=click.Choice(["l2", "ip", "cosine"]), default="l2", show_default=True)
 @click.option("--ids", "ids_path", type=click.Path(dir_okay=False), help=".npy of int64 external ids, one per row.")
 @click.option("--dataset", default="train", show_default=True, help="HDF5 dataset to read (ann-benchmarks).")
-@click.option("--head-ratio", type=float, help="Heads as a fraction of the vectors (default 0.02).")
-@click.option("--max-replicas", type=int, help="Postings per vector at most (default 8).")
+@click.option("--head-ratio", type=float,
+              help=f"Heads as a fraction of the vectors (default {BuildParams.head_ratio}).")
+@click.option("--max-replicas", type=int,
+              help=f"Postings per vector at most (default {BuildParams.max_replicas}; at most 4 at dim >= 768).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other build parameter.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at --out (atomically).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -141,43 +145,53 @@ def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replic
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="Query vectors (.npy, .fvecs, .fbin, ...).")
 @click.option("--top-k", "top_k", type=int, default=10, show_default=True)
-@click.option("--nprobe", type=int, help="Postings probed per query (default 32).")
-@click.option("--eps", type=float, help="Query-aware pruning: probe heads within (1+eps) of the nearest.")
-@click.option("--rerank-k", type=int, help="INT8 candidates re-ranked with float32 (default max(4k, 64)).")
+@click.option("--nprobe", type=int, help=f"Postings probed per query (default {SearchParams.nprobe}).")
+@click.option("--eps", type=float, help="Query-aware pruning: probe heads within (1+eps) of the nearest "
+                                        f"(default {SearchParams.eps}).")
+@click.option("--rerank-k", type=int,
+              help=f"INT8 candidates re-ranked with float32 (default {SearchParams.describe_rerank()}).")
 @click.option("--dataset", default="test", show_default=True, help="HDF5 dataset holding the queries.")
 @click.option("--out", "out_prefix", help="Write PREFIX.ids.npy (int64 [nq, k]) and PREFIX.dist.npy.")
-@click.option("--threads", type=int, default=1, show_default=True, help="Threads for the batch pass.")
-def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_prefix, threads):
-    """Search an index with a file of queries; print latency as JSON.
+@click.option("--threads", type=int, default=1, show_default=True, help="Threads searching the batch.")
+@click.option("--latency", is_flag=True, help="Also time each query alone (p50 / p99 / mean; after one warm-up).")
+def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_prefix, threads, latency):
+    """Search an index with a file of queries; write the answers, print a JSON summary.
 
-    Each query is first run alone (latency p50/p99/mean), then all together as one batch (QPS).
+    All queries run as one batch (QPS in the summary); --latency also runs each alone. Benchmarks against peers
+    live in tools/bench_index.py.
 
     \b
     Example:
       vdbctl search sift-idx/ --queries sift_query.fvecs --top-k 10 --nprobe 16 --out res
+      vdbctl search sift-idx/ --queries sift_query.fvecs --latency
     """
     from index import SpannIndex
     from vdb.inputs.readers import open_vectors
     queries = np.asarray(open_vectors(queries_path, dataset=dataset), dtype=np.float32)
     knobs = {k: v for k, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
+    report: dict = {"queries": len(queries), "top_k": top_k, "threads": threads}
     with SpannIndex.open(index_dir) as idx:
-        idx.search(queries[:1], top_k, **knobs)  # warm up (JIT, page cache of the first postings)
-        lat = np.empty(len(queries))
-        for i in range(len(queries)):
-            t = time.perf_counter()
-            idx.search(queries[i], top_k, **knobs)
-            lat[i] = time.perf_counter() - t
         t = time.perf_counter()
         ids, dists = idx.search(queries, top_k, threads=threads, **knobs)
-        batch = time.perf_counter() - t
+        report["batch_qps"] = round(len(queries) / (time.perf_counter() - t), 1)
+        if latency:
+            report.update(_latency(idx, queries, top_k, knobs))
     if out_prefix:
         np.save(f"{out_prefix}.ids.npy", ids)
         np.save(f"{out_prefix}.dist.npy", dists)
-    _echo_json({"queries": len(queries), "top_k": top_k, "mean_latency_ms": round(lat.mean() * 1e3, 4),
-                "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
-                "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
-                "batch_qps": round(len(queries) / batch, 1), "threads": threads,
-                "out": [f"{out_prefix}.ids.npy", f"{out_prefix}.dist.npy"] if out_prefix else None})
+    report["out"] = [f"{out_prefix}.ids.npy", f"{out_prefix}.dist.npy"] if out_prefix else None
+    _echo_json(report)
+
+
+def _latency(idx, queries: np.ndarray, top_k: int, knobs: dict) -> dict:
+    idx.search(queries[:1], top_k, **knobs)  # warm up (JIT, page cache of the first postings)
+    lat = np.empty(len(queries))
+    for i in range(len(queries)):
+        t = time.perf_counter()
+        idx.search(queries[i], top_k, **knobs)
+        lat[i] = time.perf_counter() - t
+    return {"mean_latency_ms": round(lat.mean() * 1e3, 4), "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
+            "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4)}
 
 
 @cli.command()
@@ -217,8 +231,8 @@ def check(path):
 @cli.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Data directory (created if missing); holds every collection.")
-@click.option("--host", help="Address to bind (default 127.0.0.1: loopback only).")
-@click.option("--port", type=int, help="gRPC port (default 50051; 0 picks a free one).")
+@click.option("--host", help=f"Address to bind (default {SETTING['host'].default}: loopback only).")
+@click.option("--port", type=int, help=f"gRPC port (default {SETTING['port'].default}; 0 picks a free one).")
 @click.option("--api-key", help="Require `authorization: Bearer KEY` (or set VDB_API_KEY).")
 @click.option("--read-only-api-key", help="A second key that may only read.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate (with --tls-key).")

@@ -8,6 +8,6 @@
 Ray is imported lazily, only by driver.py, and only when partitions remain to be run.
 Tests: tests/index/test_distributed_build.py.
 """
-from index.distributed.driver import DEFAULT_PARTITION_ROWS, build_index_ray, read_npy
+from index.distributed.driver import DEFAULT_PARTITION_ROWS, build_index_ray
 
-__all__ = ["DEFAULT_PARTITION_ROWS", "build_index_ray", "read_npy"]
+__all__ = ["DEFAULT_PARTITION_ROWS", "build_index_ray"]

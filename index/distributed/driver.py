@@ -40,21 +40,11 @@ ACTOR_RETRIES = 2                   # a crashed actor is restarted and its parti
 OBJECT_STORE_BYTES = 128 << 20      # shared memory a locally started Ray reserves (only small reports use it)
 
 
-def read_npy(path: str | os.PathLike):
-    """Default reader: a .npy file as a read-only memmap. `vdb.readers.open_vectors` reads every format."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidVectorsError(f"{path}: no such file")
-    if path.suffix.lower() != ".npy":
-        raise InvalidVectorsError(f"{path}: the default reader only reads .npy; pass reader= for other formats")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
 def build_index_ray(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, ids=None,
                     params: BuildParams | None = None, address: str | None = None, workers: int | None = None,
                     partition_rows: int = DEFAULT_PARTITION_ROWS, head_sample: int | None = None,
                     overwrite: bool = False, progress: ProgressFactory | None = None,
-                    reader: Callable = read_npy) -> dict:
+                    reader: Callable) -> dict:
     """Build the index of the vectors in `input_path` into `out_dir` on Ray; returns the local build's summary
     plus a "ray" section. Same directory format and parameters as `index.build_index`.
 

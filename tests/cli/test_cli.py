@@ -60,7 +60,8 @@ def test_search_writes_ids_and_distances_and_prints_latency(data):
     _write(tmp / "b.npy", x)
     np.save(tmp / "q.npy", x[:7])
     assert _run("build", tmp / "b.npy", "--out", tmp / "s", "-q")[0] == 0
-    code, out = _run("search", tmp / "s", "--queries", tmp / "q.npy", "--top-k", 3, "--out", tmp / "res")
+    code, out = _run("search", tmp / "s", "--queries", tmp / "q.npy", "--top-k", 3, "--out", tmp / "res",
+                     "--latency")
     assert code == 0, out
     report = json.loads(out)
     assert report["queries"] == 7 and report["mean_latency_ms"] > 0

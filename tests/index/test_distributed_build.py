@@ -139,8 +139,6 @@ def test_bad_input_raises_the_local_builds_errors(data, tmp_path):
     with pytest.raises(DatasetError) as dist:
         build_index_ray(missing, tmp_path / "a", reader=open_vectors)
     assert str(dist.value) == str(local.value)
-    with pytest.raises(InvalidVectorsError):
-        build_index_ray(missing, tmp_path / "a")  # the default .npy reader
 
     base = open_vectors(path)
     for bad_ids in (np.arange(N - 1), np.zeros(N, np.int64)):  # wrong length, duplicates
@@ -168,6 +166,7 @@ def test_bad_rows_seen_only_by_an_actor_raise_the_typed_error(cluster, tmp_path)
     with pytest.raises(InvalidVectorsError, match="NaN") as local:
         build_index(x, tmp_path / "local")
     with pytest.raises(InvalidVectorsError, match="NaN") as dist:
-        build_index_ray(tmp_path / "nan.npy", tmp_path / "idx", head_sample=head_sample, partition_rows=PART_ROWS)
+        build_index_ray(tmp_path / "nan.npy", tmp_path / "idx", head_sample=head_sample, partition_rows=PART_ROWS,
+                        reader=open_vectors)
     assert type(dist.value) is type(local.value) and str(dist.value).startswith("input rows ")
     assert not Staging.for_output(tmp_path / "idx").root.exists()

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 
+from vdb.eval.groundtruth import exact_search
+from vdb.eval.metrics import distance_recall_at_k
 from vdb.inputs.synthetic import clustered, clustered_queries
 
 N_CLUSTERS = 1000
@@ -99,11 +100,8 @@ def kjv(cache: Path) -> Dataset:
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, metric: str, k: int = 100) -> np.ndarray:
-    """Exact top-k ids (faiss flat, all cores); cosine data is already unit-norm, so it is IP search."""
-    index = faiss.IndexFlatL2(base.shape[1]) if metric == "l2" else faiss.IndexFlatIP(base.shape[1])
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
-    _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return ids.astype(np.int64)
+    """Exact top-k ids: the evaluator's oracle (ties broken by the lower id)."""
+    return exact_search(np.asarray(base), np.asarray(queries), metric, k)[0]
 
 
 def ground_truth(path: Path, ds: Dataset, k: int = 100) -> np.ndarray:
@@ -126,18 +124,15 @@ def _distances(ds: Dataset, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def recall(ds: Dataset, found: np.ndarray, k: int = 10, chunk: int = 2000) -> float:
-    """recall@k with ties counted (as ann-benchmarks): a returned id is a hit if its exact distance is within
-    a relative 1e-5 of the true k-th distance (kjv has verses with identical vectors). Ids must be unique per
-    row; -1 never matches."""
-    hits = 0
+    """Tie-aware recall@k (ann-benchmarks'; kjv has verses with identical vectors): the evaluator's
+    distance_recall_at_k on the exact distances of the returned ids. Ids must be unique per row; -1 never matches."""
+    out = []
     for s in range(0, len(found), chunk):
         q = ds.queries[s: s + chunk]
         f = np.asarray(found[s: s + chunk])[:, :k].astype(np.int64)
-        kth = _distances(ds, q, ds.truth[s: s + chunk, k - 1: k])
-        d = _distances(ds, q, f)
-        tol = 1e-5 * np.maximum(np.abs(kth), 1e-6)
-        hits += int(np.minimum((d <= kth + tol).sum(axis=1), k).sum())
-    return hits / (len(found) * k)
+        truth_d = _distances(ds, q, ds.truth[s: s + chunk, :k])
+        out.append(distance_recall_at_k(_distances(ds, q, f), truth_d, k))
+    return float(np.concatenate(out).mean())
 
 
 def vote_accuracy(ids: np.ndarray, base_labels: np.ndarray, query_labels: np.ndarray) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vdb.eval.datasets import METRICS, EvalDataset
+from vdb.inputs.readers import DatasetError, open_array, open_hdf5
 from vdb.eval.errors import EvalDatasetError
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,10 @@ def _vector(path: Path, *, integer: bool = False) -> np.ndarray:
 
 
 def _load(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise EvalDatasetError(f"{path}: no such file")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise EvalDatasetError(f"{path}: not a readable .npy file ({e})") from None
+        return np.asarray(open_array(path))
+    except DatasetError as e:
+        raise EvalDatasetError(e.message) from None
 
 
 def _json(path: Path):
@@ -155,11 +154,10 @@ def _description(path: Path, meta: dict) -> str:
 
 # -- ann-benchmarks HDF5 -------------------------------------------------------------------------------------
 def read_ann_hdf5(path: Path) -> EvalDataset:
-    import h5py
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise EvalDatasetError(f"{path}: not a readable HDF5 file ({e})") from None
+        f = open_hdf5(path)
+    except DatasetError as e:
+        raise EvalDatasetError(e.message) from None
     with f:
         missing = [k for k in ("train", "test") if k not in f]
         if missing:

@@ -19,18 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.flat import recall_per_query
+
 BOOTSTRAP_BATCH = 100
 
 
 # -- recall against exact search -----------------------------------------------------------------------------
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    """Recall@k per query: the fraction of the exact top-k ids found in the first k results."""
-    f, t = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
-    valid_t = t >= 0
-    match = (f[:, :, None] == t[:, None, :]) & valid_t[:, None, :] & (f >= 0)[:, :, None]
-    hits = match.any(axis=1).sum(axis=1)
-    denom = valid_t.sum(axis=1)
-    return np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
+recall_at_k = recall_per_query  # per query, the index layer's one definition (index/flat.py)
 
 
 def distance_recall_at_k(found_dists: np.ndarray, truth_dists: np.ndarray, k: int, *,

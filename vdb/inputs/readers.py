@@ -38,11 +38,28 @@ def open_vectors(path: str | os.PathLike, *, dataset: str = "train"):
     raise DatasetError(f"{path}: unknown file type {ext!r}; supported: {', '.join(SUPPORTED)}")
 
 
-def _npy(path: Path):
+def open_array(path: str | os.PathLike) -> np.ndarray:
+    """A .npy file of any shape as a read-only memmap (labels, norms, ids as well as vectors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
     try:
-        a = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DatasetError(f"{path}: not a readable .npy file ({e})") from None
+
+
+def open_hdf5(path: str | os.PathLike):
+    """An HDF5 file opened read-only (h5py.File; the caller closes it)."""
+    import h5py
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def _npy(path: Path):
+    a = open_array(path)
     if a.ndim != 2:
         raise DatasetError(f"{path}: expected a 2-D array [n, dim], got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
@@ -83,11 +100,7 @@ def _bin(path: Path, dtype) -> np.ndarray:
 
 
 def _hdf5(path: Path, dataset: str):
-    import h5py
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
+    f = open_hdf5(path)
     if dataset not in f:
         raise DatasetError(f"{path}: no dataset {dataset!r} (has: {', '.join(f.keys())})")
     ds = f[dataset]
@@ -107,10 +120,7 @@ def load_ids(path: str | os.PathLike) -> np.ndarray:
 
 
 def _npy_1d(path: Path) -> np.ndarray:
-    try:
-        a = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DatasetError(f"{path}: not a readable .npy file ({e})") from None
+    a = open_array(path)
     if a.ndim != 1:
         raise DatasetError(f"{path}: expected a 1-D array, got shape {a.shape}")
     return a

@@ -37,7 +37,7 @@ from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
 RETIRED_REBUILD = 0.10  # rebuild an HNSW head index once this share of its heads is retired
-SPLIT_SLACK = 1.2       # each half of a split holds at most 60% of the records
+SPLIT_SLACK = 1.2       # 2-means training caps a side at 60%, so a dense sub-cluster cannot take both centres
 
 
 @dataclass
@@ -192,21 +192,28 @@ class MutableSpannIndex(SpannIndex):
         return overflow
 
     def _settle(self, overflow: set[int]) -> None:
-        """Split (or clean) overflowing postings until none is left; splits may overflow neighbours."""
-        budget = 4 * (len(overflow) + self.files.postings.n_postings)  # anything left over: next sweep
+        """Split (or clean) overflowing postings until none is left; splits may overflow neighbours.
+
+        A posting of n records needs about n / split_limit splits to come under the limit, so the budget counts
+        records, not postings: a burst of inserts into a small index is settled in full, not left to a sweep
+        (which only deletes and replacements trigger). The budget only stops a pathological cascade."""
+        counts = self.files.postings.dir.count
+        records = sum(int(counts[p]) for p in overflow)
+        budget = 4 * (len(overflow) + self.files.postings.n_postings + records // self.params.split_limit)
         while overflow and budget:
             budget -= 1
             pid = overflow.pop()
             if self.files.postings.dir.flags[pid] & FLAG_RETIRED:
                 continue
-            overflow |= self._split(pid)
+            overflow |= self.split(pid)
 
     def _live_records(self, pid: int) -> np.ndarray:
         recs = self.files.postings.records(pid)
         return recs[self.state[recs["id"]] == recs["version"]]
 
-    def _split(self, pid: int) -> set[int]:
-        """Drop dead records; if still too long, split by balanced 2-means and reassign nearby vectors."""
+    def split(self, pid: int) -> set[int]:
+        """Drop dead records; if still too long, split by balanced 2-means and reassign nearby vectors (LIRE).
+        Returns the postings now over the split limit."""
         store = self.files.postings
         live = self._live_records(pid).copy()
         dropped = int(store.dir.count[pid]) - len(live)
@@ -219,7 +226,8 @@ class MutableSpannIndex(SpannIndex):
         hs = head_space(self.vectors_of(rows), self.metric)
         # The new heads come from the posting's *primary* members (this head is their nearest): replicas of
         # vectors from neighbouring regions would pull both centres away from the region this posting serves.
-        # Balanced 2-means, so that one half does not stay as long as before.
+        # Balanced 2-means training keeps both centres inside the posting's mass; records then go to the nearer
+        # centre, and a half still over the limit is split in turn.
         primary = self._nearest_head(hs) == pid
         train = hs[primary] if primary.sum() >= 2 else hs
         centers = balanced_leaves(train, 2, replace(self.params, balance_slack=SPLIT_SLACK),
@@ -244,7 +252,9 @@ class MutableSpannIndex(SpannIndex):
         moved = [rows[near_old][~np.isin(self._nearest_head(hs[near_old]), home)]]
         for nb_rows, nb_hs in self._neighbour_candidates(old_head, centers, set(home.tolist()) | {pid}):
             moved.append(nb_rows[np.isin(self._nearest_head(nb_hs), home)])
-        return self._reassign(np.unique(np.concatenate(moved)))
+        overflow = self.reassign(np.unique(np.concatenate(moved)))
+        # a burst can leave each half over the limit too: they are split in turn
+        return overflow | {int(h) for h in new_pids if store.dir.count[h] > self.params.split_limit}
 
     def _nearest_head(self, hs: np.ndarray) -> np.ndarray:
         """The nearest live head of each head-space vector."""
@@ -281,8 +291,9 @@ class MutableSpannIndex(SpannIndex):
             if seen == k:
                 break
 
-    def _reassign(self, rows: np.ndarray, excluded: np.ndarray | None = None) -> set[int]:
-        """Give rows a new version and new postings: new copies are written first, then the state flips."""
+    def reassign(self, rows: np.ndarray, excluded: np.ndarray | None = None) -> set[int]:
+        """Give rows a new version and new postings (their RNG-chosen heads now, never `excluded` ones): new
+        copies are written first, then the state flips. Returns the postings now over the split limit."""
         if len(rows) == 0:
             return set()
         with self.lock:
@@ -320,7 +331,7 @@ class MutableSpannIndex(SpannIndex):
                 alive[pid] = False
             for pid in np.nonzero(alive & (((d.count >= 16) & (live * 2 < d.count))
                                            | (d.count > self.params.split_limit)))[0]:
-                overflow |= self._split(int(pid))
+                overflow |= self.split(int(pid))
             self._settle(overflow)
 
     def _merge(self, pid: int) -> set[int]:
@@ -328,7 +339,7 @@ class MutableSpannIndex(SpannIndex):
         rows = self._live_records(pid)["id"].astype(np.int64)
         excluded = self._excluded.copy()
         excluded[pid] = True
-        overflow = self._reassign(rows, excluded)  # new copies land elsewhere before the posting goes
+        overflow = self.reassign(rows, excluded)  # new copies land elsewhere before the posting goes
         self._retire([pid])
         self.stats.merges += 1
         return overflow
@@ -389,6 +400,14 @@ class MutableSpannIndex(SpannIndex):
 
     def _heads_matrix(self) -> np.ndarray:
         return self.files.heads.matrix()[:, : self.dim]
+
+    def retired_postings(self) -> np.ndarray:
+        """bool per posting id: split or merged away (its head is gone)."""
+        return self._excluded.copy()
+
+    def posting_rows(self, pid: int) -> np.ndarray:
+        """Rows with a valid record (version == state) in posting `pid`."""
+        return self._live_records(pid)["id"].astype(np.int64)
 
     def _retired_mask(self) -> np.ndarray:
         return (self.files.postings.dir.flags & FLAG_RETIRED) != 0

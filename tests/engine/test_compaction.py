@@ -27,11 +27,10 @@ def test_compaction_reclaims_space_and_keeps_answers(tmp_path):
     db = vdb.connect(tmp_path / "d", checkpoint_interval_s=3600)
     try:
         _churn(db, x)
-        idx = db._collections["c"].index
-        garbage = idx.files.postings.garbage_bytes()
+        garbage = db.stats("c")["maintenance"]["posting_garbage_bytes"]
         before = db.search("c", x[:50], top_k=5, nprobe=1000, eps=1e9, rerank_k=500, use_cache=False)
-        reclaimed = idx.compact_postings()
-        assert reclaimed > 0 and idx.files.postings.garbage_bytes() < garbage
+        assert garbage > 0 and db.maintain("c", compact=True)
+        assert db.stats("c")["maintenance"]["posting_garbage_bytes"] < garbage
         after = db.search("c", x[:50], top_k=5, nprobe=1000, eps=1e9, rerank_k=500, use_cache=False)
         assert np.array_equal(before[0], after[0])
         db.flush("c")
@@ -49,7 +48,7 @@ def test_crash_between_compaction_and_checkpoint(tmp_path):
     db = vdb.connect(tmp_path / "d", checkpoint_interval_s=3600)
     _churn(db, x)
     want = db.search("c", x[:40], top_k=5, nprobe=1000, eps=1e9, rerank_k=500, use_cache=False)[0]
-    db._collections["c"].index.compact_postings()
+    db.maintain("c", compact=True)
     assert len(_posting_files(tmp_path / "d")) == 2
     db.close(checkpoint=False)  # the committed manifest still names the old file
     with vdb.connect(tmp_path / "d") as db:
@@ -62,7 +61,7 @@ def test_maintenance_compacts_on_its_own(tmp_path):
     x = np.random.default_rng(2).normal(size=(3000, 16)).astype(np.float32)
     with vdb.connect(tmp_path / "d", checkpoint_interval_s=3600) as db:
         _churn(db, x, compact_min_mb=0.001)
-        db._collections["c"].maintainer.step()
+        db.maintain("c")
         db.flush("c")
         assert db.stats("c")["maintenance"].get("compactions", 0) >= 1
         assert len(_posting_files(tmp_path / "d")) == 1 and db.check("c")[0]["ok"]

@@ -61,7 +61,7 @@ class VdbMachine(RuleBasedStateMachine):
     @rule()
     def maintain(self):
         """One maintenance step now (the background thread also runs them, on its own schedule)."""
-        self.db._collections["c"].maintainer.step()
+        self.db.maintain("c")
 
     @rule()
     def restart(self):

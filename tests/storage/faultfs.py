@@ -63,6 +63,8 @@ class FaultyFile:
             version, snapshot = self._node.version, bytes(self._node.data)
         if fs.fsync_delay:
             time.sleep(fs.fsync_delay)  # a disk flush takes time: concurrent appenders pile up meanwhile
+        if fs.fsync_hook is not None:
+            fs.fsync_hook()  # a test holds the flush here, deterministically
         with fs.lock_:
             self._check()  # a crash during the flush means the flush never completed
             if version > self._node.synced_version:
@@ -105,6 +107,7 @@ class FaultyFS:
         self.generation = 0
         self.down = False
         self.fsync_delay, self.fail_fsync = fsync_delay, False
+        self.fsync_hook = None  # called inside every fsync, outside the lock (tests block flushes with it)
         self.fsyncs = self.dir_fsyncs = 0
 
     def _up(self) -> None:

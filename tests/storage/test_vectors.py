@@ -85,39 +85,60 @@ def test_empty_file_is_truncated(tmp_path):
         VectorFile.open(tmp_path / "e", rows=0)
 
 
-def test_matrix_is_consistent_while_a_writer_appends(tmp_path):
+def test_matrix_reads_the_row_count_once(tmp_path):
     """A reader's matrix() must never see a row count and a mapping from different moments (a service search
-    once failed with `cannot reshape` while an upsert appended). Tiny GIL switch intervals make the race likely."""
+    once failed with `cannot reshape` while an upsert appended). Deterministic: the row count grows every
+    time it is read, as it would if a writer appended between two reads."""
+    vf = VectorFile.create(tmp_path / "v.vec", 8)
+    vf.append(np.ones((10, 8), np.float32))
+
+    class GrowingRows(VectorFile):
+        @property
+        def rows(self):
+            n = self.__dict__["rows"]
+            self.__dict__["rows"] = n + 1  # the next read sees one more row
+            return n
+
+        @rows.setter
+        def rows(self, value):
+            self.__dict__["rows"] = value
+
+    vf.__class__ = GrowingRows
+    vf._file.ensure_size(4096 + 100 * vf.row_size)
+    m = vf.matrix()
+    assert m.shape == (10, 9)
+
+
+def test_matrix_is_consistent_while_a_writer_appends(tmp_path):
+    """The same race under real threads: a fixed number of appends while a reader keeps calling matrix()."""
     import sys
     import threading
-    import time
     vf = VectorFile.create(tmp_path / "v.vec", 8)
-    stop, errors = threading.Event(), []
+    done, errors, reads = threading.Event(), [], [0]
 
     def writer():
         block = np.ones((10, 8), np.float32)
-        while not stop.is_set():
+        for _ in range(3000):
             vf.append(block)
+        done.set()
 
     def reader():
-        while not stop.is_set():
+        while not done.is_set():
             try:
-                m = vf.matrix()
-                assert m.shape[1] == 9
+                assert vf.matrix().shape[1] == 9
+                reads[0] += 1
             except Exception as e:  # noqa: BLE001 - any failure is the finding
                 errors.append(repr(e))
-                stop.set()
+                return
     old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible, so the threads interleave
     try:
         threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
         for t in threads:
             t.start()
-        time.sleep(1.5)
-        stop.set()
         for t in threads:
             t.join()
     finally:
         sys.setswitchinterval(old)
     assert not errors, errors[0]
-    assert vf.rows > 1000
+    assert vf.rows == 30_000 and reads[0] > 0

@@ -348,6 +348,12 @@ class Collection:
         return fields["n_rows"] != m.get("n_rows") or fields["n_heads"] != m.get("n_heads") or \
             fields["postings_file"] != m.get("postings_file", "postings.dat") or self.maintainer.index_changed
 
+    def maintain(self, *, compact: bool = False) -> bool:
+        """Run one maintenance step now (see Maintainer.step); `compact` rewrites the posting file regardless
+        of its garbage. Returns whether any work was done."""
+        self._check_usable()
+        return self.maintainer.step(compact=compact)
+
     def flush(self, timeout: float = 300.0) -> int:
         """Wait until every acknowledged write is in postings (if the index has heads) and checkpointed."""
         self._check_usable()

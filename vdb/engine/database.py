@@ -191,6 +191,13 @@ class Database:
         return self._get(name).flush()
 
     @public
+    def maintain(self, name: str, *, compact: bool = False) -> bool:
+        """Run one background-maintenance step of a collection now, in this thread: index pending vectors,
+        sweep, compact the posting file when due (always, with compact=True), checkpoint when due. The
+        background thread runs the same steps on its own schedule; this is for operators and tests."""
+        return self._get(name).maintain(compact=compact)
+
+    @public
     def check(self, name: str | None = None) -> list[dict]:
         """Verify checksums and invariants of one collection (or all); see vdb/check.py."""
         from vdb.engine.check import check_collection

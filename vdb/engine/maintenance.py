@@ -92,7 +92,10 @@ class Maintainer:
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
 
-    def step(self) -> bool:
+    def step(self, *, compact: bool = False) -> bool:
+        """One unit of work: index a batch of pending rows (or bootstrap the first heads), sweep if enough rows
+        changed, compact the posting file if its garbage is due (or `compact`), and checkpoint if one is due.
+        Returns whether any index work was done. Safe to call from any thread (it takes maint_lock)."""
         c, idx = self.c, self.c.index
         worked = False
         settings = c.settings
@@ -121,7 +124,7 @@ class Maintainer:
                 idx.sweep()
                 self._index_changed = True
                 worked = True
-            if idx.compaction_due(settings["compact_min_mb"] * (1 << 20)):
+            if (compact and idx.bootstrapped) or idx.compaction_due(settings["compact_min_mb"] * (1 << 20)):
                 idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
                 self._index_changed = True
                 self._last_checkpoint = 0.0  # checkpoint soon: until then both files are on disk

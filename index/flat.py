@@ -25,6 +25,7 @@ class FlatIndex:
         return len(self.vectors)
 
     def search(self, queries, k: int = 10):
+        """Exact top-k: (ids, distances), [nq, k] or [k] for one query, padded with -1 / inf."""
         single = np.ndim(queries) == 1
         q = prepare_base(as_matrix(queries, self.dim, name="queries"), self.metric)
         kk = min(k, len(self.vectors))

@@ -17,17 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from index.assign import select_heads
 from index.centroids import HeadIndex
-from index.clustering import balanced_leaves, hierarchical_heads
+from index.clustering import hierarchical_heads
 from index.distance import head_space
-from index.kernels import live_counts
 from index.quantize import Int8Quantizer
-from index.rowstate import DELETED, is_live, next_version, version_of
+from index.rebalance import Rebalancing
+from index.rowstate import DELETED, version_of
 from index.spann import SpannIndex, release_free_memory
 from index.types import BuildParams, Metric
 from storage import IndexDir
@@ -36,8 +36,6 @@ from storage.crashpoints import crashpoint
 from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
-RETIRED_REBUILD = 0.10  # rebuild an HNSW head index once this share of its heads is retired
-SPLIT_SLACK = 1.2       # 2-means training caps a side at 60%, so a dense sub-cluster cannot take both centres
 
 
 @dataclass
@@ -56,7 +54,7 @@ class MaintenanceStats:
         return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
 
-class MutableSpannIndex(SpannIndex):
+class MutableSpannIndex(Rebalancing, SpannIndex):
     def __init__(self, files: IndexDir):
         super().__init__(files)
         self.params = self.build_params.resolved(self.dim)
@@ -73,6 +71,7 @@ class MutableSpannIndex(SpannIndex):
 
     @classmethod
     def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
+        """Open an index directory for writing (exclusive lock); verify as for SpannIndex.open."""
         files = IndexDir.open(path, writable=True, verify=verify)
         try:
             index = cls(files)
@@ -99,6 +98,7 @@ class MutableSpannIndex(SpannIndex):
     # -- rows (writers, under self.lock) ---------------------------------------------------------------
     @property
     def n_rows(self) -> int:
+        """Rows ever stored (deleted ones included)."""
         return len(self.state)
 
     def add_rows(self, vectors: np.ndarray, ext_ids: np.ndarray) -> np.ndarray:
@@ -115,6 +115,7 @@ class MutableSpannIndex(SpannIndex):
             return np.arange(first, n, dtype=np.int64)
 
     def delete_rows(self, rows: np.ndarray) -> None:
+        """Mark rows deleted: every record of theirs stops counting at once."""
         with self.lock:
             self.state[rows] |= DELETED
             self.int2ext[rows] = -1
@@ -132,6 +133,7 @@ class MutableSpannIndex(SpannIndex):
     # -- maintenance (one thread, each call under maint_lock) -----------------------------------------
     @property
     def bootstrapped(self) -> bool:
+        """True once the index has heads (an empty collection gets them at bootstrap_rows vectors)."""
         return self.head_index is not None and self.head_index.size > 0
 
     def bootstrap(self, rows: np.ndarray) -> None:
@@ -190,168 +192,6 @@ class MutableSpannIndex(SpannIndex):
             if store.dir.count[pid] > self.params.split_limit:
                 overflow.add(pid)
         return overflow
-
-    def _settle(self, overflow: set[int]) -> None:
-        """Split (or clean) overflowing postings until none is left; splits may overflow neighbours.
-
-        A posting of n records needs about n / split_limit splits to come under the limit, so the budget counts
-        records, not postings: a burst of inserts into a small index is settled in full, not left to a sweep
-        (which only deletes and replacements trigger). The budget only stops a pathological cascade."""
-        counts = self.files.postings.dir.count
-        records = sum(int(counts[p]) for p in overflow)
-        budget = 4 * (len(overflow) + self.files.postings.n_postings + records // self.params.split_limit)
-        while overflow and budget:
-            budget -= 1
-            pid = overflow.pop()
-            if self.files.postings.dir.flags[pid] & FLAG_RETIRED:
-                continue
-            overflow |= self.split(pid)
-
-    def _live_records(self, pid: int) -> np.ndarray:
-        recs = self.files.postings.records(pid)
-        return recs[self.state[recs["id"]] == recs["version"]]
-
-    def split(self, pid: int) -> set[int]:
-        """Drop dead records; if still too long, split by balanced 2-means and reassign nearby vectors (LIRE).
-        Returns the postings now over the split limit."""
-        store = self.files.postings
-        live = self._live_records(pid).copy()
-        dropped = int(store.dir.count[pid]) - len(live)
-        self.stats.records_dropped += dropped
-        if len(live) <= self.params.split_limit:
-            store.rewrite(pid, live, capacity=self.params.split_limit + 1)
-            self.stats.garbage_collected += 1
-            return set()
-        rows = live["id"].astype(np.int64)
-        hs = head_space(self.vectors_of(rows), self.metric)
-        # The new heads come from the posting's *primary* members (this head is their nearest): replicas of
-        # vectors from neighbouring regions would pull both centres away from the region this posting serves.
-        # Balanced 2-means training keeps both centres inside the posting's mass; records then go to the nearer
-        # centre, and a half still over the limit is split in turn.
-        primary = self._nearest_head(hs) == pid
-        train = hs[primary] if primary.sum() >= 2 else hs
-        centers = balanced_leaves(train, 2, replace(self.params, balance_slack=SPLIT_SLACK),
-                                  seed=self.params.seed + pid, spherical=self.metric.angular)
-        if len(centers) < 2:  # all records identical: nothing to split on; let the posting grow
-            store.rewrite(pid, live, capacity=len(live) + self.params.split_limit)
-            return set()
-        d_new = ((hs[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-        side = d_new.argmin(1)
-        new_pids = store.add_postings([live[side == 0], live[side == 1]], [self.params.split_limit + 1] * 2)
-        crashpoint("split")
-        old_head = self._heads_matrix()[pid].copy()
-        self.files.heads.append(centers)
-        self.head_index.add(centers, new_pids)
-        self._retire([pid])
-        self.stats.splits += 1
-        # LIRE: vectors that the old head held closer than either new head may now belong elsewhere, and
-        # vectors of neighbouring postings may now be closer to a new head than to their own.
-        d_old = ((hs - old_head) ** 2).sum(1)
-        near_old = d_old <= d_new.min(1)
-        home = np.asarray(new_pids)
-        moved = [rows[near_old][~np.isin(self._nearest_head(hs[near_old]), home)]]
-        for nb_rows, nb_hs in self._neighbour_candidates(old_head, centers, set(home.tolist()) | {pid}):
-            moved.append(nb_rows[np.isin(self._nearest_head(nb_hs), home)])
-        overflow = self.reassign(np.unique(np.concatenate(moved)))
-        # a burst can leave each half over the limit too: they are split in turn
-        return overflow | {int(h) for h in new_pids if store.dir.count[h] > self.params.split_limit}
-
-    def _nearest_head(self, hs: np.ndarray) -> np.ndarray:
-        """The nearest live head of each head-space vector."""
-        if len(hs) == 0:
-            return np.zeros(0, np.int64)
-        extra = min(int(self._excluded.sum()), 8)
-        _, near = self.head_index.search(hs, 1 + extra)
-        if extra:
-            dead = (near < 0) | self._excluded[np.maximum(near, 0)]
-            near = np.take_along_axis(near, np.argsort(dead, axis=1, kind="stable"), 1)
-        return near[:, 0]
-
-    def _neighbour_candidates(self, old_head: np.ndarray, centers: np.ndarray, skip: set[int]):
-        """(rows, head-space vectors) of nearby postings that are closer to a new head than to their own: SPFresh
-        moves such a vector when a new head became its nearest one (checked by the caller)."""
-        k = self.params.reassign_neighbors
-        if k == 0:
-            return
-        _, near = self.head_index.search(old_head[None, :], k + len(skip) + min(int(self._excluded.sum()), k))
-        heads = self._heads_matrix()
-        seen = 0
-        for nb in near[0]:
-            if nb < 0 or nb in skip or self._excluded[nb]:
-                continue
-            seen += 1
-            recs = self._live_records(int(nb))
-            if len(recs):
-                rows = recs["id"].astype(np.int64)
-                y = head_space(self.vectors_of(rows), self.metric)
-                d_own = ((y - heads[nb]) ** 2).sum(1)
-                closer = ((y[:, None, :] - centers[None, :, :]) ** 2).sum(-1).min(1) < d_own
-                if closer.any():
-                    yield rows[closer], y[closer]
-            if seen == k:
-                break
-
-    def reassign(self, rows: np.ndarray, excluded: np.ndarray | None = None) -> set[int]:
-        """Give rows a new version and new postings (their RNG-chosen heads now, never `excluded` ones): new
-        copies are written first, then the state flips. Returns the postings now over the split limit."""
-        if len(rows) == 0:
-            return set()
-        with self.lock:
-            rows = rows[is_live(self.state[rows])]
-            new_version = next_version(self.state[rows])
-        if len(rows) == 0:
-            return set()
-        overflow = self._place(rows, new_version.astype(np.uint8), excluded)
-        crashpoint("reassign")
-        with self.lock:  # copy on write: a search that read the old array keeps a consistent view
-            buf = self._state_buf.copy()
-            state = buf[: len(self.state)]
-            still = is_live(state[rows])  # deleted meanwhile: keep the deleted bit
-            state[rows] = np.where(still, new_version, state[rows] | DELETED).astype(np.uint8)
-            self._state_buf, self.state = buf, state
-        self.stats.reassigned += len(rows)
-        return overflow
-
-    def sweep(self) -> None:
-        """Garbage-collect postings that are mostly dead records and merge postings with too few live ones."""
-        with self.maint_lock:
-            if not self.bootstrapped:
-                return
-            store = self.files.postings
-            d = store.dir
-            buf = store.buffer
-            live = live_counts(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset, d.count, store.rec_size,
-                               self.state)
-            alive = (d.flags & FLAG_RETIRED) == 0
-            overflow: set[int] = set()
-            for pid in np.nonzero(alive & (live < self.params.merge_limit))[0]:
-                if int(alive.sum()) <= 1:
-                    break
-                overflow |= self._merge(int(pid))
-                alive[pid] = False
-            for pid in np.nonzero(alive & (((d.count >= 16) & (live * 2 < d.count))
-                                           | (d.count > self.params.split_limit)))[0]:
-                overflow |= self.split(int(pid))
-            self._settle(overflow)
-
-    def _merge(self, pid: int) -> set[int]:
-        """Retire a posting with few live records; its vectors move to their next best postings."""
-        rows = self._live_records(pid)["id"].astype(np.int64)
-        excluded = self._excluded.copy()
-        excluded[pid] = True
-        overflow = self.reassign(rows, excluded)  # new copies land elsewhere before the posting goes
-        self._retire([pid])
-        self.stats.merges += 1
-        return overflow
-
-    def _retire(self, pids: list[int]) -> None:
-        self.files.postings.retire(pids)
-        self._excluded = self._retired_mask()
-        if self.head_index.remove(np.asarray(pids)):
-            return  # gone from a flat head index at once
-        self._retired_in_head_index += len(pids)
-        if self._retired_in_head_index > RETIRED_REBUILD * max(self.head_index.size, 1):
-            self.rebuild_head_index()  # retired heads sit where splits happen, i.e. where queries land
 
     def compact_postings(self) -> int:
         """Rewrite every live posting, live records only, into a new posting file (generation N+1) and serve
@@ -434,6 +274,7 @@ class MutableSpannIndex(SpannIndex):
 
     # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
     def committed_array(self, name: str) -> np.ndarray | None:
+        """The array `name` as the last commit stored it (None if never stored)."""
         return self.files.meta.get_array(name)
 
     def committed_rows(self, ext_ids: np.ndarray) -> np.ndarray:
@@ -445,6 +286,7 @@ class MutableSpannIndex(SpannIndex):
         return self.files.meta.iter_ids()
 
     def committed_payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
+        """The committed payload of each external id (None where there is none)."""
         return self.files.meta.payloads(ext_ids)
 
     def iter_committed_payloads(self):
@@ -457,12 +299,14 @@ class MutableSpannIndex(SpannIndex):
         return store.garbage_bytes() > max(min_bytes, store.file_bytes // 2)
 
     def close(self) -> None:
+        """Release the files (and the posting file a compaction replaced)."""
         if self._old_store is not None:
             self._old_store.close()
             self._old_store = None
         super().close()
 
     def maintenance_stats(self) -> dict:
+        """Counters of the maintenance work (splits, merges, reassignments, ...) and posting-file garbage."""
         d = self.files.postings.dir
         alive = (d.flags & FLAG_RETIRED) == 0
         return {**self.stats.as_dict(), "postings": int(alive.sum()), "retired_postings": int((~alive).sum()),

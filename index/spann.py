@@ -91,6 +91,7 @@ class SpannIndex:
         return index
 
     def close(self) -> None:
+        """Release the files and the directory lock."""
         self.files.close()
 
     def __enter__(self) -> "SpannIndex":
@@ -101,6 +102,7 @@ class SpannIndex:
 
     @property
     def n_rows(self) -> int:
+        """Rows ever stored (deleted ones included): the length of the state array."""
         return len(self.state)
 
     def __len__(self) -> int:
@@ -249,6 +251,7 @@ class SpannIndex:
         return parts
 
     def info(self) -> dict:
+        """What `vdbctl info` prints: counts, posting lengths, bytes on disk and resident, build parameters."""
         from index.build import length_stats
         m = self.files.manifest
         d = self.files.postings.dir

@@ -36,6 +36,7 @@ class SearchResult(tuple):
 
     @property
     def partial(self) -> bool:
+        """True when a router answered without some of its shards."""
         return bool(self.missing_shards)
 
 

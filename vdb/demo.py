@@ -1,6 +1,6 @@
 """`make demo`: the whole product on the embedded default dataset, in about two minutes.
 
-  1. generate 100,000 x 128 clustered vectors (deterministic, vdb/synthetic.py) and 1,000 queries;
+  1. generate 100,000 x 128 clustered vectors (deterministic, vdb/inputs/synthetic.py) and 1,000 queries;
   2. `vdbctl build` them into a SPANN index directory;
   3. `vdbctl serve` that directory as a collection (a separate server process on a free loopback port);
   4. over gRPC with vdb.Client: search (recall@10 against exact search, latency), upsert new vectors and find

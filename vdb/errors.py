@@ -12,6 +12,8 @@ from storage.errors import (CorruptionError, FormatError, LockedError, MetaStore
 
 
 class VdbError(Exception):
+    """Base of every error vdb raises; `.code` is the gRPC status it travels as, `.message` the reason."""
+
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str = ""):
@@ -20,10 +22,12 @@ class VdbError(Exception):
 
 
 class InvalidArgumentError(VdbError, ValueError):
+    """Bad input: shape, dimension, NaN/Inf, ids, payloads, knobs, names."""
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotFoundError(VdbError, KeyError):
+    """No such collection (unknown ids are not errors: get leaves them out, delete ignores them)."""
     code = grpc.StatusCode.NOT_FOUND
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
@@ -31,38 +35,47 @@ class NotFoundError(VdbError, KeyError):
 
 
 class AlreadyExistsError(VdbError):
+    """A collection of that name exists already."""
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class ResourceExhaustedError(VdbError):
+    """Over a limit (batch size, message size, top_k, memory, disk space, indexing backlog)."""
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FailedPreconditionError(VdbError):
+    """The data on disk is of a format or version this vdb does not read."""
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class UnavailableError(VdbError):
+    """Temporarily unable to serve (closed, recovering, another process holds the directory, a shard is down)."""
     code = grpc.StatusCode.UNAVAILABLE
 
 
 class DataLossError(VdbError):
+    """Stored bytes failed their checksum or layout; the message names the file and offset."""
     code = grpc.StatusCode.DATA_LOSS
 
 
 class UnauthenticatedError(VdbError):
+    """Missing or wrong API key."""
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class PermissionDeniedError(VdbError):
+    """The key may not call this method (the read-only key writing)."""
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class DeadlineExceededError(VdbError):
+    """The caller's deadline passed first."""
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class InternalError(VdbError):
+    """A bug: logged by the server with its traceback; the request fails, the server stays up."""
     code = grpc.StatusCode.INTERNAL
 
 

@@ -126,6 +126,22 @@ def _iter_records(fs: FileSystem, path: str, start: int, end: int) -> Iterator[t
         pos += total
 
 
+def segment_records(fs: FileSystem, seg: "_Segment", after_lsn: int) -> Iterator[WalRecord]:
+    """The records of a validated segment with LSN > after_lsn; WalCorruptionError if it was damaged since."""
+    expected = seg.first_lsn
+    try:
+        for off, lsn, rtype, payload in _iter_records(fs, seg.path, SEGMENT_HEADER_SIZE, seg.size):
+            if lsn != expected:
+                raise _Damage(off, RECORD_HEADER_SIZE + len(payload),
+                              f"record has LSN {lsn} where {expected} was expected", "hard")
+            expected += 1
+            if lsn > after_lsn:
+                yield WalRecord(lsn, rtype, bytes(payload))
+    except _Damage as d:
+        raise WalCorruptionError(seg.path, f"{d.reason} (damaged after the log was opened)",
+                                 offset=d.offset, length=d.length) from None
+
+
 def _record_ok(data: bytes, off: int) -> bool:
     """True if a complete record with a matching checksum and a user type starts at data[off]."""
     if off + RECORD_HEADER_SIZE > len(data):

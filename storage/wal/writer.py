@@ -17,9 +17,7 @@ Why it looks the way it does:
 """
 from __future__ import annotations
 
-import json
 import logging
-import operator
 import os
 import threading
 import time
@@ -28,14 +26,13 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-
-from storage.errors import FormatError
+from storage.wal.consumers import as_int, load_consumers, save_consumers
+from storage.wal.format import (CONSUMERS_FILE, DEFAULT_SEGMENT_BYTES, MAX_PAYLOAD, MAX_USER_TYPE, MIN_USER_TYPE,
+                                NONE_BUFFER_BYTES, RECORD_BODY, RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+                                segment_name)
 from storage.wal.fs import File, FileSystem, RealFS
-from storage.wal.format import (CONSUMERS_FILE, CONSUMERS_VERSION, DEFAULT_SEGMENT_BYTES, MAX_PAYLOAD,
-                                MAX_USER_TYPE, MIN_USER_TYPE, NONE_BUFFER_BYTES, RECORD_BODY, RECORD_CRC,
-                                RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, segment_name)
-from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _Damage,  # noqa: F401 (API)
-                                _iter_records, _recover, _Segment, encode_segment_header)
+from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _recover, _Segment,
+                                encode_segment_header, segment_records)
 
 log = logging.getLogger(__name__)
 
@@ -52,51 +49,8 @@ def _put_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
     buf += payload
 
 
-# ---------------------------------------------------------------------------------------------- consumers
-
-def _load_consumers(fs: FileSystem, path: str) -> dict[str, int]:
-    if not fs.exists(path):
-        return {}
-    try:
-        doc = json.loads(fs.read(path))
-        if doc.get("version") != CONSUMERS_VERSION:
-            raise FormatError(f"{path}: consumers file version {doc.get('version')} is not supported")
-        consumers = doc["consumers"]
-        if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in consumers.items()):
-            raise ValueError("consumer names must be strings and applied LSNs non-negative integers")
-        return dict(consumers)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise WalCorruptionError(path, f"unreadable consumers file ({e})") from None
-
-
-def _save_consumers(fs: FileSystem, directory: str, consumers: dict[str, int]) -> None:
-    """Atomic publish: temp -> fsync -> rename -> fsync(dir). A crash leaves the old or the new file."""
-    path = os.path.join(directory, CONSUMERS_FILE)
-    tmp = path + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)  # left by a crash during an earlier save
-    f = fs.create(tmp)
-    try:
-        f.pwrite(json.dumps({"version": CONSUMERS_VERSION, "consumers": consumers}, sort_keys=True).encode(), 0)
-        f.fsync()
-    finally:
-        f.close()
-    fs.rename(tmp, path)
-    fs.fsync_dir(directory)
-
-
-def _as_int(value) -> int | None:
-    """`value` as an int if it is an integer (numpy ones included) but not a bool, else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def _check_record(rtype, payload) -> tuple[int, bytes]:
-    t = _as_int(rtype)
+    t = as_int(rtype)
     if t is None or not MIN_USER_TYPE <= t <= MAX_USER_TYPE:
         raise ValueError(f"record type must be an int in [{MIN_USER_TYPE}, {MAX_USER_TYPE}], got {rtype!r}")
     if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -154,7 +108,7 @@ class WriteAheadLog:
             self._flusher.start()
 
     def _open(self, repair: bool) -> None:
-        self._consumers = _load_consumers(self._fs, os.path.join(self.directory, CONSUMERS_FILE))
+        self._consumers = load_consumers(self._fs, os.path.join(self.directory, CONSUMERS_FILE))
         segments = _recover(self._fs, self.directory, repair=repair)
         if not segments:
             if self._consumers:
@@ -396,24 +350,10 @@ class WriteAheadLog:
                 self._pins[pin] += 1
         try:
             for seg in segs:
-                yield from self._replay_segment(seg, after_lsn)
+                yield from segment_records(self._fs, seg, after_lsn)
                 pin = self._move_pin(pin, seg.last_lsn + 1)
         finally:
             self._move_pin(pin, None)
-
-    def _replay_segment(self, seg: _Segment, after_lsn: int) -> Iterator[WalRecord]:
-        expected = seg.first_lsn
-        try:
-            for off, lsn, rtype, payload in _iter_records(self._fs, seg.path, SEGMENT_HEADER_SIZE, seg.size):
-                if lsn != expected:
-                    raise _Damage(off, RECORD_HEADER_SIZE + len(payload),
-                                  f"record has LSN {lsn} where {expected} was expected", "hard")
-                expected += 1
-                if lsn > after_lsn:
-                    yield WalRecord(lsn, rtype, bytes(payload))
-        except _Damage as d:
-            raise WalCorruptionError(seg.path, f"{d.reason} (damaged after the log was opened)",
-                                     offset=d.offset, length=d.length) from None
 
     def _move_pin(self, old: int | None, new: int | None) -> int | None:
         with self._lock:
@@ -448,7 +388,7 @@ class WriteAheadLog:
         with self._meta_lock:
             if name not in self._consumers:
                 raise KeyError(f"unknown WAL consumer {name!r}; call register_consumer first")
-            current, value = self._consumers[name], _as_int(lsn)
+            current, value = self._consumers[name], as_int(lsn)
             if value is None or value < current or value > self.last_lsn:
                 raise ValueError(f"applied LSN for {name!r} must be an int in [{current}, {self.last_lsn}] "
                                  f"(it cannot go back, nor past the last LSN), got {lsn!r}")
@@ -462,7 +402,7 @@ class WriteAheadLog:
     def _save(self, consumers: dict[str, int]) -> None:
         with self._lock:
             self._check_usable()
-        _save_consumers(self._fs, self.directory, consumers)
+        save_consumers(self._fs, self.directory, consumers)
         self._consumers = consumers
 
     def purge(self) -> int:

@@ -48,3 +48,38 @@ def test_embedded_and_remote_agree(tmp_path):
             assert np.allclose(a[1], b[1], rtol=1e-6, atol=1e-6)
         else:
             assert a == b
+
+
+def _protocol_methods():
+    import inspect
+    from vdb.api import VectorDB
+    return {n: inspect.signature(f) for n, f in vars(VectorDB).items()
+            if callable(f) and not n.startswith("_")}
+
+
+def test_every_implementation_has_the_protocols_exact_signatures():
+    """The embedded Database, the gRPC Client and the Router take the same arguments, with the same names,
+    kinds and defaults, for every method of vdb.api.VectorDB."""
+    import inspect
+    from vdb.service.router import Router
+    methods = _protocol_methods()
+    assert {"upsert", "delete", "search", "get", "create_collection", "flush", "close"} <= set(methods)
+    for cls in (vdb.Database, vdb.Client, Router):
+        for name, want in methods.items():
+            got = list(inspect.signature(getattr(cls, name)).parameters.values())
+            expect = list(want.parameters.values())
+            # an implementation may add keyword-only options with defaults after the interface's parameters
+            extra = got[len(expect):]
+            assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in extra), f"{cls.__name__}.{name}"
+            assert [(p.name, p.kind, p.default) for p in got[:len(expect)]] == \
+                   [(p.name, p.kind, p.default) for p in expect], f"{cls.__name__}.{name}"
+            assert getattr(cls, name).__doc__, f"{cls.__name__}.{name} has no docstring"
+
+
+def test_implementations_are_vector_dbs(tmp_path):
+    local = vdb.connect(tmp_path / "d")
+    try:
+        with vdb.Client("127.0.0.1:1") as remote:  # a channel connects lazily: nothing is called here
+            assert isinstance(local, vdb.VectorDB) and isinstance(remote, vdb.VectorDB)
+    finally:
+        local.close()

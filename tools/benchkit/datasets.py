@@ -1,6 +1,6 @@
 """Benchmark datasets, cached as .npy under bench-data/ (git-ignored), and their exact ground truth.
 
-synthetic: `vdb.synthetic.clustered` (base) and `clustered_queries` (queries from the same mixture), with the
+synthetic: `vdb.inputs.synthetic.clustered` (base) and `clustered_queries` (queries from the same mixture), with the
 mixture fixed at 1,000 clusters. Smaller scales (100K, 300K) are prefixes of the 1M base, so all three sizes
 share one distribution and one query set.
 
@@ -63,7 +63,7 @@ def synthetic(cache: Path, n: int, nq: int, dim: int = 128, full_n: int = 1_000_
         base_path = cache / f"clustered-{n}x{dim}-prefix.npy"
         _cached(base_path, lambda: np.ascontiguousarray(full[:n]))
     base = np.load(base_path)
-    desc = (f"vdb.synthetic clustered: {n:,} x {dim} (prefix of clustered({full_n:_}, {dim}, n_clusters=1000)), "
+    desc = (f"vdb.inputs.synthetic clustered: {n:,} x {dim} (prefix of clustered({full_n:_}, {dim}, n_clusters=1000)), "
             f"{nq:,} queries clustered({nq:_}, {dim}, n_clusters=1000, stream=2)")
     ds = Dataset(f"synthetic-{n // 1000}k", "l2", base, np.ascontiguousarray(qs), base_path,
                  cache / f"clustered-queries-{nq}x{dim}.npy", description=desc)

@@ -4,7 +4,7 @@ Write path: validate -> WAL append (durable under the collection's policy) -> ap
 acknowledge. Applying puts the vectors in the vector file and the memtable, so a search right after the
 acknowledgement sees them (read-your-writes); the maintenance thread later moves them into postings.
 
-Id maps and payloads changed since the last checkpoint live in two overlay dicts in front of LMDB; a
+The id map and payloads changed since the last checkpoint live in front of LMDB (idmap.py); a
 checkpoint writes them, the index arrays and the LSN it covers in one LMDB transaction, after which the WAL
 below that LSN may be purged. Recovery loads the checkpoint and replays the WAL after it through the same
 apply code, so a process killed at any moment reopens to exactly its acknowledged writes.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index import SearchParams, SearchStats, kernels
+from index import SearchParams, SearchStats
+from index.kernels import merge_candidates
 from index.distance import as_matrix, from_kernel, prepare_base
 from index.mutable import MutableSpannIndex
 from index.rowstate import is_live
@@ -32,6 +33,7 @@ from vdb.engine.maintenance import Maintainer
 from vdb.engine.memtable import Memtable, search_exact
 from vdb.query.payloads import PayloadIndex
 from vdb.engine.explain import Explain
+from vdb.engine.idmap import IdMap
 from vdb.api import Record
 from vdb.engine.validate import check_ids, check_payloads
 
@@ -45,8 +47,7 @@ class Collection:
         self.path: Path = index.path
         self.dim, self.metric = index.dim, index.metric
         self.memtable = Memtable()
-        self._ids: dict[int, int] = {}               # ext id -> row (-1: deleted) since the last checkpoint
-        self._payloads: dict[int, dict | None] = {}  # ext id -> payload (None: none) since the last checkpoint
+        self.idmap = IdMap(index)
         self._pindex: PayloadIndex | None = None
         self._seq = threading.Condition()
         self._throttle = threading.Condition()
@@ -130,31 +131,23 @@ class Collection:
             if isinstance(op, walcodec.Upsert):
                 rows = idx.add_rows(op.vectors, op.ids)
                 payloads = op.payloads or [None] * len(rows)
-                self._ids.update(zip(op.ids.tolist(), rows.tolist()))
-                self._payloads.update(zip(op.ids.tolist(), payloads))
+                self.idmap.upserted(op.ids, rows, payloads)
                 self.memtable.add(rows, op.vectors)
                 self.live += len(rows) - n_old
                 if self._pindex is not None:
                     self._pindex.set_rows(rows, payloads, idx.n_rows)
             else:
                 gone = op.ids[had].tolist()
-                self._ids.update(dict.fromkeys(gone, -1))
-                self._payloads.update(dict.fromkeys(gone, None))
+                self.idmap.deleted(gone)
                 self.live -= n_old
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Row of each external id, -1 if absent. The overlay wins over LMDB (it is newer)."""
-        out = np.fromiter((self._ids.get(e, -2) for e in ids.tolist()), np.int64, len(ids))
-        miss = out == -2
-        if miss.any():
-            out[miss] = self.index.committed_rows(ids[miss])
-        return out
+        """Row of each external id, -1 if absent."""
+        return self.idmap.rows_of(ids)
 
     def meta_ids(self):
         """Every (external id, row) the id map holds now: LMDB overlaid with the changes since the checkpoint."""
-        merged = dict(self.index.iter_committed_ids())
-        merged.update(self._ids)
-        return [(e, r) for e, r in merged.items() if r >= 0]
+        return self.idmap.live_items()
 
     def _wait_for_room(self, timeout: float | None = None) -> None:
         """Throttle writers while maintenance is behind, instead of failing them or growing RAM forever."""
@@ -226,7 +219,7 @@ class Collection:
             ann_rows, ann_d = np.full((len(qs), 0), -1, np.int64), np.full((len(qs), 0), np.inf, np.float32)
             ex.path = "memtable-only"
         mem_rows, mem_d = search_exact(mem, qs, k, self.metric, state, allow)
-        rows, d = merge_topk(ann_rows, ann_d, mem_rows, mem_d, k)
+        rows, d = merge_candidates(ann_rows, ann_d, mem_rows, mem_d, k)
         ex.postings_probed += st.postings_probed
         ex.records_scanned += st.records_scanned
         ex.bytes_read += st.bytes_read
@@ -254,11 +247,7 @@ class Collection:
         """First filtered search: index every live payload (LMDB, then the newer overlay)."""
         with self.index.lock:
             pi = PayloadIndex(self.index.n_rows)
-            ext2row = dict(self.index.iter_committed_ids())
-            ext2row.update(self._ids)
-            stored = {e: p for e, p in self.index.iter_committed_payloads()}
-            stored.update(self._payloads)
-            items = [(ext2row[e], p) for e, p in stored.items() if p is not None and ext2row.get(e, -1) >= 0]
+            items = self.idmap.live_payload_rows()
             pi.set_rows([r for r, _ in items], [p for _, p in items], self.index.n_rows)
             self._pindex = pi
 
@@ -275,7 +264,7 @@ class Collection:
     def merge_unindexed(self, view, q: np.ndarray, k: int, state: np.ndarray, allow, rows: np.ndarray,
                         dists: np.ndarray):
         mem_rows, mem_d = search_exact(view, q, k, self.metric, state, allow)
-        return merge_topk(rows, dists, mem_rows, mem_d, k)
+        return merge_candidates(rows, dists, mem_rows, mem_d, k)
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
         return self.index.vectors_of(rows)
@@ -297,13 +286,9 @@ class Collection:
         with self.index.lock:
             rows = self.rows_of(ids)
             found = rows >= 0
-            payloads = [self._payloads.get(e, _MISSING) for e in ids[found].tolist()]
+            overlay = self.idmap.overlay_payloads(ids[found].tolist())
         vecs = self.index.vectors_of(rows[found])
-        need = [i for i, p in enumerate(payloads) if p is _MISSING]
-        if need:
-            fetched = self.index.committed_payloads(ids[found][need])
-            for i, p in zip(need, fetched):
-                payloads[i] = p
+        payloads = self.idmap.payloads_of(ids[found], overlay)
         return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
 
     def count(self) -> int:
@@ -319,7 +304,7 @@ class Collection:
                 fields, arrays = idx.snapshot()
                 lsn = self.applied_lsn
                 arrays["pending"] = self.memtable.rows()
-                ids, payloads = dict(self._ids), dict(self._payloads)
+                ids, payloads = self.idmap.changes()
                 live = self.live
             if lsn == self.checkpoint_lsn and not ids and not payloads and not self._index_changed(fields):
                 return lsn
@@ -331,12 +316,7 @@ class Collection:
                              id_deletes=np.array([e for e, r in ids.items() if r < 0], np.int64),
                              payload_puts=(np.array(list(payloads), np.int64), list(payloads.values())))
             with idx.lock:  # drop what is now in LMDB, unless it changed meanwhile
-                for e, r in ids.items():
-                    if self._ids.get(e) == r:
-                        del self._ids[e]
-                for e, p in payloads.items():
-                    if e in self._payloads and self._payloads[e] is p:
-                        del self._payloads[e]
+                self.idmap.committed(ids, payloads)
             self.checkpoint_lsn = lsn
             self.maintainer.checkpointed()
         self.wal.mark_applied(CONSUMER, lsn)
@@ -403,16 +383,3 @@ class Collection:
             self.index.close()
 
 
-_MISSING = object()
-
-
-def merge_topk(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray, k: int):
-    """Per query, the k nearest distinct rows of two candidate lists (a row may be in both)."""
-    nq = max(len(r1), len(r2))
-    rows, d = np.empty((nq, k), np.int64), np.empty((nq, k), np.float32)
-    if r2.shape[1] == 0:
-        r2, d2 = np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
-    if r1.shape[1] == 0:
-        r1, d1 = np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
-    kernels.merge_topk(r1, d1, r2, d2, k, rows, d)
-    return rows, d

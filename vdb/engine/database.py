@@ -45,6 +45,11 @@ def public(fn):
 
 
 class Database:
+    """The embedded engine: every collection of one data directory, in this process (`vdb.connect(path)`).
+
+    Implements the VectorDB interface (vdb/api.py); the gRPC server serves exactly this object. Holds the
+    directory's exclusive lock until close()."""
+
     def __init__(self, path: str | os.PathLike, settings):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -128,10 +133,12 @@ class Database:
 
     @public
     def list_collections(self) -> list[str]:
+        """Names of every collection, sorted."""
         return self.catalog.names()
 
     @public
     def describe_collection(self, name: str) -> dict:
+        """name, dim, metric, count, path, durability, build_params, heads."""
         c = self._get(name)
         return {"name": name, "dim": c.dim, "metric": c.metric.value, "count": c.live,
                 "path": str(c.path), "durability": c.settings["durability"],
@@ -139,6 +146,7 @@ class Database:
 
     @public
     def drop_collection(self, name: str) -> None:
+        """Delete a collection: it leaves the catalog first, then its files are removed."""
         with self._mutex:
             c = self._get(name)
             del self._collections[name]
@@ -179,10 +187,12 @@ class Database:
 
     @public
     def count(self, name: str) -> int:
+        """Live vectors in the collection."""
         return self._get(name).count()
 
     @public
     def stats(self, name: str) -> dict:
+        """Counters of the collection: rows, backlog, WAL, maintenance, index, cache."""
         return self._get(name).stats()
 
     @public
@@ -199,13 +209,13 @@ class Database:
 
     @public
     def check(self, name: str | None = None) -> list[dict]:
-        """Verify checksums and invariants of one collection (or all); see vdb/check.py."""
+        """Verify checksums and invariants of one collection (or all); see vdb/engine/check.py."""
         from vdb.engine.check import check_collection
         names = [name] if name is not None else self.list_collections()
         return [check_collection(self._get(n)) for n in names]
 
     @public
-    def close(self, checkpoint: bool = True) -> None:
+    def close(self, *, checkpoint: bool = True) -> None:
         """Stop background work and release the directory. checkpoint=False skips the final checkpoint: the
         next open replays the WAL instead (what happens after a crash)."""
         with self._mutex:

@@ -236,5 +236,5 @@ def synthetic_dataset(n: int = 20_000, nq: int = 1_000, dim: int = 64, clusters:
         base=base, queries=queries,
         base_labels=mix.labels_for(base).astype(np.int32), query_labels=mix.labels_for(queries).astype(np.int32),
         metric="l2",
-        description=f"vdb.synthetic.ClusteredMixture(dim={dim}, n_clusters={clusters}, seed={seed}, "
+        description=f"vdb.inputs.synthetic.ClusteredMixture(dim={dim}, n_clusters={clusters}, seed={seed}, "
                     f"spread={spread:g}): {n} base / {nq} query vectors; label = nearest mixture centre")

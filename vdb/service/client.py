@@ -29,6 +29,12 @@ def _error(e: grpc.RpcError) -> VdbError:
 
 
 class Client:
+    """The VectorDB interface (vdb/api.py) over gRPC: `vdb.Client("host:port", api_key=...)`.
+
+    `timeout` is the default deadline of every call (upsert and delete take their own); `retries` applies to
+    UNAVAILABLE on calls that are safe to repeat (see the module docstring); TLS with `tls=True` or
+    `root_certificates`."""
+
     def __init__(self, target: str, api_key: str | None = None, *, tls: bool = False,
                  root_certificates: bytes | None = None, timeout: float | None = 60.0, retries: int = 3,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE):
@@ -59,6 +65,7 @@ class Client:
     # -- collections ------------------------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
                           **options) -> dict:
+        """As VectorDB.create_collection (never retried: a retry could race a drop)."""
         durability = options.pop("durability", None)
         if durability is not None and durability not in convert.DURABILITY_ENUM:
             options["durability"] = durability  # the server rejects it with the embedded message

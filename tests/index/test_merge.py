@@ -1,8 +1,8 @@
-"""merge_topk: the k nearest distinct rows of the index's and the memtable's candidates."""
+"""merge_candidates: the k nearest distinct rows of two candidate lists (the index's and the memtable's)."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from vdb.engine.collection import merge_topk
+from index.kernels import merge_candidates as merge_topk
 
 
 def _reference(r1, d1, r2, d2, k):

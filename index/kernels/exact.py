@@ -1,0 +1,101 @@
+"""Small exact kernels: the cache's nearest-key scan, merging two candidate lists, the memtable's top-k."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def nearest_key(keys, norms, slots, sigs, n, q, qnorm, sig):
+    """(index, squared L2) of the nearest of keys[:n] whose slot is live (>= 0) and whose sigs equals sig, or
+    (-1, inf). One pass, no temporaries: the semantic cache calls it on every lookup."""
+    best, bi = np.inf, -1
+    dim = q.shape[0]
+    for i in range(n):
+        if slots[i] < 0 or sigs[i] != sig:
+            continue
+        dot = 0.0
+        for j in range(dim):
+            dot += keys[i, j] * q[j]
+        d = norms[i] + qnorm - 2.0 * dot
+        if d < best:
+            best, bi = d, i
+    return bi, best
+
+
+@njit(nogil=True, cache=True)
+def merge_topk(r1, d1, r2, d2, k, out_r, out_d):
+    """Per query, the k nearest distinct rows of two candidate lists (-1 / inf entries ignored; a row in both
+    keeps its smaller distance). Ties in distance go to the smaller row id. Fills out_r / out_d [nq, k]."""
+    n1, n2 = r1.shape[1], r2.shape[1]
+    cr = np.empty(n1 + n2, np.int64)
+    cd = np.empty(n1 + n2, np.float64)
+    for q in range(out_r.shape[0]):
+        m = 0
+        for j in range(n1):
+            if r1[q, j] >= 0 and d1[q, j] < np.inf:
+                cr[m], cd[m] = r1[q, j], d1[q, j]
+                m += 1
+        for j in range(n2):
+            if r2[q, j] >= 0 and d2[q, j] < np.inf:
+                cr[m], cd[m] = r2[q, j], d2[q, j]
+                m += 1
+        by_row = np.argsort(cr[:m], kind="mergesort")
+        ur = np.empty(m, np.int64)
+        ud = np.empty(m, np.float64)
+        u = 0
+        for j in range(m):  # one entry per row, its smallest distance
+            i = by_row[j]
+            if u and ur[u - 1] == cr[i]:
+                if cd[i] < ud[u - 1]:
+                    ud[u - 1] = cd[i]
+            else:
+                ur[u], ud[u] = cr[i], cd[i]
+                u += 1
+        by_d = np.argsort(ud[:u], kind="mergesort")
+        t = min(k, u)
+        for j in range(t):
+            out_r[q, j], out_d[q, j] = ur[by_d[j]], ud[by_d[j]]
+        for j in range(t, k):
+            out_r[q, j], out_d[q, j] = -1, np.inf
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d):
+    """Exact top-k of a few rows (the memtable between maintenance steps): kernel distances (squared L2 or
+    -dot) computed directly, dead rows skipped, ties to the earlier row. Fills out_r / out_d [nq, k]."""
+    n, dim = vecs.shape
+    d = np.empty(n, np.float64)
+    for q in range(qs.shape[0]):
+        for i in range(n):
+            if dead[i]:
+                d[i] = np.inf
+                continue
+            acc = 0.0
+            if is_l2:
+                for j in range(dim):
+                    t = vecs[i, j] - qs[q, j]
+                    acc += t * t
+            else:
+                for j in range(dim):
+                    acc -= vecs[i, j] * qs[q, j]
+            d[i] = acc
+        order = np.argsort(d, kind="mergesort")
+        for j in range(k):
+            if j < n and d[order[j]] < np.inf:
+                out_r[q, j], out_d[q, j] = rows[order[j]], d[order[j]]
+            else:
+                out_r[q, j], out_d[q, j] = -1, np.inf
+
+
+def merge_candidates(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray, k: int):
+    """Per query, the k nearest distinct rows of two candidate lists [nq, n1] / [nq, n2] (a row may be in both;
+    either list may have no columns): (rows int64 [nq, k] padded -1, distances float32 [nq, k] padded inf)."""
+    nq = max(len(r1), len(r2))
+    rows, d = np.empty((nq, k), np.int64), np.empty((nq, k), np.float32)
+    if r2.shape[1] == 0:
+        r2, d2 = np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
+    if r1.shape[1] == 0:
+        r1, d1 = np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
+    merge_topk(r1, d1, r2, d2, k, rows, d)
+    return rows, d

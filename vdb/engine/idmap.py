@@ -1,0 +1,81 @@
+"""The id map and payloads of a collection: external id -> row and external id -> payload.
+
+The committed state lives in LMDB (written by each checkpoint, read through the index's committed_* methods);
+the changes since the last checkpoint live in two overlay dicts in front of it, which win because they are
+newer. Not thread-safe by itself: the collection calls it under the index's lock.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_MISSING = object()
+UNKNOWN = -2  # internal: "not in the overlay, ask LMDB"
+
+
+class IdMap:
+    def __init__(self, index):
+        self._index = index                           # MutableSpannIndex: the committed id map and payloads
+        self._rows: dict[int, int] = {}               # ext id -> row (-1: deleted) since the last checkpoint
+        self._payloads: dict[int, dict | None] = {}   # ext id -> payload (None: none) since the last checkpoint
+
+    # -- changes (the write path, in LSN order) ---------------------------------------------------------
+    def upserted(self, ext_ids: np.ndarray, rows: np.ndarray, payloads: list) -> None:
+        self._rows.update(zip(ext_ids.tolist(), rows.tolist()))
+        self._payloads.update(zip(ext_ids.tolist(), payloads))
+
+    def deleted(self, ext_ids: list[int]) -> None:
+        self._rows.update(dict.fromkeys(ext_ids, -1))
+        self._payloads.update(dict.fromkeys(ext_ids, None))
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def rows_of(self, ext_ids: np.ndarray) -> np.ndarray:
+        """Row of each external id, -1 if absent."""
+        out = np.fromiter((self._rows.get(e, UNKNOWN) for e in ext_ids.tolist()), np.int64, len(ext_ids))
+        miss = out == UNKNOWN
+        if miss.any():
+            out[miss] = self._index.committed_rows(ext_ids[miss])
+        return out
+
+    def overlay_payloads(self, ext_ids: list[int]) -> list:
+        """Payloads changed since the checkpoint, MISSING where only LMDB knows (see payloads_of)."""
+        return [self._payloads.get(e, _MISSING) for e in ext_ids]
+
+    def payloads_of(self, ext_ids: np.ndarray, overlay: list) -> list[dict | None]:
+        """Fill the MISSING entries of `overlay` (from overlay_payloads) from LMDB."""
+        need = [i for i, p in enumerate(overlay) if p is _MISSING]
+        out = list(overlay)
+        if need:
+            for i, p in zip(need, self._index.committed_payloads(ext_ids[need])):
+                out[i] = p
+        return out
+
+    def live_items(self) -> list[tuple[int, int]]:
+        """Every (external id, row) of a live id: LMDB overlaid with the changes since the checkpoint."""
+        merged = dict(self._index.iter_committed_ids())
+        merged.update(self._rows)
+        return [(e, r) for e, r in merged.items() if r >= 0]
+
+    def live_payload_rows(self) -> list[tuple[int, dict]]:
+        """(row, payload) of every live id that has a payload (what the payload index is built from)."""
+        ext2row = dict(self._index.iter_committed_ids())
+        ext2row.update(self._rows)
+        stored = dict(self._index.iter_committed_payloads())
+        stored.update(self._payloads)
+        return [(ext2row[e], p) for e, p in stored.items() if p is not None and ext2row.get(e, -1) >= 0]
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def changes(self) -> tuple[dict[int, int], dict[int, dict | None]]:
+        """Copies of the overlays, for a checkpoint to commit."""
+        return dict(self._rows), dict(self._payloads)
+
+    def committed(self, rows: dict[int, int], payloads: dict[int, dict | None]) -> None:
+        """A checkpoint stored these changes: drop them from the overlays, unless they changed meanwhile."""
+        for e, r in rows.items():
+            if self._rows.get(e) == r:
+                del self._rows[e]
+        for e, p in payloads.items():
+            if e in self._payloads and self._payloads[e] is p:
+                del self._payloads[e]
+
+    def __len__(self) -> int:
+        return len(self._rows)

@@ -1,7 +1,7 @@
 """Parameters: build-time knobs (persisted with the index, immutable) apart from query-time knobs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 
 import numpy as np
@@ -115,11 +115,12 @@ class SearchParams:
         return f"max({RERANK_PER_K}k, {RERANK_MIN})"
 
     def replace(self, **changes) -> "SearchParams":
-        """A copy with some knobs changed (the only way knobs change: a new field can never shift silently)."""
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise InvalidParameterError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
-        return replace(self, **changes)
+        """A copy with some knobs changed (the only way knobs change: a new field can never shift silently).
+        Runs on every search, so it copies the field dict instead of calling dataclasses.replace (3x slower)."""
+        if not changes.keys() <= _SEARCH_FIELDS:
+            unknown = sorted(set(changes) - _SEARCH_FIELDS)
+            raise InvalidParameterError(f"unknown search parameter(s): {', '.join(unknown)}")
+        return SearchParams(**{**self.__dict__, **changes})
 
     def resolved(self, k: int) -> "SearchParams":
         if self.nprobe < 1:
@@ -130,4 +131,7 @@ class SearchParams:
             raise InvalidParameterError("rerank_k and ef_search must be >= 0")
         rerank = self.rerank_k or max(RERANK_PER_K * k, RERANK_MIN)
         ef = self.ef_search or max(EF_PER_NPROBE * self.nprobe, EF_MIN)
-        return replace(self, rerank_k=max(rerank, k), ef_search=ef)
+        return self.replace(rerank_k=max(rerank, k), ef_search=ef)
+
+
+_SEARCH_FIELDS = frozenset(f.name for f in fields(SearchParams))

@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    args.index, args.queries = str(Path(args.index).resolve()), str(Path(args.queries).resolve())
     old_dir = Path(tempfile.mkdtemp()) / "old"
     subprocess.run(["git", "worktree", "add", "-q", "--detach", str(old_dir), args.old], cwd=ROOT, check=True)
     runs: dict[str, list] = {}

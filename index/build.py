@@ -28,7 +28,7 @@ from index.quantize import Int8Quantizer
 from index.types import BuildParams, Metric
 from storage import IndexDir
 from storage.fileio import publish_dir
-from storage.indexdir import FORMAT_NAME, FORMAT_VERSION
+from storage.indexdir import BUILD_SUFFIX, FORMAT_NAME, FORMAT_VERSION, check_replaceable, remove_stale_builds
 
 log = logging.getLogger(__name__)
 CHUNK = 65536
@@ -147,27 +147,43 @@ def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildPa
     params = params.resolved(dim)
     metric = Metric.parse(params.metric)
     ext_ids = validate_ids(ids, n) if ids is not None else np.arange(n, dtype=np.int64)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InvalidParameterError(f"{out_dir} already exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.build-{uuid.uuid4().hex[:8]}"
+    out_dir = prepare_output(out_dir, overwrite)
+    tmp = out_dir.parent / f".{out_dir.name}{BUILD_SUFFIX}{uuid.uuid4().hex[:8]}"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     d = IndexDir.create(tmp, dim)
     try:
         summary = _build_into(d, source, ext_ids, params, metric, progress, timings)
         d.vectors.finish(), d.heads.finish(), d.postings.finish()
-        d.close()
+        d.close(release_lock=False)  # held until published: a concurrent build's sweep must not take it
+        publish_dir(tmp, out_dir, overwrite=overwrite)
     except BaseException:
         d.close()
         _remove_tree(tmp)
         raise
-    publish_dir(tmp, out_dir, overwrite=overwrite)
+    finally:
+        d.lock.close()
     timings["total"] = round(time.perf_counter() - t0, 3)
     summary["timings_s"] = timings
     summary["path"] = str(out_dir)
     return summary
+
+
+def prepare_output(out_dir, overwrite: bool) -> Path:
+    """Check, before any work, that `out_dir` may be written: absent, or replaceable with `overwrite` (no process
+    has it open, no collection's WAL in it). Removes the leftovers of builds of it that died. Shared with the
+    distributed build."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not overwrite:
+            raise InvalidParameterError(f"{out_dir} already exists; pass --overwrite to replace it")
+        if not out_dir.is_dir():
+            raise InvalidParameterError(f"{out_dir} exists and is not a directory")
+        check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_builds(out_dir):
+        log.warning("removed %s, left by a build that did not finish", stale)
+    return out_dir
 
 
 def _remove_tree(path: Path) -> None:

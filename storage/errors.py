@@ -42,5 +42,11 @@ class LockedError(StorageError):
     hint = "stop the other process (server or build) that has this directory open, then retry"
 
 
+class InUseError(StorageError):
+    """A directory that must not be replaced: it holds data an engine still needs (e.g. a collection's WAL)."""
+
+    hint = "drop the collection from its data directory first, or choose another output directory"
+
+
 class MetaStoreError(StorageError):
     """The LMDB metadata store failed (full map, unreadable environment, ...)."""

@@ -12,6 +12,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from storage.lock import DirLock
+
 
 def fsync_path(path: str | os.PathLike) -> None:
     """fsync a file or directory by path."""
@@ -76,16 +78,19 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, *, ove
     if final_dir.exists():
         if not overwrite:
             raise FileExistsError(f"{final_dir} already exists (pass overwrite=True / --overwrite to replace it)")
-        if _exchange(tmp_dir, final_dir):
+        # The old directory's lock, held across the swap: a server or reader that has it open makes this a
+        # LockedError, and none can open it while it is being replaced.
+        with DirLock(final_dir, exclusive=True):
+            if _exchange(tmp_dir, final_dir):
+                fsync_dir(final_dir.parent)
+                shutil.rmtree(tmp_dir)  # now holds the old content
+                return
+            # Fallback without renameat2: a short window where final_dir is absent (old copy kept aside).
+            aside = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(final_dir, aside)
+            os.rename(tmp_dir, final_dir)
             fsync_dir(final_dir.parent)
-            shutil.rmtree(tmp_dir)  # now holds the old content
+            shutil.rmtree(aside)
             return
-        # Fallback without renameat2: a short window where final_dir is absent (old copy kept aside).
-        aside = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final_dir, aside)
-        os.rename(tmp_dir, final_dir)
-        fsync_dir(final_dir.parent)
-        shutil.rmtree(aside)
-        return
     os.rename(tmp_dir, final_dir)
     fsync_dir(final_dir.parent)

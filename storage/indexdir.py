@@ -5,22 +5,26 @@
     DIR/vectors.f32   full-precision rows by internal id (storage.vectors)
     DIR/heads.f32     head (centroid) rows by posting id, same format
     DIR/postings.dat  INT8 posting extents (storage.postings)
+    DIR/wal/          a collection's write-ahead log (storage.wal), once the directory is served as one
 
 This is the narrow port through which the index layer reaches storage.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from storage.crashpoints import crashpoint
-from storage.errors import FormatError
+from storage.errors import FormatError, InUseError, LockedError
 from storage.lock import DirLock
+from storage.wal.format import SEGMENT_HEADER_SIZE
 from storage.meta import MetaStore
 from storage.postings import PostingStore
 from storage.vectors import VectorFile
 
-META, VECTORS, HEADS, POSTINGS = "meta", "vectors.f32", "heads.f32", "postings.dat"
+META, VECTORS, HEADS, POSTINGS, WAL = "meta", "vectors.f32", "heads.f32", "postings.dat", "wal"
+BUILD_SUFFIX = ".build-"  # a build writes into .<name>.build-<id> beside its output, then renames it
 FORMAT_NAME = "vdb-index"
 FORMAT_VERSION = 1
 
@@ -135,6 +139,39 @@ class IndexDir:
         old, self.postings = self.postings, new
         return old
 
-    def close(self) -> None:
-        for thing in (self.postings, self.heads, self.vectors, self.meta, self.lock):
+    def close(self, *, release_lock: bool = True) -> None:
+        """Close every file; with release_lock=False the caller keeps (and later closes) `self.lock`, e.g. a build
+        that must hold its temporary directory until it is published."""
+        for thing in (self.postings, self.heads, self.vectors, self.meta):
             thing.close()
+        if release_lock:
+            self.lock.close()
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace a directory that another process holds open (LockedError naming its pid) or that holds
+    a collection's write-ahead log with records: it is served as a collection, and replacing it would silently
+    drop acknowledged writes."""
+    with DirLock(path, exclusive=True):
+        wal = path / WAL
+        logged = [f for f in wal.glob("wal-*.log") if f.stat().st_size > SEGMENT_HEADER_SIZE] \
+            if wal.is_dir() else []
+        if logged:
+            raise InUseError(f"{path} holds a collection's write-ahead log ({len(logged)} segment(s) with "
+                             f"records): it is, or was, attached to a data directory as a collection")
+
+
+def remove_stale_builds(out_dir: Path) -> list[Path]:
+    """Delete the temporary directories of builds of `out_dir` that died (a live build holds its lock)."""
+    removed = []
+    for tmp in out_dir.parent.glob(f".{out_dir.name}{BUILD_SUFFIX}*"):
+        try:
+            lock = DirLock(tmp, exclusive=True)
+        except (LockedError, OSError):
+            continue  # a build in progress (or not ours to touch)
+        try:
+            shutil.rmtree(tmp)
+            removed.append(tmp)
+        finally:
+            lock.close()
+    return removed

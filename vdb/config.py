@@ -19,6 +19,7 @@ class Setting:
     default: Any
     help: str
     check: Callable[[Any], bool] = lambda v: True
+    secret: bool = False  # never printed, logged, returned or put in an error message
 
 
 def _positive(v) -> bool:
@@ -66,18 +67,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 50051, "gRPC port (0 picks a free one)", lambda v: 0 <= v < 65536),
     Setting("max_message_mb", 64, "largest gRPC message accepted or sent", _positive),
     Setting("workers", 16, "gRPC worker threads", _positive),
-    Setting("api_key", "", "if set, every RPC but health needs `authorization: Bearer <key>`"),
-    Setting("read_only_api_key", "", "a key that may only read (search, get, count, stats, list, describe)"),
+    Setting("api_key", "", "if set, every RPC but health needs `authorization: Bearer <key>`", secret=True),
+    Setting("read_only_api_key", "", "a key that may only read (search, get, count, stats, list, describe)",
+            secret=True),
     Setting("tls_cert", "", "PEM certificate file; with tls_key, serve TLS"),
     Setting("tls_key", "", "PEM private key file"),
     Setting("metrics_port", 0, "Prometheus /metrics port (0 = off)", lambda v: 0 <= v < 65536),
     Setting("grace_s", 10.0, "graceful shutdown: seconds to drain in-flight RPCs", _positive),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+# Stored with each collection (its manifest) and changeable per collection at creation:
 COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
-                       "compact_min_mb",
-                       "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
+                       "compact_min_mb", "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
+# Everything a collection reads: its own settings plus the database-wide request limits and operator options.
+# A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
+ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows")
+SECRETS = frozenset(s.name for s in SETTINGS if s.secret)
+
+
+def redacted(settings) -> dict:
+    """The settings with every secret replaced by "<redacted>" (for logs and reports)."""
+    return {k: ("<redacted>" if k in SECRETS and v else v) for k, v in dict(settings).items()}
 
 
 PROCESS_SETTINGS = ("faiss_threads", "gil_switch_ms")  # process-wide: applied by entry points, never by connect()
@@ -105,10 +116,14 @@ def _coerce(setting: Setting, value: Any) -> Any:
             value = float(value)
         elif kind is str:
             value = str(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"setting {setting.name}: {value!r} is not a {kind.__name__}") from None
+    except (TypeError, ValueError, OverflowError):
+        shown = "the value" if setting.secret else repr(value)
+        raise InvalidArgumentError(f"setting {setting.name}: {shown} is not a {kind.__name__}") from None
+    if kind is float and value != value:  # NaN passes every comparison-based check
+        raise InvalidArgumentError(f"setting {setting.name}: NaN is not allowed ({setting.help})")
     if not setting.check(value):
-        raise InvalidArgumentError(f"setting {setting.name}: {value!r} is not allowed ({setting.help})")
+        shown = "the value" if setting.secret else repr(value)
+        raise InvalidArgumentError(f"setting {setting.name}: {shown} is not allowed ({setting.help})")
     return value
 
 

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from index.build import (HeadSpaceView, ProgressFactory, _null_progress, build_head_index, quantizer_sample_rows,
-                         train_heads, validate_ids)
+from index.build import (HeadSpaceView, ProgressFactory, _null_progress, build_head_index, prepare_output,
+                         quantizer_sample_rows, train_heads, validate_ids)
 from index.distributed.merge import committed_stats, merge
 from index.distributed.partition import Partition, PartitionWorker, StoredView, WorkerSpec, split_rows
 from index.distributed.staging import Plan, Progress, Staging, fingerprint
@@ -65,12 +65,9 @@ def build_index_ray(input_path: str | os.PathLike, out_dir: str | os.PathLike, *
     params = params.resolved(dim)
     metric = Metric.parse(params.metric)
     ext_ids = validate_ids(ids, n) if ids is not None else np.arange(n, dtype=np.int64)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InvalidParameterError(f"{out_dir} already exists; pass --overwrite to replace it")
+    out_dir = prepare_output(out_dir, overwrite)
     _check_knobs(workers, partition_rows, head_sample)
     parts = split_rows(n, partition_rows)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Staging.for_output(out_dir)
     fp = fingerprint(input_path, source, reader, None if ids is None else ext_ids, params.to_dict(),
                      partition_rows, head_sample)

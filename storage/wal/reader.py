@@ -1,11 +1,9 @@
-"""Reading and recovering the write-ahead log (spec: docs/wal_format.md): segment listing, record iteration,
-and the recovery rules that tell a torn final write (a clean end of log) from corruption (an error naming the
-file, offset and bytes, or a loud truncation with repair=True).
+"""Reading the write-ahead log (spec: docs/wal_format.md): segment headers, record iteration and validation, and
+the search for a valid record behind damage. Recovery's rules live in recovery.py.
 """
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
@@ -15,8 +13,7 @@ import numpy as np
 from storage.errors import CorruptionError, FormatError, StorageError
 from storage.wal.fs import FileSystem
 from storage.wal.format import (LSN_OFFSET, MAGIC, MAX_PAYLOAD, MAX_USER_TYPE, MIN_USER_TYPE, RECORD_BODY,
-                                RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER, SEGMENT_HEADER_SIZE,
-                                SEGMENT_NAME, VERSION)
+                                RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER, SEGMENT_HEADER_SIZE, VERSION)
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20  # recovery and replay read segments in 1 MiB pieces: bounded memory, few syscalls
@@ -170,121 +167,3 @@ def _valid_record_after(tail: bytes, min_lsn: int) -> int | None:
         hits = np.flatnonzero((lsns >= min_lsn) & (lsns <= max_lsn))
         candidates.extend((first + 8 * hits).tolist())
     return next((off for off in sorted(candidates) if _record_ok(tail, off)), None)
-
-
-# ---------------------------------------------------------------------------------------------- recovery
-
-def _list_segments(fs: FileSystem, directory: str) -> list[tuple[int, str]]:
-    found = []
-    for name in fs.listdir(directory):
-        m = SEGMENT_NAME.match(name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(directory, name)))
-        elif name.startswith("wal-"):
-            log.warning("%s: ignoring %s, which is not named like a WAL segment", directory, name)
-    return sorted(found)
-
-
-def _scan_segment(fs: FileSystem, path: str, name_lsn: int, expected: int) -> tuple[_Segment, _Damage | None]:
-    """Validate one segment. The returned segment describes its valid prefix, up to the damage if any."""
-    seg = _Segment(path, name_lsn, name_lsn - 1, SEGMENT_HEADER_SIZE)
-    size = fs.size(path)
-    try:
-        if name_lsn != expected:
-            why = "a segment is missing" if name_lsn > expected else "segments overlap"
-            raise _Damage(0, size, f"LSN gap: the log before this segment ends at LSN {expected - 1} but it "
-                                   f"starts at LSN {name_lsn} ({why})", "gap")
-        first = _parse_segment_header(path, fs.read(path, 0, SEGMENT_HEADER_SIZE))
-        if first != name_lsn:
-            raise _Damage(0, SEGMENT_HEADER_SIZE, f"header says first LSN {first}, file name says {name_lsn}",
-                          "hard")
-        for off, lsn, _rtype, payload in _iter_records(fs, path, SEGMENT_HEADER_SIZE, size):
-            if lsn != seg.last_lsn + 1:
-                raise _Damage(off, RECORD_HEADER_SIZE + len(payload),
-                              f"record has LSN {lsn} where {seg.last_lsn + 1} was expected", "hard")
-            seg.last_lsn, seg.size = lsn, off + RECORD_HEADER_SIZE + len(payload)
-    except _Damage as damage:
-        return seg, damage
-    return seg, None
-
-
-def _is_torn_tail(fs: FileSystem, seg: _Segment, damage: _Damage) -> bool:
-    """Could `damage` in the last segment be a write that never completed? (spec: "Torn tail or corruption")"""
-    if damage.kind == "header":
-        return fs.size(seg.path) <= SEGMENT_HEADER_SIZE  # the creation was torn before any record went in
-    if damage.kind != "record":
-        return False
-    return _valid_record_after(fs.read(seg.path, damage.offset), seg.last_lsn + 1) is None
-
-
-def _cut(fs: FileSystem, seg: _Segment, offset: int) -> None:
-    """Make `offset` the durable end of the segment (rewriting its header if that was damaged)."""
-    f = fs.open(seg.path)
-    try:
-        if offset < SEGMENT_HEADER_SIZE:
-            f.truncate(0)
-            f.pwrite(encode_segment_header(seg.first_lsn), 0)
-            seg.size, seg.last_lsn = SEGMENT_HEADER_SIZE, seg.first_lsn - 1
-        else:
-            f.truncate(offset)
-        f.fsync()
-    finally:
-        f.close()
-
-
-def _repair(fs: FileSystem, directory: str, seg: _Segment, damage: _Damage, later: list[str],
-            first_lost: int) -> bool:
-    """Truncate the log at the damage; return False if the damaged segment itself had to go."""
-    lost = fs.size(seg.path) - damage.offset + sum(fs.size(p) for p in later)
-    last_start = SEGMENT_NAME.match(os.path.basename(later[-1])).group(1).lstrip("0") if later else None
-    for path in reversed(later):  # newest first, one durable step each: a crash here can never leave a hole
-        fs.remove(path)
-        fs.fsync_dir(directory)
-    keep = damage.kind != "gap"
-    if keep:
-        _cut(fs, seg, damage.offset)
-    else:
-        fs.remove(seg.path)
-        fs.fsync_dir(directory)
-    log.error("WAL REPAIR: %s: %s at byte offset %d (%d bytes): truncated the log there, dropping %d bytes "
-              "(the rest of this file and %d later segment file(s)); LSN %d and every later LSN%s are LOST",
-              seg.path, damage.reason, damage.offset, damage.length, lost, len(later), first_lost,
-              f" (the last dropped segment started at LSN {last_start})" if last_start else "")
-    return keep
-
-
-def _corruption(fs: FileSystem, seg: _Segment, damage: _Damage, later: list[str]) -> WalCorruptionError:
-    after = fs.size(seg.path) - damage.offset - damage.length + sum(fs.size(p) for p in later)
-    if damage.kind == "gap":
-        detail = f"{damage.reason}; segments are created in order, so this is not a torn write"
-    else:
-        why = ("the bytes are complete but wrong, which a torn write cannot produce" if damage.kind == "hard"
-               else f"{after} more bytes of log follow it, so it is not a torn final write")
-        detail = f"{damage.reason}; {why} (the last valid record before it is LSN {seg.last_lsn})"
-    return WalCorruptionError(seg.path, detail, offset=damage.offset, length=damage.length)
-
-
-def _recover(fs: FileSystem, directory: str, *, repair: bool = False) -> list[_Segment]:
-    """Validate every segment in LSN order; drop a torn tail; raise (or repair) on corruption."""
-    found = _list_segments(fs, directory)
-    segments: list[_Segment] = []
-    for i, (name_lsn, path) in enumerate(found):
-        expected = segments[-1].last_lsn + 1 if segments else name_lsn
-        seg, damage = _scan_segment(fs, path, name_lsn, expected)
-        if damage is None:
-            segments.append(seg)
-            continue
-        later = [p for _, p in found[i + 1:]]
-        if not later and _is_torn_tail(fs, seg, damage):
-            dropped = fs.size(path) - damage.offset
-            log.warning("%s: %s at byte offset %d: treating it as a torn final write; dropping %d bytes, the log "
-                        "ends at LSN %d", path, damage.reason, damage.offset, dropped, seg.last_lsn)
-            _cut(fs, seg, damage.offset)
-            segments.append(seg)
-            break
-        if not repair:
-            raise _corruption(fs, seg, damage, later)
-        if _repair(fs, directory, seg, damage, later, expected if damage.kind == "gap" else seg.last_lsn + 1):
-            segments.append(seg)
-        break
-    return segments

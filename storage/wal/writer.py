@@ -31,8 +31,9 @@ from storage.wal.format import (CONSUMERS_FILE, DEFAULT_SEGMENT_BYTES, MAX_PAYLO
                                 NONE_BUFFER_BYTES, RECORD_BODY, RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
                                 segment_name)
 from storage.wal.fs import File, FileSystem, RealFS
-from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _recover, _Segment,
-                                encode_segment_header, segment_records)
+from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _Segment, encode_segment_header,
+                                segment_records)
+from storage.wal.recovery import _recover
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,14 @@ class WriteAheadLog:
     `append`/`append_many` are thread-safe and return once their records are durable under `durability`:
     "fsync" (after an fsync that covers them; default), "batch" (after write(2); a background thread fsyncs
     every `batch_delay_ms`) or "none" (in process memory only: unsafe, see docs/wal_format.md). Opening runs
-    recovery, which raises `WalCorruptionError` on damage other than a torn final write unless `repair`.
+    recovery, which raises `WalCorruptionError` on damage other than a torn final write unless `repair`;
+    damage confined to records with LSN <= `covered_lsn` (a checkpoint has them) is dropped with a warning
+    (storage/wal/recovery.py).
     """
 
     def __init__(self, directory: str | os.PathLike, *, durability: str = "fsync", batch_delay_ms: float = 10.0,
-                 segment_bytes: int = DEFAULT_SEGMENT_BYTES, repair: bool = False, fs: FileSystem | None = None):
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES, repair: bool = False, fs: FileSystem | None = None,
+                 covered_lsn: int = 0):
         if durability not in POLICIES:
             raise ValueError(f"durability must be one of {POLICIES}, got {durability!r}")
         if not batch_delay_ms > 0:
@@ -96,7 +100,7 @@ class WriteAheadLog:
         self._fs.makedirs(self.directory)
         self._dir_lock = self._fs.lock(self.directory)
         try:
-            self._open(repair)
+            self._open(repair, covered_lsn)
         except BaseException:
             self._dir_lock.close()
             raise
@@ -107,14 +111,14 @@ class WriteAheadLog:
                                              daemon=True)
             self._flusher.start()
 
-    def _open(self, repair: bool) -> None:
+    def _open(self, repair: bool, covered_lsn: int) -> None:
         self._consumers = load_consumers(self._fs, os.path.join(self.directory, CONSUMERS_FILE))
-        segments = _recover(self._fs, self.directory, repair=repair)
+        segments = _recover(self._fs, self.directory, repair=repair, covered_lsn=covered_lsn)
         if not segments:
             if self._consumers:
                 raise WalCorruptionError(self.directory, f"{CONSUMERS_FILE} exists but there is no segment file; "
                                          "the log was deleted")
-            segments = [self._create_segment(1)]
+            segments = [self._create_segment(1)]  # a new log (a collection with a checkpoint reports the loss)
         self._sealed, self._active = segments[:-1], segments[-1]
         self._file: File = self._fs.open(self._active.path)
         # What recovery read may still sit only in the page cache (the last process died before its fsync):

@@ -1,7 +1,8 @@
 """The catalog of a data directory: which collections exist and where their files are.
 
     DATA/LOCK                  exclusive lock: one server (or embedded process) per data directory
-    DATA/catalog.json          {"collections": {name: {"path": ...}}}, replaced atomically
+    DATA/catalog.json          {"collections": {name: {"path": ...}}, "crc32": CRC of the collections JSON},
+                               replaced atomically; damage is DATA_LOSS naming the file, never a guess
     DATA/collections/<name>/   a collection: an index directory plus its WAL
 
 Names are validated ([A-Za-z0-9_-]{1,64}) before they are ever joined to a path. An attached bulk-built
@@ -14,8 +15,10 @@ import os
 import re
 import shutil
 import uuid
+import zlib
 from pathlib import Path
 
+from storage.errors import CorruptionError
 from storage.fileio import atomic_write_bytes, fsync_dir
 from vdb.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
@@ -29,12 +32,32 @@ def check_name(name) -> str:
     return name
 
 
+def _canonical(entries: dict) -> bytes:
+    return json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _load(path: Path) -> dict[str, dict]:
+    try:
+        doc = json.loads(path.read_bytes())
+        entries = doc["collections"]
+        ok = isinstance(entries, dict) and all(
+            isinstance(n, str) and NAME.fullmatch(n) and isinstance(e, dict) and isinstance(e.get("path"), str)
+            for n, e in entries.items())
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptionError(path, f"unreadable catalog ({type(e).__name__}: {e})") from None
+    if not ok:
+        raise CorruptionError(path, "the catalog does not list collections as {name: {\"path\": ...}}")
+    if "crc32" in doc and doc["crc32"] != zlib.crc32(_canonical(entries)):  # catalogs before checksums have none
+        raise CorruptionError(path, "the catalog fails its checksum")
+    return entries
+
+
 class Catalog:
     def __init__(self, root: Path):
         self.root = root
         (root / "collections").mkdir(parents=True, exist_ok=True)
         path = root / CATALOG
-        self._entries: dict[str, dict] = json.loads(path.read_text())["collections"] if path.exists() else {}
+        self._entries: dict[str, dict] = _load(path) if path.exists() else {}
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -78,7 +101,8 @@ class Catalog:
         shutil.rmtree(trash, ignore_errors=True)
 
     def _save(self) -> None:
-        atomic_write_bytes(self.root / CATALOG, json.dumps({"collections": self._entries}, indent=1).encode())
+        doc = {"collections": self._entries, "crc32": zlib.crc32(_canonical(self._entries))}
+        atomic_write_bytes(self.root / CATALOG, json.dumps(doc, indent=1).encode())
 
     def sweep_trash(self) -> None:
         for p in self.root.glob(".trash-*"):

@@ -29,6 +29,7 @@ from vdb.errors import (DataLossError, DeadlineExceededError, InvalidArgumentErr
                         UnavailableError, translate)
 from vdb.query.filters import compile_filter
 from vdb.cache import SemanticCache
+from vdb.config import COLLECTION_SETTINGS
 from vdb.engine.maintenance import Maintainer
 from vdb.engine.memtable import Memtable, search_exact
 from vdb.query.payloads import PayloadIndex
@@ -60,7 +61,7 @@ class Collection:
         self.wal = WriteAheadLog(self.path / "wal", durability=settings["durability"],
                                  batch_delay_ms=settings["batch_delay_ms"],
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
-                                 repair=bool(settings.get("wal_repair", False)))
+                                 repair=bool(settings.get("wal_repair", False)), covered_lsn=self.checkpoint_lsn)
         self.wal.register_consumer(CONSUMER)
         self._recover()
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
@@ -348,7 +349,8 @@ class Collection:
             "rows": idx.n_rows, "pending_rows": len(self.memtable), "applied_lsn": self.applied_lsn,
             "checkpoint_lsn": self.checkpoint_lsn, "bootstrapped": idx.bootstrapped,
             "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
-            "index": idx.info() if idx.bootstrapped else {}, "settings": dict(self.settings),
+            "index": idx.info() if idx.bootstrapped else {},
+            "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
         }
 

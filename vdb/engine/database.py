@@ -21,8 +21,8 @@ from vdb.engine.catalog import Catalog, check_name
 from vdb.engine.collection import Collection
 from vdb.engine.explain import Explain
 from vdb.api import Record, SearchResult
-from vdb.config import COLLECTION_SETTINGS, load_settings
-from vdb.errors import AlreadyExistsError, InvalidArgumentError, UnavailableError, translate
+from vdb.config import COLLECTION_SETTINGS, ENGINE_SETTINGS, load_settings
+from vdb.errors import AlreadyExistsError, InvalidArgumentError, UnavailableError, VdbError, translate
 
 log = logging.getLogger(__name__)
 BUILD_KEYS = {f for f in BuildParams.__dataclass_fields__} - {"metric"}
@@ -60,18 +60,34 @@ class Database:
         self.catalog = Catalog(self.path)
         self.catalog.sweep_trash()
         self._collections: dict[str, Collection] = {}
+        self._broken: dict[str, VdbError] = {}  # collections that failed to open: reported, never fatal to others
         try:
             for name in self.catalog.names():
-                self._collections[name] = self._open_collection(name)
+                self._open_or_report(name)
         except BaseException:
             self.close()
             raise
+
+    def _open_or_report(self, name: str) -> None:
+        """Open one collection; if its files are damaged or held by another process, keep the error for every
+        call on that collection (DATA_LOSS naming the file and offset, UNAVAILABLE, ...) and serve the rest."""
+        try:
+            self._collections[name] = self._open_collection(name)
+            self._broken.pop(name, None)
+        except Exception as e:  # noqa: BLE001 - any failure of one collection must stay that collection's
+            err = translate(e)
+            log.error("collection %s cannot be opened: %s", name, err.message)
+            self._broken[name] = type(err)(f"collection {name!r} cannot be opened: {err.message}")
+
+    def problems(self) -> dict[str, str]:
+        """Collections that could not be opened, with the reason (what `vdbctl check` and repair act on)."""
+        return {name: err.message for name, err in self._broken.items()}
 
     def _open_collection(self, name: str) -> Collection:
         index = MutableSpannIndex.open_writable(self.catalog.path_of(name))
         try:
             stored = index.manifest.get("collection", {})
-            settings = {**dict(self.settings), **{k: v for k, v in stored.items() if k in COLLECTION_SETTINGS}}
+            settings = engine_settings(self.settings, stored)
             collection = Collection(name, index, settings)
         except BaseException:
             index.close()
@@ -84,6 +100,9 @@ class Database:
         check_name(name)
         c = self._collections.get(name)
         if c is None:
+            broken = self._broken.get(name)
+            if broken is not None:
+                raise type(broken)(broken.message)
             self.catalog.path_of(name)  # raises NotFoundError with the standard message
         return c
 
@@ -108,7 +127,7 @@ class Database:
                 raise AlreadyExistsError(f"collection {name!r} already exists (dim {existing['dim']}, "
                                          f"metric {existing['metric']})")
             local = load_settings({k: v for k, v in options.items() if k in COLLECTION_SETTINGS})
-            settings = {**dict(self.settings), **{k: local[k] for k in options if k in COLLECTION_SETTINGS}}
+            settings = engine_settings(self.settings, {k: local[k] for k in options if k in COLLECTION_SETTINGS})
             params = BuildParams(metric=metric, **{k: v for k, v in options.items() if k in BUILD_KEYS})
             path = self.catalog.new_path(name)
             index = MutableSpannIndex.create(path, int(dim), params, extra_manifest={
@@ -146,11 +165,17 @@ class Database:
 
     @public
     def drop_collection(self, name: str) -> None:
-        """Delete a collection: it leaves the catalog first, then its files are removed."""
+        """Delete a collection: it leaves the catalog first, then its files are removed. A collection that could
+        not be opened (damaged) can be dropped too."""
         with self._mutex:
-            c = self._get(name)
-            del self._collections[name]
-            c.close(checkpoint=False)
+            if self._closed:
+                raise UnavailableError("the database is closed")
+            if check_name(name) in self._broken:
+                del self._broken[name]
+            else:
+                c = self._get(name)
+                del self._collections[name]
+                c.close(checkpoint=False)
             self.catalog.remove(name)
 
     # -- data -------------------------------------------------------------------------------------------
@@ -212,7 +237,8 @@ class Database:
         """Verify checksums and invariants of one collection (or all); see vdb/engine/check.py."""
         from vdb.engine.check import check_collection
         names = [name] if name is not None else self.list_collections()
-        return [check_collection(self._get(n)) for n in names]
+        return [{"collection": n, "ok": False, "violations": [self._broken[n].message], "checked": {}}
+                if n in self._broken else check_collection(self._get(n)) for n in names]
 
     @public
     def close(self, *, checkpoint: bool = True) -> None:
@@ -240,6 +266,14 @@ class Database:
         self.close()
 
 
+def engine_settings(database_settings, stored: dict) -> dict:
+    """What one collection runs with: the database's engine settings, overridden by the collection's own
+    (stored in its manifest). Server settings (keys, TLS, ports) never reach a collection."""
+    out = {k: database_settings[k] for k in ENGINE_SETTINGS}
+    out.update({k: v for k, v in stored.items() if k in COLLECTION_SETTINGS})
+    return out
+
+
 def connect(path: str | os.PathLike, *, config_file: str | None = None, **settings) -> Database:
     """Open (or create) a data directory in-process. Settings: see vdb/config.py (also VDB_* env vars)."""
     try:
@@ -262,7 +296,7 @@ def check_path(path: str | os.PathLike) -> list[dict]:
         raise translate(e) from None
     try:
         stored = index.manifest.get("collection", {})
-        settings = {**dict(load_settings()), **{k: v for k, v in stored.items() if k in COLLECTION_SETTINGS}}
+        settings = engine_settings(load_settings(), stored)
         collection = Collection(path.name, index, settings)
     except BaseException as e:
         index.close()

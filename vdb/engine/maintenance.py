@@ -29,6 +29,7 @@ class Maintainer:
         self._idle = threading.Condition()
         self._draining = 0
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_now = False          # a compaction asks for the next checkpoint at once
         self._wal_bytes_at_checkpoint = 0
         self.steps = self.errors = self.checkpoints = 0
         self.last_error = ""
@@ -127,13 +128,14 @@ class Maintainer:
             if (compact and idx.bootstrapped) or idx.compaction_due(settings["compact_min_mb"] * (1 << 20)):
                 idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
                 self._index_changed = True
-                self._last_checkpoint = 0.0  # checkpoint soon: until then both files are on disk
+                self._checkpoint_now = True  # until the next checkpoint both posting files are on disk
                 worked = True
         self.steps += worked
         if self._checkpoint_due():
             c.checkpoint()
             self.checkpoints += 1
             self._last_checkpoint = time.monotonic()
+            self._checkpoint_now = False
             self._wal_bytes_at_checkpoint = c.wal.stats().get("bytes", 0)
         return worked
 
@@ -149,6 +151,8 @@ class Maintainer:
             return False
         if self._draining and len(c.memtable) == 0:
             return False  # flush() checkpoints itself once drained
+        if self._checkpoint_now:
+            return True
         grown = c.wal.stats().get("bytes", 0) - self._wal_bytes_at_checkpoint
         return (time.monotonic() - self._last_checkpoint > c.settings["checkpoint_interval_s"]
                 or grown > c.settings["checkpoint_wal_mb"] << 20)

@@ -253,6 +253,7 @@ def _init_ray(ray, address: str | None, workers: int | None) -> None:
     if address is not None:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         return
-    # Only paths and small reports travel through Ray, so the object store can stay small.
-    ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, object_store_memory=OBJECT_STORE_BYTES)
+    # Only paths and small reports travel through Ray, so the object store can stay small. address="local": a
+    # private instance even when another Ray cluster runs on this machine (ray.init() would join that one).
+    ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+             log_to_driver=False, configure_logging=False, object_store_memory=OBJECT_STORE_BYTES)

@@ -38,8 +38,8 @@ build_index_ray(sys.argv[1], sys.argv[2], reader=open_vectors, address=sys.argv[
 
 @pytest.fixture(scope="module")
 def cluster():
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                   object_store_memory=128 << 20)
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                   configure_logging=False, object_store_memory=128 << 20)  # private, even beside another Ray
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
 

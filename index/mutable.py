@@ -114,6 +114,12 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
             self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
             return np.arange(first, n, dtype=np.int64)
 
+    def reserve_rows(self, extra: int) -> None:
+        """Allocate space for `extra` rows beyond the current ones, so appending them cannot fail for space (a
+        writer reserves before it logs: a full disk refuses the write cleanly). DiskFullError if full."""
+        with self.lock:
+            self.files.vectors.reserve(self.n_rows + extra)
+
     def delete_rows(self, rows: np.ndarray) -> None:
         """Mark rows deleted: every record of theirs stops counting at once."""
         with self.lock:

@@ -22,11 +22,10 @@ from index.kernels import exact_rows, mark_reachable, search_many
 from index.quantize import Int8Quantizer
 from index.rowstate import is_live
 from index.types import BuildParams, Metric, SearchParams
-from storage import CorruptionError, FormatError, IndexDir
+from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
 
 MAX_TOP_K = 100_000
-STORED_ARRAYS = ("directory", "state", "int2ext", "quantizer", "head_index", "pending")  # checked by verify()
 
 
 @dataclass
@@ -58,6 +57,9 @@ class SpannIndex:
         self.state = _row_array(files.meta.get_array("state"), n_rows, np.uint8, self.path, "state")
         self.int2ext = _row_array(files.meta.get_array("int2ext"), n_rows, np.int64, self.path, "int2ext")
         n_heads = int(m["n_heads"])
+        bad_heads = files.heads.verify()  # few rows, and every insert and split reads them: check them all now
+        if bad_heads:
+            files.heads.raise_corrupt_row(bad_heads[0])
         if files.postings.n_postings != n_heads or (n_heads and (self.head_index is None or self.quantizer is None)):
             raise FormatError(f"{self.path}: posting directory, head index and manifest disagree on the heads")
         retired = np.nonzero((files.postings.dir.flags & FLAG_RETIRED) != 0)[0]
@@ -298,17 +300,17 @@ class SpannIndex:
     def verify(self) -> tuple[list[str], dict]:
         """Every checksum of the index's files: (violations, what was checked). Read-only."""
         violations: list[str] = []
-        store, vectors = self.files.postings, self.files.vectors
+        store, vectors, heads = self.files.postings, self.files.vectors, self.files.heads
         bad = store.verify_all()
         violations += [f"posting {p} fails its checksum ({store.path})" for p in bad]
-        bad_rows = vectors.verify()
-        violations += [f"vector row {r} fails its checksum ({vectors.path})" for r in bad_rows[:20]]
-        for name in STORED_ARRAYS:
-            try:
-                self.files.meta.get_array(name)
-            except CorruptionError as e:
-                violations.append(str(e))
-        return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "postings_ok": not bad}
+        for f in (vectors, heads):
+            bad_rows = f.verify()
+            violations += [f"row {r} fails its checksum ({f.path})" for r in bad_rows[:20]]
+            if len(bad_rows) > 20:
+                violations.append(f"... and {len(bad_rows) - 20} more rows of {f.path}")
+        violations += self.files.meta.verify()
+        return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "head_rows": heads.rows,
+                            "postings_ok": not bad}
 
     def reachable_rows(self, state: np.ndarray) -> np.ndarray:
         """bool [rows]: the rows with a valid record (version == state) in some live posting."""

@@ -1,6 +1,8 @@
 """Typed storage errors. Each says which file is affected, what is wrong, and how to fix it."""
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base class for every error raised by the storage layer."""
@@ -46,6 +48,19 @@ class InUseError(StorageError):
     """A directory that must not be replaced: it holds data an engine still needs (e.g. a collection's WAL)."""
 
     hint = "drop the collection from its data directory first, or choose another output directory"
+
+
+class DiskFullError(StorageError):
+    """No space left on the device (ENOSPC / EDQUOT) for bytes that had to be reserved or written."""
+
+    hint = "free space on the device (or raise the quota); writes resume by themselves once there is room"
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS)
 
 
 class MetaStoreError(StorageError):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+from storage.errors import DISK_FULL_ERRNOS, DiskFullError
 from storage.lock import DirLock
 
 
@@ -49,6 +51,7 @@ def fsync_tree(root: str | os.PathLike) -> None:
         fsync_dir(dirpath)
 
 
+FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file size
 _RENAME_EXCHANGE = 2
 _libc = None
 
@@ -64,6 +67,35 @@ def _exchange(a: Path, b: Path) -> bool:
     at_fdcwd = -100
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
     return rc == 0
+
+
+def reserve_space(fd: int, offset: int, length: int, *, keep_size: bool = False) -> bool:
+    """Allocate real blocks for [offset, offset + length) so that later writes there cannot fail for space.
+
+    keep_size: the file's size stays as it is (fallocate FALLOC_FL_KEEP_SIZE), for files whose size is their
+    content (a WAL segment). Raises DiskFullError when the device has no room; returns False (nothing reserved)
+    where the file system cannot allocate ahead, so callers degrade to plain writes."""
+    if length <= 0:
+        return True
+    global _libc
+    try:
+        if keep_size:
+            if _libc is None:
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fn = _libc.fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            if fn(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        else:
+            os.posix_fallocate(fd, offset, length)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(f"no space left on the device to reserve {length} bytes") from None
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise
+    return True
 
 
 def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, *, overwrite: bool = False) -> None:

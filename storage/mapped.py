@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.fileio import reserve_space
+
 GROW_CHUNK = 64 << 20  # grow files in 64 MiB sparse steps so appends rarely remap
 
 
@@ -53,6 +55,11 @@ class MappedFile:
         if self.size < nbytes:
             os.ftruncate(self.fd, max(nbytes, self.size + GROW_CHUNK))
         self.remap()
+
+    def reserve(self, offset: int, length: int) -> None:
+        """Allocate real blocks for [offset, offset + length), growing the file if needed, so that writes there
+        cannot fail for space (DiskFullError now instead). The mapping follows at the next ensure_size."""
+        reserve_space(self.fd, offset, length)
 
     def pwrite(self, data, offset: int) -> None:
         view = memoryview(data).cast("B")

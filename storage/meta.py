@@ -1,12 +1,20 @@
 """The metadata store: one LMDB environment per index/collection directory.
 
 Named databases:
-    manifest   b"manifest" -> JSON: format version, dim, metric, build parameters, row counts, checkpoint LSN
+    manifest   b"manifest" -> b"VDBM1" + CRC-32 (u32 LE) + JSON: format version, dim, metric, build parameters,
+               row counts, checkpoint LSN
     arrays     name -> CRC-32 (u32 LE) + .npy bytes: posting directory, per-row state, id map, head index, ...
-    ext2int    external id (u64 big endian, so keys sort numerically) -> internal row id (u32 LE)
-    payloads   external id (u64 big endian) -> JSON bytes
+    ext2int    external id (u64 big endian, so keys sort numerically) -> internal row id (u32 LE) + check (u32 LE)
+    payloads   external id (u64 big endian) -> 0x01 + CRC-32 of key and JSON (u32 LE) + JSON bytes
+
+Every stored byte that decides an answer is checked when it is read: a flipped byte is a CorruptionError naming
+data.mdb and the record, never a wrong payload, another id's vector or a wrong count. The id-map check is the
+position-weighted word sum the vector rows use (storage/vectors.py), so a bulk build checks 10M entries in one
+numpy pass; it covers the key too, so an entry moved to another key fails. Records written before checksums
+(a raw manifest, 4-byte rows, bare JSON payloads) are still read.
 
 Every change of a checkpoint is one LMDB write transaction, so a crash leaves the previous checkpoint whole.
+A data.mdb shorter than its own last page (a truncated file) is refused at open: LMDB would SIGBUS on it.
 """
 from __future__ import annotations
 
@@ -23,11 +31,29 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from storage.errors import CorruptionError, FormatError, MetaStoreError
+from storage.errors import CorruptionError, FormatError, MetaStoreError, TruncatedError
 
 DEFAULT_MAP_SIZE = 256 << 30  # virtual reservation only; the file grows with what is stored
 _SUBDBS = (b"manifest", b"arrays", b"ext2int", b"payloads")
 _U32 = struct.Struct("<I")
+_ROW = struct.Struct("<II")       # row, check
+MANIFEST_MAGIC = b"VDBM1"
+PAYLOAD_MAGIC = b"\x01"
+_ID_WEIGHTS = np.array([1, 3, 5], np.uint64)  # odd weights: any change of one word changes the sum
+_ID_SALT = np.uint64(0x85EBCA6B)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def id_checks(ext_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The u32 check of each (external id, row) entry: a weighted sum of its three 32-bit words."""
+    ext = np.asarray(ext_ids, dtype=np.uint64)
+    words = np.stack([ext & _MASK32, ext >> np.uint64(32), np.asarray(rows, dtype=np.uint64)], axis=-1)
+    return (((words * _ID_WEIGHTS).sum(-1) + _ID_SALT) & _MASK32).astype(np.uint32)
+
+
+def _payload_record(key: bytes, payload: dict) -> bytes:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return PAYLOAD_MAGIC + _U32.pack(zlib.crc32(body, zlib.crc32(key))) + body
 
 
 def encode_ids(ids: np.ndarray) -> list[bytes]:
@@ -54,12 +80,25 @@ def _acquire(key: str, path: Path, readonly: bool, create: bool, map_size: int):
         except lmdb.Error as e:
             raise CorruptionError(path, f"cannot open LMDB environment: {e}") from e
         try:
+            _check_size(path, env)
+        except BaseException:
+            env.close()
+            raise
+        try:
             dbs = {name: env.open_db(name, create=not readonly) for name in _SUBDBS}
         except lmdb.Error as e:
             env.close()
             raise FormatError(f"{path}: metadata store lacks its tables ({e})") from e
         _ENVS[key] = [env, dbs, 1]
         return env, dbs
+
+
+def _check_size(path: Path, env) -> None:
+    """LMDB maps data.mdb and would die of SIGBUS reading a page past the end of a truncated file: refuse it."""
+    need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    size = (path / "data.mdb").stat().st_size
+    if size < need:
+        raise TruncatedError(path / "data.mdb", f"file has {size} bytes but its pages run to byte {need}")
 
 
 def _release(key: str) -> None:
@@ -93,16 +132,27 @@ class MetaStore:
             self._closed = True
             _release(self._key)
 
+    def _corrupt(self, detail: str) -> CorruptionError:
+        return CorruptionError(self.path / "data.mdb", detail)
+
     # -- reads ------------------------------------------------------------------------------------------
     def manifest(self) -> dict:
         with self.env.begin(db=self._db[b"manifest"]) as txn:
             raw = txn.get(b"manifest")
         if raw is None:
             raise FormatError(f"{self.path}: metadata store has no manifest (interrupted build?)")
+        if raw.startswith(MANIFEST_MAGIC):
+            (crc,) = _U32.unpack_from(raw, len(MANIFEST_MAGIC))
+            raw = raw[len(MANIFEST_MAGIC) + _U32.size:]
+            if zlib.crc32(raw) != crc:
+                raise self._corrupt("the manifest fails its checksum")
         try:
-            return json.loads(raw)
+            manifest = json.loads(raw)
         except ValueError as e:
-            raise CorruptionError(self.path / "data.mdb", f"manifest is not valid JSON ({e})") from e
+            raise self._corrupt(f"manifest is not valid JSON ({e})") from e
+        if not isinstance(manifest, dict):
+            raise self._corrupt("the manifest is not a JSON object")
+        return manifest
 
     def get_array(self, name: str) -> np.ndarray | None:
         with self.env.begin(db=self._db[b"arrays"], buffers=False) as txn:
@@ -117,29 +167,89 @@ class MetaStore:
         return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
 
     def lookup(self, ext_ids: np.ndarray) -> np.ndarray:
-        """Internal row id of each external id, -1 where unknown."""
+        """Internal row id of each external id, -1 where unknown; every entry found is checked."""
         out = np.full(len(ext_ids), -1, np.int64)
+        checks = np.zeros(len(ext_ids), np.int64)
+        legacy = np.zeros(len(ext_ids), bool)
         with self.env.begin(db=self._db[b"ext2int"], buffers=True) as txn:
             for i, key in enumerate(encode_ids(ext_ids)):
                 v = txn.get(key)
-                if v is not None:
-                    out[i] = _U32.unpack(v)[0]
+                if v is None:
+                    continue
+                if len(v) == _ROW.size:
+                    out[i], checks[i] = _ROW.unpack(v)
+                elif len(v) == _U32.size:
+                    out[i], legacy[i] = _U32.unpack(v)[0], True
+                else:
+                    raise self._corrupt(f"id-map entry for id {int(ext_ids[i])} has {len(v)} bytes")
+        self._verify_ids(np.asarray(ext_ids), out, checks, (out >= 0) & ~legacy)
         return out
 
+    def _verify_ids(self, ext_ids: np.ndarray, rows: np.ndarray, checks: np.ndarray, mask: np.ndarray) -> None:
+        if mask.any():
+            bad = np.nonzero(mask & (id_checks(ext_ids, np.maximum(rows, 0)) != checks.astype(np.uint32)))[0]
+            if len(bad):
+                raise self._corrupt(f"id-map entry for id {int(ext_ids[bad[0]])} fails its checksum "
+                                    f"({len(bad)} bad entries among those read)")
+
+    def _payload(self, key: bytes, raw) -> dict | None:
+        raw = bytes(raw)
+        if raw.startswith(PAYLOAD_MAGIC):
+            (crc,) = _U32.unpack_from(raw, 1)
+            raw = raw[1 + _U32.size:]
+            if zlib.crc32(raw, zlib.crc32(key)) != crc:
+                raise self._corrupt(f"payload of id {struct.unpack('>Q', key)[0]} fails its checksum")
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise self._corrupt(f"payload of id {struct.unpack('>Q', key)[0]} is not valid JSON ({e})") from e
+
     def payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
+        keys = encode_ids(ext_ids)
         with self.env.begin(db=self._db[b"payloads"]) as txn:
-            raws = [txn.get(k) for k in encode_ids(ext_ids)]
-        return [json.loads(r) if r is not None else None for r in raws]
+            raws = [txn.get(k) for k in keys]
+        return [self._payload(k, r) if r is not None else None for k, r in zip(keys, raws)]
 
     def iter_payloads(self) -> Iterator[tuple[int, dict]]:
         with self.env.begin(db=self._db[b"payloads"]) as txn:
             for k, v in txn.cursor():
-                yield struct.unpack(">Q", k)[0], json.loads(v)
+                yield struct.unpack(">Q", k)[0], self._payload(k, v)
 
-    def iter_ids(self) -> Iterator[tuple[int, int]]:
+    def iter_ids(self, chunk: int = 65536) -> Iterator[tuple[int, int]]:
+        """Every (external id, row) entry, ascending by id, each checked."""
         with self.env.begin(db=self._db[b"ext2int"]) as txn:
-            for k, v in txn.cursor():
-                yield struct.unpack(">Q", k)[0], _U32.unpack(v)[0]
+            cur = txn.cursor()
+            more = cur.first()
+            while more:
+                keys, rows, checks, legacy = [], [], [], []
+                while more and len(keys) < chunk:
+                    k, v = cur.item()
+                    keys.append(struct.unpack(">Q", k)[0])
+                    if len(v) == _ROW.size:
+                        r, c = _ROW.unpack(v)
+                    elif len(v) == _U32.size:
+                        r, c = _U32.unpack(v)[0], 0
+                    else:
+                        raise self._corrupt(f"id-map entry for id {keys[-1]} has {len(v)} bytes")
+                    rows.append(r), checks.append(c), legacy.append(len(v) == _U32.size)
+                    more = cur.next()
+                ids, rows_a = np.array(keys, np.uint64), np.array(rows, np.int64)
+                self._verify_ids(ids, rows_a, np.array(checks, np.int64), ~np.array(legacy, bool))
+                yield from zip(keys, rows)
+
+    def verify(self) -> list[str]:
+        """Read and check every record (manifest, arrays, id map, payloads): the violations found. Read-only."""
+        problems: list[str] = []
+        checks = [self.manifest, lambda: list(self.iter_ids()), lambda: sum(1 for _ in self.iter_payloads())]
+        with self.env.begin(db=self._db[b"arrays"]) as txn:
+            names = [bytes(k).decode() for k, _ in txn.cursor()]
+        checks += [lambda n=n: self.get_array(n) for n in names]
+        for check in checks:
+            try:
+                check()
+            except (CorruptionError, FormatError) as e:
+                problems.append(str(e))
+        return problems
 
     def count_ids(self) -> int:
         with self.env.begin(db=self._db[b"ext2int"]) as txn:
@@ -167,15 +277,19 @@ class MetaWriter:
         self._txn, self._db = txn, dbs
 
     def set_manifest(self, manifest: dict) -> None:
-        self._txn.put(b"manifest", json.dumps(manifest, sort_keys=True).encode(), db=self._db[b"manifest"])
+        body = json.dumps(manifest, sort_keys=True).encode()
+        self._txn.put(b"manifest", MANIFEST_MAGIC + _U32.pack(zlib.crc32(body)) + body, db=self._db[b"manifest"])
 
     def put_array(self, name: str, a: np.ndarray) -> None:
         self._txn.put(name.encode(), _encode_array(a), db=self._db[b"arrays"])
 
     def put_ids(self, ext_ids: np.ndarray, internal: np.ndarray, *, sorted_new: bool = False) -> None:
         """Map external ids to internal rows. `sorted_new`: keys ascending and absent (fast bulk append)."""
-        values = [_U32.pack(int(i)) for i in internal]
-        items = list(zip(encode_ids(ext_ids), values))
+        internal = np.asarray(internal, dtype=np.int64)
+        packed = np.empty((len(internal), 2), "<u4")
+        packed[:, 0], packed[:, 1] = internal, id_checks(ext_ids, internal)
+        raw = packed.tobytes()
+        items = list(zip(encode_ids(ext_ids), (raw[i: i + 8] for i in range(0, len(raw), 8))))
         with self._txn.cursor(db=self._db[b"ext2int"]) as cur:
             if sorted_new:
                 cur.putmulti(items, append=True)
@@ -192,4 +306,4 @@ class MetaWriter:
             if p is None:
                 self._txn.delete(key, db=db)
             else:
-                self._txn.put(key, json.dumps(p, separators=(",", ":")).encode(), db=db)
+                self._txn.put(key, _payload_record(key, p), db=db)

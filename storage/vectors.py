@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from storage.errors import CorruptionError, TruncatedError
+from storage.errors import CorruptionError, DiskFullError, TruncatedError
 from storage.fileheader import HEADER_SIZE, FileHeader, unpack_header
 from storage.mapped import MappedFile
 
@@ -23,6 +23,7 @@ MAGIC = b"VDBVEC01"
 VERSION = 1
 ROW_SALT = 0x9E3779B1  # the row-index term of the checksum (also used by index/kernels.py)
 _MASK32 = np.uint64(0xFFFFFFFF)
+RESERVE_ROWS_BYTES = 4 << 20  # rows are allocated ahead of the writes in steps of about this many bytes
 
 
 def row_bytes(dim: int) -> int:
@@ -48,6 +49,7 @@ class VectorFile:
         self._file, self.dim, self.rows = mapped, dim, rows
         self.path = mapped.path
         self.row_size = row_bytes(dim)
+        self._reserved_rows = rows  # rows whose blocks are known to be allocated (see reserve)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     @classmethod
@@ -92,6 +94,20 @@ class VectorFile:
         self.write_rows(first, vectors)
         self.rows = first + len(vectors)
         return first
+
+    def reserve(self, rows: int) -> None:
+        """Make sure rows [0, rows) have real blocks on the device (ahead in RESERVE_ROWS_BYTES steps): an
+        append up to `rows` then cannot fail for space. DiskFullError if the device is full."""
+        if rows <= self._reserved_rows:
+            return
+        start = HEADER_SIZE + self._reserved_rows * self.row_size
+        ahead = max(rows, self._reserved_rows + max(1, RESERVE_ROWS_BYTES // self.row_size))
+        try:
+            self._file.reserve(start, HEADER_SIZE + ahead * self.row_size - start)
+        except DiskFullError:
+            self._file.reserve(start, HEADER_SIZE + rows * self.row_size - start)  # just what is asked, or raise
+            ahead = rows
+        self._reserved_rows = ahead
 
     def set_rows(self, rows: int) -> None:
         """Declare the number of valid rows (recovery rolls back to the manifest's count)."""

@@ -8,6 +8,8 @@ The port is deliberately small; every call states what is durable when it return
 - `File.pwrite` hands bytes to the OS: they survive a process crash, not a power loss.
 - `File.fsync` makes the file's content (and size) durable, not its name.
 - `fsync_dir` makes the creations, renames and removals done in that directory durable.
+- `File.reserve` allocates space for later writes (a full disk is then a clean refusal before anything is
+  logged, never a half-written record).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 from typing import Protocol
 
 from storage.fileio import fsync_dir as _fsync_dir
+from storage.fileio import reserve_space
 from storage.lock import DirLock
 
 
@@ -24,6 +27,7 @@ class File(Protocol):
     path: str
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+    def reserve(self, offset: int, length: int) -> None: ...  # blocks for later writes; DiskFullError if none
     def fsync(self) -> None: ...
     def truncate(self, length: int) -> None: ...
     def size(self) -> int: ...
@@ -60,6 +64,9 @@ class RealFile:
 
     def fsync(self) -> None:
         os.fsync(self._fd)
+
+    def reserve(self, offset: int, length: int) -> None:
+        reserve_space(self._fd, offset, length, keep_size=True)
 
     def truncate(self, length: int) -> None:
         os.ftruncate(self._fd, length)

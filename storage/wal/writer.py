@@ -3,17 +3,16 @@
 Why it looks the way it does:
 - Every record carries its own LSN and a CRC-32 over length, LSN, type and payload, so a reader can tell a
   valid record from leftovers of a torn write without trusting anything else in the file.
-- A torn final write is normal after a crash; damage before the end is not. Recovery treats the two very
-  differently: the first is dropped with a warning, the second raises `WalCorruptionError` (or, with
-  `repair=True`, truncates the log loudly). Nothing is ever skipped silently.
+- A torn final write is normal after a crash, damage before the end is not; recovery (recovery.py) drops the
+  first with a warning and reports the second, unless a checkpoint covers every record it can affect.
 - One fsync covers every record written before it, so concurrent appenders share fsyncs (group commit):
   whoever finds no write in flight writes everything buffered so far; whoever finds no fsync in flight
   fsyncs everything written so far. Writing the next group overlaps the previous group's fsync.
 - A segment is fsync'd ("sealed") before its successor is created, and the successor's header and name are
   fsync'd before a record goes into it, so only the last segment can ever end in a torn write.
+- Space is allocated ahead of the records (_reserve), so a full disk refuses a record before it is logged.
 - After a failed write or fsync the log refuses all further work: the kernel may already have dropped the
-  dirty pages, so a retried fsync could "succeed" without the data (PostgreSQL's fsyncgate). Reopening runs
-  recovery, which trusts only what is on disk.
+  dirty pages, so a retried fsync could "succeed" without the data (PostgreSQL's fsyncgate).
 """
 from __future__ import annotations
 
@@ -21,15 +20,15 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections import Counter
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+from storage.errors import DiskFullError, is_disk_full
 from storage.wal.consumers import as_int, load_consumers, save_consumers
-from storage.wal.format import (CONSUMERS_FILE, DEFAULT_SEGMENT_BYTES, MAX_PAYLOAD, MAX_USER_TYPE, MIN_USER_TYPE,
-                                NONE_BUFFER_BYTES, RECORD_BODY, RECORD_CRC, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
-                                segment_name)
+from storage.wal.encoding import check_record, put_record
+from storage.wal.format import (CONSUMERS_FILE, DEFAULT_SEGMENT_BYTES, NONE_BUFFER_BYTES, RECORD_HEADER_SIZE,
+                                SEGMENT_HEADER_SIZE, segment_name)
 from storage.wal.fs import File, FileSystem, RealFS
 from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _Segment, encode_segment_header,
                                 segment_records)
@@ -38,32 +37,9 @@ from storage.wal.recovery import _recover
 log = logging.getLogger(__name__)
 
 POLICIES = ("fsync", "batch", "none")
+RESERVE_CHUNK = 1 << 20  # a segment's blocks are allocated ahead in steps of this many bytes
 
 
-# ---------------------------------------------------------------------------------------------- encoding
-
-def _put_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
-    """Append one encoded record to `buf` (the payload is copied once, here)."""
-    body = RECORD_BODY.pack(len(payload), lsn, rtype)
-    buf += RECORD_CRC.pack(zlib.crc32(payload, zlib.crc32(body)))
-    buf += body
-    buf += payload
-
-
-def _check_record(rtype, payload) -> tuple[int, bytes]:
-    t = as_int(rtype)
-    if t is None or not MIN_USER_TYPE <= t <= MAX_USER_TYPE:
-        raise ValueError(f"record type must be an int in [{MIN_USER_TYPE}, {MAX_USER_TYPE}], got {rtype!r}")
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise TypeError(f"payload must be bytes-like, got {type(payload).__name__}")
-    if not isinstance(payload, bytes):
-        payload = bytes(payload)  # a private copy: the caller may reuse its buffer once we return
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds the WAL limit of {MAX_PAYLOAD} bytes")
-    return t, payload
-
-
-# ---------------------------------------------------------------------------------------------- the log
 
 class WriteAheadLog:
     """An append-only log of (LSN, type, payload) records in DIR/wal-<first LSN>.log segment files.
@@ -128,6 +104,7 @@ class WriteAheadLog:
         self._fsyncs += 1
         self._last_lsn = self._written_lsn = self._durable_lsn = self._active.last_lsn
         self._planned = self._active.size  # bytes of the active segment, including buffered and in-flight ones
+        self._reserved_end = self._active.size  # allocated ahead up to here (see _reserve)
         ahead = {n: a for n, a in self._consumers.items() if a > self._last_lsn}
         if ahead:
             log.error("%s: consumers %s have applied LSNs beyond the end of the log (LSN %d): records were lost "
@@ -159,7 +136,7 @@ class WriteAheadLog:
         """Append records with consecutive LSNs in one durable step (one write, one fsync under "fsync").
 
         Not atomic across a crash: if it has not returned, any prefix of the records may survive."""
-        items = [_check_record(rtype, payload) for rtype, payload in records]
+        items = [check_record(rtype, payload) for rtype, payload in records]
         if not items:
             return []
         sizes = [RECORD_HEADER_SIZE + len(payload) for _, payload in items]
@@ -181,7 +158,8 @@ class WriteAheadLog:
             for (rtype, payload), size in zip(items, sizes):
                 if self._rotation_needed([size]):
                     self._rotate()
-                _put_record(self._buf, self._last_lsn + 1, rtype, payload)
+                self._reserve(self._planned + size)  # a full disk refuses the record here, before it is buffered
+                put_record(self._buf, self._last_lsn + 1, rtype, payload)
                 self._last_lsn += 1
                 self._planned += size
             self._appends += len(items)
@@ -202,8 +180,25 @@ class WriteAheadLog:
             planned += size
         return False
 
+    def _reserve(self, end: int) -> None:
+        """Allocate the active segment's blocks up to `end` ahead of the writes (in RESERVE_CHUNK steps), so that
+        a full disk is a DiskFullError here, under the lock and before a record is buffered, never a write that
+        fails halfway. Lock held."""
+        if end <= self._reserved_end:
+            return
+        want = max(end, min(self._reserved_end + RESERVE_CHUNK, self._segment_bytes))
+        try:
+            self._file.reserve(self._reserved_end, want - self._reserved_end)
+        except DiskFullError:
+            self._file.reserve(self._reserved_end, end - self._reserved_end)  # just this record, or raise
+            want = end
+        self._reserved_end = want
+
     def _rotate(self) -> None:
-        """Seal the active segment (write + fsync) and start the next one. Lock held, segment I/O idle."""
+        """Seal the active segment (write + fsync) and start the next one. Lock held, segment I/O idle.
+
+        A full disk while creating the next segment is a DiskFullError and leaves the sealed segment active (the
+        log stays usable, nothing of the refused record was buffered); any other failure fails the log."""
         try:
             if self._buf:
                 self._file.pwrite(self._buf, self._active.size)
@@ -213,16 +208,32 @@ class WriteAheadLog:
                 self._file.fsync()
                 self._fsyncs += 1
             self._active.last_lsn = self._written_lsn = self._durable_lsn = self._last_lsn
+            try:
+                new = self._create_segment(self._last_lsn + 1)
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                self._remove_stub(self._last_lsn + 1)
+                raise DiskFullError(f"{self.directory}: no space left on the device for a new WAL segment") from e
             self._file.close()
             self._sealed.append(self._active)
-            self._active = self._create_segment(self._last_lsn + 1)
+            self._active, self._reserved_end = new, SEGMENT_HEADER_SIZE
             self._file = self._fs.open(self._active.path)
             self._planned = SEGMENT_HEADER_SIZE
+        except DiskFullError:
+            raise
         except Exception as e:
             self._fail(e)
             self._check_failed()
         finally:
             self._cond.notify_all()
+
+    def _remove_stub(self, first_lsn: int) -> None:
+        """Remove a segment whose creation a full disk interrupted (it must not outlive the active one)."""
+        path = os.path.join(self.directory, segment_name(first_lsn))
+        if self._fs.exists(path):
+            self._fs.remove(path)
+            self._fs.fsync_dir(self.directory)
 
     def _advance(self, target: int, *, sync: bool) -> None:
         """Block until records up to `target` are written (and fsync'd if `sync`). Lock held.

@@ -29,6 +29,7 @@ class _Node:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.reserved = 0  # bytes allocated ahead (File.reserve); with the data, what the node occupies
         self.version = 0
         self.synced = b""
         self.synced_version = 0
@@ -49,6 +50,7 @@ class FaultyFile:
         with self._fs.lock_:
             self._check()
             node = self._node
+            self._fs.charge(node, offset + len(data))
             if len(node.data) < offset:
                 node.data.extend(b"\0" * (offset - len(node.data)))
             node.data[offset:offset + len(data)] = data
@@ -70,6 +72,11 @@ class FaultyFile:
             if version > self._node.synced_version:
                 self._node.synced, self._node.synced_version = snapshot, version
             fs.fsyncs += 1
+
+    def reserve(self, offset: int, length: int) -> None:
+        with self._fs.lock_:
+            self._check()
+            self._fs.charge(self._node, offset + length, reserve=True)
 
     def truncate(self, length: int) -> None:
         with self._fs.lock_:
@@ -98,8 +105,9 @@ class _FaultyLock:
 
 
 class FaultyFS:
-    def __init__(self, *, fsync_delay: float = 0.0):
+    def __init__(self, *, fsync_delay: float = 0.0, capacity: int | None = None):
         self.lock_ = threading.RLock()
+        self.capacity = capacity  # bytes; None: unlimited. Set it lower or higher at any time (a full disk)
         self.files: dict[str, _Node] = {}
         self.durable: dict[str, _Node] = {}   # the names as of each directory's last fsync_dir
         self.dirs: set[str] = set()
@@ -109,6 +117,20 @@ class FaultyFS:
         self.fsync_delay, self.fail_fsync = fsync_delay, False
         self.fsync_hook = None  # called inside every fsync, outside the lock (tests block flushes with it)
         self.fsyncs = self.dir_fsyncs = 0
+
+    def used(self) -> int:
+        return sum(max(len(n.data), n.reserved) for n in self.files.values())
+
+    def charge(self, node: "_Node", end: int, *, reserve: bool = False) -> None:
+        """Account for `node` growing to `end` bytes; ENOSPC (as the kernel would) when over capacity."""
+        grow = max(0, end - max(len(node.data), node.reserved))
+        if self.capacity is not None and grow and self.used() + grow > self.capacity:
+            if reserve:
+                from storage.errors import DiskFullError
+                raise DiskFullError(f"no space left on the (faulty) device to reserve {grow} bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if reserve:
+            node.reserved = max(node.reserved, end)
 
     def _up(self) -> None:
         if self.down:

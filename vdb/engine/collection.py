@@ -8,6 +8,8 @@ The id map and payloads changed since the last checkpoint live in front of LMDB 
 checkpoint writes them, the index arrays and the LSN it covers in one LMDB transaction, after which the WAL
 below that LSN may be purged. Recovery loads the checkpoint and replays the WAL after it through the same
 apply code, so a process killed at any moment reopens to exactly its acknowledged writes.
+
+The read path (search, get, count, the cache's port) is in reads.py, a mixin of this class.
 """
 from __future__ import annotations
 
@@ -18,31 +20,29 @@ from pathlib import Path
 
 import numpy as np
 
-from index import SearchParams, SearchStats
-from index.kernels import merge_candidates
-from index.distance import as_matrix, from_kernel, prepare_base
+from index.distance import as_matrix, prepare_base
 from index.mutable import MutableSpannIndex
 from index.rowstate import is_live
+from storage.errors import is_disk_full
 from storage.wal import WriteAheadLog
-from vdb.engine import walcodec
-from vdb.errors import (DataLossError, DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError,
-                        UnavailableError, translate)
-from vdb.query.filters import compile_filter
+from storage.wal.format import MAX_PAYLOAD as WAL_RECORD_LIMIT
 from vdb.cache import SemanticCache
 from vdb.config import COLLECTION_SETTINGS
-from vdb.engine.maintenance import Maintainer
-from vdb.engine.memtable import Memtable, search_exact
-from vdb.query.payloads import PayloadIndex
-from vdb.engine.explain import Explain
+from vdb.engine import walcodec
 from vdb.engine.idmap import IdMap
-from vdb.api import Record
-from vdb.engine.validate import check_ids, check_payloads
+from vdb.engine.maintenance import Maintainer
+from vdb.engine.memtable import Memtable
+from vdb.engine.reads import ReadPath
+from vdb.engine.validate import check_ids, check_payloads, check_record_size
+from vdb.errors import DataLossError, DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError, \
+    UnavailableError, translate
+from vdb.query.payloads import PayloadIndex
 
 log = logging.getLogger(__name__)
 CONSUMER = "index"
 
 
-class Collection:
+class Collection(ReadPath):
     def __init__(self, name: str, index: MutableSpannIndex, settings: dict):
         self.name, self.index, self.settings = name, index, dict(settings)
         self.path: Path = index.path
@@ -51,13 +51,15 @@ class Collection:
         self.idmap = IdMap(index)
         self._pindex: PayloadIndex | None = None
         self._seq = threading.Condition()
+        self._space = threading.Lock()  # guards _inflight_rows
+        self._inflight_rows = 0         # rows of writes between their reservation and their apply
         self._throttle = threading.Condition()
         self._failed: BaseException | None = None
         self._closed = False
         self.changed_rows = 0                         # rows deleted or replaced since opening (only grows)
         self.applied_lsn = int(index.manifest.get("checkpoint_lsn", 0))
         self.checkpoint_lsn = self.applied_lsn
-        self.live = int(index.manifest.get("live", int(is_live(index.state).sum())))
+        self.live = int(is_live(index.state).sum())  # from the checksummed state array, not a manifest number
         self.wal = WriteAheadLog(self.path / "wal", durability=settings["durability"],
                                  batch_delay_ms=settings["batch_delay_ms"],
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
@@ -93,32 +95,62 @@ class Collection:
         if len(x) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(x)} vectors")
         payloads = check_payloads(payloads, len(ids))
+        data = walcodec.encode_upsert(ids, x, payloads)
+        check_record_size(len(data), WAL_RECORD_LIMIT)
         self._wait_for_room(timeout)
-        return self._log_and_apply(walcodec.UPSERT, walcodec.encode_upsert(ids, x, payloads),
-                                   walcodec.Upsert(ids, x, payloads))
+        return self._log_and_apply(walcodec.UPSERT, data, walcodec.Upsert(ids, x, payloads), new_rows=len(ids))
 
     def delete(self, ids) -> int:
         self._check_usable()
         ids = check_ids(ids, self.settings["max_batch"])
         return self._log_and_apply(walcodec.DELETE, walcodec.encode_delete(ids), walcodec.Delete(ids))
 
-    def _log_and_apply(self, rtype: int, data: bytes, op) -> int:
-        lsn = self.wal.append(rtype, data)
-        with self._seq:  # apply in LSN order, exactly the order recovery will replay
-            while self.applied_lsn != lsn - 1 and self.failed is None:
-                self._seq.wait(1.0)
+    def _log_and_apply(self, rtype: int, data: bytes, op, *, new_rows: int = 0) -> int:
+        """Log, then apply in LSN order. Everything that can fail for space is reserved before the append, so a
+        full disk refuses the write before it is logged; anything else failing after the append marks the
+        collection failed (the database reopens it from its files, which replays the logged write)."""
+        with self._space:
+            self._inflight_rows += new_rows
+        try:
             try:
-                self._check_usable()
-                self._apply(op)
-            except BaseException as e:
-                self._failed = self._failed or e
-                log.exception("collection %s: applying LSN %d failed; the collection must be reopened",
-                              self.name, lsn)
-                raise
-            finally:
-                self.applied_lsn = lsn
-                self._seq.notify_all()
-        return lsn
+                self.index.reserve_rows(self._inflight_rows)
+                lsn = self.wal.append(rtype, data)
+            except Exception as e:
+                if is_disk_full(e):
+                    raise ResourceExhaustedError(f"collection {self.name!r}: the disk is full, so the write was not "
+                                                 f"logged (nothing changed); free space and retry") from None
+                self._fail(e, "writing the WAL")
+                raise UnavailableError(f"collection {self.name!r}: the write-ahead log failed ({e}); the write "
+                                       f"may have been logged; the collection reopens from its files on the next "
+                                       f"call, and retrying is safe (upserts and deletes are idempotent)") from e
+            with self._seq:  # apply in LSN order, exactly the order recovery will replay
+                while self.applied_lsn != lsn - 1 and self.failed is None:
+                    self._seq.wait(1.0)
+                if self.failed is not None:
+                    raise UnavailableError(f"collection {self.name!r} failed before this write was applied; the "
+                                           f"write is logged (LSN {lsn}) and is applied as the collection reopens")
+                try:
+                    self._apply(op)
+                except Exception as e:
+                    self._fail(e, f"applying LSN {lsn}")
+                    raise UnavailableError(f"collection {self.name!r}: applying the logged write (LSN {lsn}) "
+                                           f"failed; it is applied again as the collection reopens") from e
+                finally:
+                    if self.failed is None:
+                        self.applied_lsn = lsn
+                    self._seq.notify_all()
+            return lsn
+        finally:
+            with self._space:
+                self._inflight_rows -= new_rows
+
+    def _fail(self, exc: BaseException, doing: str) -> None:
+        if self._failed is None:
+            self._failed = exc
+            log.error("collection %s: %s failed (%r); it is reopened from its files on the next call", self.name,
+                      doing, exc, exc_info=exc)
+        with self._seq:
+            self._seq.notify_all()
 
     def _apply(self, op) -> None:
         idx = self.index
@@ -174,127 +206,6 @@ class Collection:
     def room_available(self) -> None:
         with self._throttle:
             self._throttle.notify_all()
-
-    # -- reads ------------------------------------------------------------------------------------------
-    def search(self, queries, k: int = 10, *, filter=None, nprobe=None, eps=None, rerank_k=None,
-               use_cache: bool = True, explain: Explain | None = None):
-        """Returns (ext ids int64 [nq, k], distances float32 [nq, k]), padded with -1 / inf."""
-        self._check_usable()
-        q = as_matrix(queries, self.dim, name="queries")
-        if len(q) > self.settings["max_batch"]:
-            raise ResourceExhaustedError(f"{len(q)} queries exceed max_batch={self.settings['max_batch']}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.settings["max_top_k"]:
-            raise InvalidArgumentError(f"top_k must be an integer in [1, {self.settings['max_top_k']}], got {k!r}")
-        k = int(k)
-        qs = prepare_base(q, self.metric)
-        knobs = {n: v for n, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
-        p = SearchParams(**knobs).resolved(k)
-        ex = explain if explain is not None else Explain()
-        node = compile_filter(filter) if filter is not None else None
-        if use_cache and self.cache is not None:
-            return self.cache.search(self, qs, k, p, ex, node, filter)
-        rows, d = self.search_rows(qs, k, p, node, ex)
-        return self.to_ext(rows, d)
-
-    def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node=None, ex: Explain | None = None):
-        """Uncached search with prepared queries; (rows, kernel distances) [nq, k]."""
-        ex = ex if ex is not None else Explain()
-        mem = self.memtable.snapshot()  # before the index: see memtable.py
-        idx = self.index
-        state = idx.state
-        allow = None
-        if node is not None:
-            mask = self._filter_mask(node, len(state)) & is_live(state)
-            ex.filter_matches = int(mask.sum())
-            if ex.filter_matches <= self.settings["exact_filter_rows"]:
-                ex.path = "exact-filter"
-                return self._exact(qs, k, np.nonzero(mask)[0])
-            allow = mask.astype(np.uint8)
-            widen = int(np.ceil(max(1.0, self.live / max(ex.filter_matches, 1))))
-            p = p.replace(nprobe=min(p.nprobe * widen, p.nprobe * 8), eps=p.eps * widen,
-                          rerank_k=p.rerank_k * min(widen, 4), ef_search=p.ef_search * min(widen, 8))
-        st = SearchStats()
-        if idx.bootstrapped:
-            ann_rows, ann_d = idx.search_rows(qs, k, p, allow=allow, stats=st)
-        else:
-            ann_rows, ann_d = np.full((len(qs), 0), -1, np.int64), np.full((len(qs), 0), np.inf, np.float32)
-            ex.path = "memtable-only"
-        mem_rows, mem_d = search_exact(mem, qs, k, self.metric, state, allow)
-        rows, d = merge_candidates(ann_rows, ann_d, mem_rows, mem_d, k)
-        ex.postings_probed += st.postings_probed
-        ex.records_scanned += st.records_scanned
-        ex.bytes_read += st.bytes_read
-        ex.memtable_rows = len(mem)
-        if allow is not None:  # a too-selective filter may leave the ANN short: finish exactly
-            short = ((rows >= 0).sum(1) < min(k, ex.filter_matches))
-            if short.any():
-                ex.path = "exact-fallback"
-                er, ed = self._exact(qs[short], k, np.nonzero(allow)[0])
-                rows[short], d[short] = er, ed
-        return rows, d
-
-    def _exact(self, qs: np.ndarray, k: int, rows: np.ndarray):
-        return self.index.exact_rows(qs, k, rows)
-
-    def _filter_mask(self, node, n_rows: int) -> np.ndarray:
-        if self._pindex is None:
-            self._build_payload_index()
-        pi = self._pindex
-        if pi.n_rows < n_rows:
-            pi.set_rows([], [], n_rows)
-        return node.mask(pi)[:n_rows]
-
-    def _build_payload_index(self) -> None:
-        """First filtered search: index every live payload (LMDB, then the newer overlay)."""
-        with self.index.lock:
-            pi = PayloadIndex(self.index.n_rows)
-            items = self.idmap.live_payload_rows()
-            pi.set_rows([r for r, _ in items], [p for _, p in items], self.index.n_rows)
-            self._pindex = pi
-
-    # -- the port the semantic cache searches through (vdb/cache/backend.py) ------------------------------
-    def unindexed(self):
-        return self.memtable.snapshot()
-
-    def row_state(self) -> np.ndarray:
-        return self.index.state
-
-    def filter_allow(self, node, state: np.ndarray) -> np.ndarray:
-        return (self._filter_mask(node, len(state)) & is_live(state)).astype(np.uint8)
-
-    def merge_unindexed(self, view, q: np.ndarray, k: int, state: np.ndarray, allow, rows: np.ndarray,
-                        dists: np.ndarray):
-        mem_rows, mem_d = search_exact(view, q, k, self.metric, state, allow)
-        return merge_candidates(rows, dists, mem_rows, mem_d, k)
-
-    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
-        return self.index.vectors_of(rows)
-
-    def head_vectors(self) -> np.ndarray | None:
-        return self.index.head_vectors() if self.index.bootstrapped else None
-
-    def max_vector_norm(self) -> float:
-        return self.index.max_vector_norm() if self.index.n_rows else 0.0
-
-    def to_ext(self, rows: np.ndarray, d: np.ndarray):
-        ext = np.where(rows >= 0, self.index.int2ext[np.maximum(rows, 0)], -1)
-        d = from_kernel(np.where(ext >= 0, d, np.inf).astype(np.float32), self.metric)
-        return ext, d
-
-    def get(self, ids) -> list[Record]:
-        self._check_usable()
-        ids = check_ids(ids, self.settings["max_batch"], unique=False)
-        with self.index.lock:
-            rows = self.rows_of(ids)
-            found = rows >= 0
-            overlay = self.idmap.overlay_payloads(ids[found].tolist())
-        vecs = self.index.vectors_of(rows[found])
-        payloads = self.idmap.payloads_of(ids[found], overlay)
-        return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
-
-    def count(self) -> int:
-        self._check_usable()
-        return self.live
 
     # -- checkpoints and lifecycle ---------------------------------------------------------------------
     def checkpoint(self) -> int:
@@ -367,8 +278,8 @@ class Collection:
         if self._closed:
             raise UnavailableError(f"collection {self.name!r} is closed")
         if self._failed is not None:
-            raise UnavailableError(f"collection {self.name!r} failed ({self._failed!r}); reopen the database "
-                                   f"to recover it from its WAL")
+            raise UnavailableError(f"collection {self.name!r} failed ({self._failed!r}); it is reopened from its "
+                                   f"files (replaying its WAL) on the next call")
 
     def close(self, checkpoint: bool = True) -> None:
         if self._closed:
@@ -381,7 +292,9 @@ class Collection:
             log.error("collection %s: final checkpoint failed: %s", self.name, translate(e))
         finally:
             self._closed = True
-            self.wal.close()
-            self.index.close()
+            try:
+                self.wal.close()  # raises if the log failed earlier: the index must be released all the same
+            finally:
+                self.index.close()
 
 

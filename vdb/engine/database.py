@@ -79,6 +79,21 @@ class Database:
             log.error("collection %s cannot be opened: %s", name, err.message)
             self._broken[name] = type(err)(f"collection {name!r} cannot be opened: {err.message}")
 
+    def _reopen(self, name: str, failed: Collection) -> Collection | None:
+        """A collection whose WAL or apply failed is closed and opened again from its files: recovery replays the
+        logged writes (the one that failed included). If that fails too, the error is reported for it alone."""
+        with self._mutex:
+            if self._collections.get(name) is not failed:
+                return self._collections.get(name)  # another caller reopened it already
+            log.warning("collection %s: reopening after %r", name, failed.failed)
+            del self._collections[name]
+            try:
+                failed.close(checkpoint=False)
+            except Exception as e:  # noqa: BLE001 - a failed log refuses to close cleanly; its files are released
+                log.warning("collection %s: closing after the failure: %s", name, e)
+            self._open_or_report(name)
+            return self._collections.get(name)
+
     def problems(self) -> dict[str, str]:
         """Collections that could not be opened, with the reason (what `vdbctl check` and repair act on)."""
         return {name: err.message for name, err in self._broken.items()}
@@ -99,6 +114,8 @@ class Database:
             raise UnavailableError("the database is closed")
         check_name(name)
         c = self._collections.get(name)
+        if c is not None and c.failed is not None:
+            c = self._reopen(name, c)
         if c is None:
             broken = self._broken.get(name)
             if broken is not None:

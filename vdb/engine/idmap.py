@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from storage.errors import CorruptionError
+
 _MISSING = object()
 UNKNOWN = -2  # internal: "not in the overlay, ask LMDB"
 
@@ -33,8 +35,24 @@ class IdMap:
         out = np.fromiter((self._rows.get(e, UNKNOWN) for e in ext_ids.tolist()), np.int64, len(ext_ids))
         miss = out == UNKNOWN
         if miss.any():
-            out[miss] = self._index.committed_rows(ext_ids[miss])
+            committed = self._index.committed_rows(ext_ids[miss])
+            self._cross_check(ext_ids[miss], committed)
+            out[miss] = committed
         return out
+
+    def _cross_check(self, ext_ids: np.ndarray, rows: np.ndarray) -> None:
+        """A committed entry must point at a row that carries the same external id (the per-row id array is
+        checksummed separately): a mismatch is damage, never another id's vector."""
+        found = rows >= 0
+        if not found.any():
+            return
+        int2ext = self._index.int2ext
+        r = rows[found]
+        bad = (r >= len(int2ext)) | (int2ext[np.minimum(r, len(int2ext) - 1)] != ext_ids[found])
+        if bad.any():
+            e = int(ext_ids[found][bad][0])
+            raise CorruptionError(self._index.path / "meta" / "data.mdb",
+                                  f"the id map sends id {e} to row {int(r[bad][0])}, which holds another id")
 
     def overlay_payloads(self, ext_ids: list[int]) -> list:
         """Payloads changed since the checkpoint, MISSING where only LMDB knows (see payloads_of)."""

@@ -10,6 +10,7 @@ Values are str, int, float or bool (bool and numbers never equal each other).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,6 @@ import numpy as np
 from vdb.errors import InvalidArgumentError
 
 _RANGE = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
-_SCALAR = (str, int, float, bool)
 MAX_DEPTH = 16
 
 
@@ -155,7 +155,7 @@ def _field_condition(field: str, value: Any, where: str) -> Node:
             parts.append(node if op == "$in" else Not(node))
         elif op in _RANGE:
             if not _is_number(arg):
-                raise FilterError(f"{at}: expects a number, got {arg!r}")
+                raise FilterError(f"{at}: expects a finite 64-bit number, got {_scalar_repr(arg)}")
             parts.append(Range(field, op, float(arg)))
         elif op == "$exists":
             if not isinstance(arg, bool):
@@ -172,13 +172,19 @@ def _check_field(field: str, where: str) -> None:
 
 
 def _scalar(v: Any, where: str):
-    if not isinstance(v, _SCALAR) or (isinstance(v, float) and not np.isfinite(v)):
-        raise FilterError(f"{where}: values must be strings, finite numbers or booleans, got {v!r}")
-    return v
+    if isinstance(v, (str, bool)) or _is_number(v):
+        return v
+    shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+    raise FilterError(f"{where}: values must be strings, finite 64-bit numbers or booleans, got {shown}")
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    """A finite float or a 64-bit integer (what payloads may hold; a bigger int cannot even become a float)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return -(1 << 63) <= v < (1 << 63)
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _same(a, b) -> bool:
@@ -187,6 +193,11 @@ def _same(a, b) -> bool:
     if _is_number(a) and _is_number(b):
         return float(a) == float(b)
     return isinstance(a, str) and isinstance(b, str) and a == b
+
+
+def _scalar_repr(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def lookup(payload: dict | None, field: str):

@@ -49,6 +49,8 @@ def from_json(text: str | bytes, what: str, *, allow_null: bool = False):
         value = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgumentError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"{what} is nested too deeply to parse") from None
     if value is None and allow_null:
         return None
     if not isinstance(value, dict):

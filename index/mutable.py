@@ -27,7 +27,7 @@ from index.clustering import hierarchical_heads
 from index.distance import head_space
 from index.quantize import Int8Quantizer
 from index.rebalance import Rebalancing
-from index.rowstate import DELETED, version_of
+from index.rowstate import DELETED, is_live, version_of
 from index.spann import SpannIndex, release_free_memory
 from index.types import BuildParams, Metric
 from storage import IndexDir
@@ -221,6 +221,7 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
                     new.add_postings(lists, [max(len(r) + len(r) // 4 + 1, 1) for r in lists])
                 pid = run
             new.sync()
+            self.files.sync_names()  # the new file's name is durable before any commit names it
             before, after = old.file_bytes, new.file_bytes
             replaced = self.files.swap_postings(new)
             # Searches in flight may still read the old store: close it only at the next compaction or close.
@@ -278,26 +279,21 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         id_puts: (ext ids, rows); id_deletes: ext ids; payload_puts: (ext ids, list of dict or None)."""
         self.files.commit(manifest, arrays, id_puts=id_puts, id_deletes=id_deletes, payload_puts=payload_puts)
 
-    # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
-    def committed_array(self, name: str) -> np.ndarray | None:
-        """The array `name` as the last commit stored it (None if never stored)."""
-        return self.files.meta.get_array(name)
-
-    def committed_rows(self, ext_ids: np.ndarray) -> np.ndarray:
-        """The committed row of each external id, -1 where the id map has none."""
-        return self.files.meta.lookup(ext_ids)
-
-    def iter_committed_ids(self):
-        """(external id, row) of every committed id-map entry, ascending by id."""
-        return self.files.meta.iter_ids()
-
-    def committed_payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
-        """The committed payload of each external id (None where there is none)."""
-        return self.files.meta.payloads(ext_ids)
-
-    def iter_committed_payloads(self):
-        """(external id, payload) of every committed payload."""
-        return self.files.meta.iter_payloads()
+    def repair_postings(self, pending: np.ndarray) -> dict:
+        """Operator repair: retire every posting that fails its checksum and put the live rows left in no posting
+        (and not `pending` in the caller's memtable) back into postings from their full-precision rows.
+        Returns {"damaged_postings": [...], "rows_reindexed": n}."""
+        with self.maint_lock:
+            bad = self.files.postings.verify_all()
+            if not bad:
+                return {"damaged_postings": [], "rows_reindexed": 0}
+            self._retire(bad)
+            reached = self.reachable_rows(self.state)
+            reached[np.asarray(pending, dtype=np.int64)] = True
+            lost = np.nonzero(is_live(self.state) & ~reached)[0]
+            self.insert(lost)
+            log.warning("repair: retired %d damaged postings %s; re-indexed %d rows", len(bad), bad[:10], len(lost))
+            return {"damaged_postings": bad, "rows_reindexed": int(len(lost))}
 
     def compaction_due(self, min_bytes: float) -> bool:
         """True when the posting file's garbage exceeds min_bytes and half the file (see compact_postings)."""

@@ -312,6 +312,27 @@ class SpannIndex:
         return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "head_rows": heads.rows,
                             "postings_ok": not bad}
 
+    # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
+    def committed_array(self, name: str) -> np.ndarray | None:
+        """The array `name` as the last commit stored it (None if never stored)."""
+        return self.files.meta.get_array(name)
+
+    def committed_rows(self, ext_ids: np.ndarray) -> np.ndarray:
+        """The committed row of each external id, -1 where the id map has none."""
+        return self.files.meta.lookup(ext_ids)
+
+    def iter_committed_ids(self):
+        """(external id, row) of every committed id-map entry, ascending by id."""
+        return self.files.meta.iter_ids()
+
+    def committed_payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
+        """The committed payload of each external id (None where there is none)."""
+        return self.files.meta.payloads(ext_ids)
+
+    def iter_committed_payloads(self):
+        """(external id, payload) of every committed payload."""
+        return self.files.meta.iter_payloads()
+
     def reachable_rows(self, state: np.ndarray) -> np.ndarray:
         """bool [rows]: the rows with a valid record (version == state) in some live posting."""
         store = self.files.postings

@@ -9,6 +9,22 @@ import numpy as np
 from index.errors import InvalidParameterError
 
 
+_KINDS = {"int": (int, np.integer), "float": (int, float, np.integer, np.floating), "str": (str,), "bool": (bool,)}
+
+
+def check_types(params) -> None:
+    """Every field of a parameter dataclass has its declared type (no bool for a number, no NaN): bad knobs are
+    InvalidParameterError, never a TypeError deep inside a search."""
+    for f in fields(params):
+        v = getattr(params, f.name)
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        ok = isinstance(v, _KINDS[kind]) and (kind == "bool" or not isinstance(v, (bool, np.bool_)))
+        if ok and kind == "float" and not v == v:  # NaN would pass every range check that follows
+            raise InvalidParameterError(f"{f.name} must be a number, not NaN")
+        if not ok:
+            raise InvalidParameterError(f"{f.name} must be a{'n' if kind == 'int' else ''} {kind}, got {v!r}")
+
+
 class Metric(str, Enum):
     """Distances returned are always "smaller is nearer":
     l2 -> squared Euclidean distance; ip -> negative inner product; cosine -> 1 - cosine similarity."""
@@ -55,6 +71,7 @@ class BuildParams:
 
     def resolved(self, dim: int) -> "BuildParams":
         """Validate and fill the automatic choices that depend on the data."""
+        check_types(self)
         replicas = self.max_replicas if dim < 768 else min(self.max_replicas, 4)
         checks = [
             (0 < self.head_ratio <= 1, "head_ratio must be in (0, 1]"),
@@ -123,6 +140,7 @@ class SearchParams:
         return SearchParams(**{**self.__dict__, **changes})
 
     def resolved(self, k: int) -> "SearchParams":
+        check_types(self)
         if self.nprobe < 1:
             raise InvalidParameterError(f"nprobe must be >= 1, got {self.nprobe}")
         if self.eps < 0:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from storage.crashpoints import crashpoint
 from storage.errors import FormatError, InUseError, LockedError
+from storage.fileio import fsync_dir
 from storage.lock import DirLock
 from storage.wal.format import SEGMENT_HEADER_SIZE
 from storage.meta import MetaStore
@@ -55,7 +56,14 @@ class IndexDir:
         d.commit({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_rows": 0, "n_heads": 0,
                   "checkpoint_lsn": 0, **manifest}, {"directory": np.zeros(0, DIRECTORY_DTYPE)})
         d.vectors.finish(), d.heads.finish(), d.postings.finish()
+        d.sync_names()
+        fsync_dir(d.path.parent)  # the directory itself, before a catalog names it
         return d
+
+    def sync_names(self) -> None:
+        """Make the names of the files in this directory durable (fsync of the directory): a file created since,
+        e.g. by a compaction, must exist after a power loss before a commit may name it."""
+        fsync_dir(self.path)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = False, verify: str = "lazy") -> "IndexDir":

@@ -211,10 +211,12 @@ def info(index_dir):
 @cli.command()
 @click.argument("path", metavar="DIR", type=click.Path(file_okay=False, exists=True))
 def check(path):
-    """Verify checksums and invariants; print a JSON report and exit 1 on any violation.
+    """Verify every checksum and invariant, read-only; print a JSON report and exit 1 on any violation.
 
-    DIR is a data directory (every collection is checked) or one index / collection directory. Its WAL is
-    replayed first, exactly as a restart would. The directory must not be open in a running server.
+    DIR is a data directory (every collection is checked) or one index / collection directory. Nothing is
+    written: the checkpoint is checked, the WAL after it is validated and decoded, and what the next open would
+    do (drop a torn tail) is listed under "notes". A directory a running server holds is refused; repairing is
+    `vdbctl repair`.
 
     \b
     Example:
@@ -223,6 +225,26 @@ def check(path):
     """
     from vdb.engine.database import check_path
     reports = check_path(path)
+    _echo_json(reports)
+    if not all(r["ok"] for r in reports):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("path", metavar="DIR", type=click.Path(file_okay=False, exists=True))
+def repair(path):
+    """Mend a data directory where its own data allows; print what was done and lost; exit 1 if problems remain.
+
+    A damaged WAL is truncated at the damage (the records after it are LOST, and the report says which LSNs);
+    postings that fail their checksum are rebuilt from the full-precision rows. Damaged rows, heads or metadata
+    cannot be rebuilt from the directory itself: they are reported (restore a snapshot). Stop the server first.
+
+    \b
+    Example:
+      vdbctl check data/ || vdbctl repair data/
+    """
+    from vdb.engine.repair import repair_path
+    reports = repair_path(path)
     _echo_json(reports)
     if not all(r["ok"] for r in reports):
         raise click.exceptions.Exit(1)

@@ -67,12 +67,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 50051, "gRPC port (0 picks a free one)", lambda v: 0 <= v < 65536),
     Setting("max_message_mb", 64, "largest gRPC message accepted or sent", _positive),
     Setting("workers", 16, "gRPC worker threads", _positive),
+    Setting("max_inflight_answers_mb", 256.0, "answers waiting for slow clients the server holds at most (MiB); "
+            "beyond it a large answer is RESOURCE_EXHAUSTED", _positive),
+    Setting("max_streams_per_connection", 32, "concurrent calls one connection may have open", _positive),
+    Setting("idle_connection_s", 600.0, "close a connection idle this long", _positive),
     Setting("api_key", "", "if set, every RPC but health needs `authorization: Bearer <key>`", secret=True),
     Setting("read_only_api_key", "", "a key that may only read (search, get, count, stats, list, describe)",
             secret=True),
     Setting("tls_cert", "", "PEM certificate file; with tls_key, serve TLS"),
     Setting("tls_key", "", "PEM private key file"),
     Setting("metrics_port", 0, "Prometheus /metrics port (0 = off)", lambda v: 0 <= v < 65536),
+    Setting("metrics_host", "127.0.0.1", "address /metrics binds (loopback: the page names every collection); it "
+            "takes the API keys when they are set"),
     Setting("grace_s", 10.0, "graceful shutdown: seconds to drain in-flight RPCs", _positive),
 )
 BY_NAME = {s.name: s for s in SETTINGS}

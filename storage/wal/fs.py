@@ -125,3 +125,58 @@ class RealFS:
 
     def lock(self, directory: str) -> DirLock:
         return DirLock(directory, exclusive=True)
+
+
+class _PlannedFile:
+    """A file handle of DryRunFS: writes are recorded, never performed."""
+
+    def __init__(self, fs: "DryRunFS", path: str, size: int):
+        self.path, self._fs, self._size = path, fs, size
+
+    def pwrite(self, data, offset: int) -> None:
+        self._fs.actions.append(f"write {len(memoryview(data).cast('B'))} bytes to {self.path} at {offset}")
+        self._size = max(self._size, offset + len(memoryview(data).cast("B")))
+
+    def reserve(self, offset: int, length: int) -> None:
+        pass
+
+    def fsync(self) -> None:
+        pass
+
+    def truncate(self, length: int) -> None:
+        self._fs.actions.append(f"truncate {self.path} to {length} bytes")
+        self._size = length
+
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        pass
+
+
+class DryRunFS(RealFS):
+    """Reads the real file system and records, instead of doing, every change: `vdbctl check` runs recovery's
+    own decisions through it to say what the next open would do, without touching what it checks."""
+
+    def __init__(self):
+        self.actions: list[str] = []
+
+    def makedirs(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(path)
+
+    def create(self, path: str) -> _PlannedFile:
+        self.actions.append(f"create {path}")
+        return _PlannedFile(self, path, 0)
+
+    def open(self, path: str) -> _PlannedFile:
+        return _PlannedFile(self, path, os.stat(path).st_size)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.actions.append(f"rename {src} to {dst}")
+
+    def remove(self, path: str) -> None:
+        self.actions.append(f"remove {path}")
+
+    def fsync_dir(self, path: str) -> None:
+        pass

@@ -229,3 +229,23 @@ def _recover(fs: FileSystem, directory: str, *, repair: bool = False, covered_ls
             segments = [_new_segment(fs, directory, covered_lsn + 1)]
         break
     return segments
+
+
+def inspect_log(directory: str, covered_lsn: int = 0) -> dict:
+    """What recovery would find and do at the next open, without changing a byte (recovery's own code, run over
+    DryRunFS): {"segments", "first_lsn", "last_lsn", "actions", "error", "records_readable"}."""
+    from storage.wal.fs import DryRunFS
+    fs = DryRunFS()
+    out = {"actions": fs.actions, "error": None, "segments": [], "first_lsn": None, "last_lsn": None}
+    try:
+        segments = _recover(fs, directory, covered_lsn=covered_lsn)
+    except WalCorruptionError as e:
+        out["error"] = str(e)
+        return out
+    out["segments"] = [s.path for s in segments if os.path.exists(s.path)]
+    if segments:
+        out["first_lsn"], out["last_lsn"] = segments[0].first_lsn, segments[-1].last_lsn
+    out["records_readable"] = all(os.path.exists(s.path) for s in segments) and not any(
+        a.startswith(("create", "truncate")) for a in fs.actions)
+    out["segment_objects"] = segments
+    return out

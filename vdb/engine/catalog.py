@@ -53,11 +53,17 @@ def _load(path: Path) -> dict[str, dict]:
 
 
 class Catalog:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, create: bool = True):
         self.root = root
-        (root / "collections").mkdir(parents=True, exist_ok=True)
+        if create:
+            (root / "collections").mkdir(parents=True, exist_ok=True)
         path = root / CATALOG
         self._entries: dict[str, dict] = _load(path) if path.exists() else {}
+
+    @classmethod
+    def read(cls, root: Path) -> "Catalog":
+        """The catalog of an existing data directory, read without creating or changing anything."""
+        return cls(root, create=False)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -97,7 +103,8 @@ class Catalog:
         """Rename first (atomic, durable), then delete: a crash never leaves a half-deleted collection in place."""
         trash = self.root / f".trash-{uuid.uuid4().hex[:8]}"
         os.rename(path, trash)
-        fsync_dir(path.parent)
+        fsync_dir(path.parent)  # a rename between two directories is durable once both are fsync'd
+        fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _save(self) -> None:

@@ -246,6 +246,14 @@ class Collection(ReadPath):
         self._check_usable()
         return self.maintainer.step(compact=compact)
 
+    def repair(self) -> dict:
+        """Operator repair of what can be rebuilt from the full-precision rows (damaged postings), then a
+        checkpoint; see vdb/engine/repair.py."""
+        self._check_usable()
+        done = self.index.repair_postings(self.memtable.rows())
+        self.flush()
+        return done
+
     def flush(self, timeout: float = 300.0) -> int:
         """Wait until every acknowledged write is in postings (if the index has heads) and checkpointed."""
         self._check_usable()

@@ -17,7 +17,7 @@ from index import BuildParams
 from index.mutable import MutableSpannIndex
 from index.types import Metric
 from storage.lock import DirLock
-from vdb.engine.catalog import Catalog, check_name
+from vdb.engine.catalog import CATALOG, Catalog, check_name
 from vdb.engine.collection import Collection
 from vdb.engine.explain import Explain
 from vdb.api import Record, SearchResult
@@ -250,6 +250,14 @@ class Database:
         return self._get(name).maintain(compact=compact)
 
     @public
+    def repair(self, name: str) -> dict:
+        """Mend one collection where its own data allows (vdb/engine/repair.py), then check it."""
+        from vdb.engine.check import check_collection
+        c = self._get(name)
+        done = c.repair()
+        return {**check_collection(c), **done}
+
+    @public
     def check(self, name: str | None = None) -> list[dict]:
         """Verify checksums and invariants of one collection (or all); see vdb/engine/check.py."""
         from vdb.engine.check import check_collection
@@ -301,24 +309,15 @@ def connect(path: str | os.PathLike, *, config_file: str | None = None, **settin
 
 
 def check_path(path: str | os.PathLike) -> list[dict]:
-    """Check a data directory (every collection) or a single index / collection directory, recovering its WAL."""
+    """Check a data directory (every collection) or a single index / collection directory, read-only: nothing is
+    replayed, truncated or checkpointed (vdb/engine/check.py). A directory a server holds is refused."""
+    from vdb.engine.check import check_stored
     path = Path(path)
-    if (path / "catalog.json").exists():
-        with connect(path) as db:
-            return db.check()
-    from vdb.engine.check import check_collection
     try:
-        index = MutableSpannIndex.open_writable(path)
+        if (path / CATALOG).exists():
+            with DirLock(path, exclusive=False):
+                catalog = Catalog.read(path)
+                return [check_stored(catalog.path_of(n), n) for n in catalog.names()]
+        return [check_stored(path)]
     except BaseException as e:
         raise translate(e) from None
-    try:
-        stored = index.manifest.get("collection", {})
-        settings = engine_settings(load_settings(), stored)
-        collection = Collection(path.name, index, settings)
-    except BaseException as e:
-        index.close()
-        raise translate(e) from None
-    try:
-        return [check_collection(collection)]
-    finally:
-        collection.close(checkpoint=False)

@@ -43,6 +43,15 @@ def encode_delete(ids: np.ndarray) -> bytes:
 
 
 def decode(rtype: int, data: bytes) -> Upsert | Delete:
+    """The operation a record holds; ValueError if its bytes do not form one (the WAL checksum passed, so this
+    means a writer bug or a format this version does not know)."""
+    try:
+        return _decode(rtype, data)
+    except (struct.error, ValueError, TypeError) as e:
+        raise ValueError(f"WAL record of type {rtype} does not decode: {e}") from None
+
+
+def _decode(rtype: int, data: bytes) -> Upsert | Delete:
     if rtype == UPSERT:
         n, dim, nblob = _UPSERT_HEAD.unpack_from(data)
         off = _UPSERT_HEAD.size

@@ -6,6 +6,7 @@ upsert leaves the same state; only its LSN differs). Create/drop are never retri
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import grpc
@@ -26,6 +27,20 @@ def _error(e: grpc.RpcError) -> VdbError:
     err = BY_CODE.get(code, InternalError)(e.details() or code.name)
     err.code = code
     return err
+
+
+def _typed(fn):
+    """Bad arguments become InvalidArgumentError here, as in the engine: never a raw TypeError / ValueError from
+    building the request."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VdbError:
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InvalidArgumentError(f"{fn.__name__}: {e}") from None
+    return call
 
 
 class Client:
@@ -63,6 +78,7 @@ class Client:
                 raise _error(e) from None
 
     # -- collections ------------------------------------------------------------------------------------
+    @_typed
     def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
                           **options) -> dict:
         """As VectorDB.create_collection (never retried: a retry could race a drop)."""
@@ -76,20 +92,24 @@ class Client:
             exist_ok=exist_ok, options_json=convert.to_json(options).decode() if options else "")
         return convert.info_dict(self._call("CreateCollection", req, retry=False).collection)
 
+    @_typed
     def list_collections(self) -> list[str]:
         """As VectorDB.list_collections."""
         return list(self._call("ListCollections", pb.ListCollectionsRequest(), retry=True).names)
 
+    @_typed
     def describe_collection(self, name: str) -> dict:
         """As VectorDB.describe_collection."""
         return convert.info_dict(self._call("DescribeCollection", pb.DescribeCollectionRequest(name=name),
                                             retry=True).collection)
 
+    @_typed
     def drop_collection(self, name: str) -> None:
         """As VectorDB.drop_collection (never retried)."""
         self._call("DropCollection", pb.DropCollectionRequest(name=name), retry=False)
 
     # -- data -------------------------------------------------------------------------------------------
+    @_typed
     def upsert(self, name: str, ids, vectors, payloads=None, *, timeout: float | None = None) -> int:
         """As VectorDB.upsert; `timeout` replaces the client's default deadline for this call."""
         ids = np.atleast_1d(np.asarray(ids))
@@ -98,6 +118,7 @@ class Client:
             req.payloads_json.extend(convert.to_json(p) for p in payloads)
         return self._call("Upsert", req, retry=True, timeout=timeout).lsn
 
+    @_typed
     def upsert_batched(self, name: str, ids, vectors, payloads=None, batch_size: int | None = None) -> int:
         """Upsert any number of vectors in messages that fit the size limit; returns the last LSN."""
         ids, vectors = np.asarray(ids), _floats(vectors)
@@ -109,17 +130,20 @@ class Client:
                               payloads[s: s + batch] if payloads is not None else None)
         return lsn
 
+    @_typed
     def delete(self, name: str, ids, *, timeout: float | None = None) -> int:
         """As VectorDB.delete; `timeout` replaces the client's default deadline for this call."""
         ids = np.atleast_1d(np.asarray(ids))
         return self._call("Delete", pb.DeleteRequest(collection=name, ids=_ids(ids)), retry=True,
                           timeout=timeout).lsn
 
+    @_typed
     def get(self, name: str, ids) -> list[Record]:
         """As VectorDB.get."""
         ids = np.atleast_1d(np.asarray(ids))
         return convert.records_from(self._call("Get", pb.GetRequest(collection=name, ids=_ids(ids)), retry=True))
 
+    @_typed
     def search(self, name: str, queries, top_k: int = 10, *, filter=None, nprobe=None, rerank_k=None, eps=None,
                use_cache: bool = True, explain: bool = False, allow_partial: bool = False) -> SearchResult:
         """As VectorDB.search. One query goes as a Search call, several as one packed BatchSearch. Through a
@@ -145,15 +169,18 @@ class Client:
             return SearchResult(ids[0], dists[0], ex, missing)
         return SearchResult(ids, dists, ex, missing)
 
+    @_typed
     def count(self, name: str) -> int:
         """As VectorDB.count."""
         return self._call("Count", pb.CountRequest(collection=name), retry=True).count
 
+    @_typed
     def stats(self, name: str) -> dict:
         """As VectorDB.stats."""
         import json
         return json.loads(self._call("Stats", pb.StatsRequest(collection=name), retry=True).stats_json)
 
+    @_typed
     def flush(self, name: str) -> int:
         """As VectorDB.flush."""
         return self._call("Flush", pb.FlushRequest(collection=name), retry=True).checkpoint_lsn

@@ -59,7 +59,21 @@ def from_json(text: str | bytes, what: str, *, allow_null: bool = False):
 
 
 def to_json(value) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=_np_default).encode()
+    """JSON for the wire. numpy scalars and arrays become their values; anything else that is not JSON is an
+    InvalidArgumentError (never its str(): a payload must come back as it was sent)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=_np_default,
+                          allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidArgumentError("nested too deeply to encode as JSON") from None
+
+
+def report_json(value) -> str:
+    """JSON of a server-made report (stats): values with no JSON form (paths, ...) are written as text."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=lambda o: o.item() if isinstance(
+        o, np.generic) else o.tolist() if isinstance(o, np.ndarray) else str(o))
 
 
 def _np_default(o):
@@ -67,7 +81,7 @@ def _np_default(o):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    return str(o)
+    raise TypeError(f"a {type(o).__name__} is not a JSON value")
 
 
 def payloads_from(items) -> list | None:

@@ -1,15 +1,21 @@
 """Prometheus metrics: request counts, latencies and errors by RPC, plus per-collection gauges.
 
-Each server has its own registry (tests run several servers in one process). Served over HTTP on
-`metrics_port` when it is set.
+Each server has its own registry (tests run several servers in one process). Served over HTTP on `metrics_port`
+when it is set, bound to `metrics_host` (loopback unless told otherwise: the page names every collection and its
+size), and behind the server's API keys when they are set (`Authorization: Bearer <key>`; either key may read).
 """
 from __future__ import annotations
 
+import hmac
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+
+from vdb.service.auth import bearer_token
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
@@ -47,6 +53,22 @@ class _CollectionGauges:
         yield from fams.values()
 
 
+class _BudgetGauges:
+    """Answers held for slow clients (vdb/service/limits.py)."""
+
+    def __init__(self, budget):
+        self.budget = budget
+
+    def collect(self):
+        s = self.budget.stats()
+        for key, help_ in (("in_flight_bytes", "answer bytes held for clients that have not read them yet"),
+                           ("peak_bytes", "the most answer bytes held at once"),
+                           ("refused", "large answers refused because the budget was spent")):
+            fam = GaugeMetricFamily(f"vdb_answers_{key}", help_)
+            fam.add_metric([], s[key])
+            yield fam
+
+
 class Metrics:
     def __init__(self, db):
         self.registry = CollectorRegistry()
@@ -59,8 +81,42 @@ class Metrics:
     def interceptor(self) -> grpc.ServerInterceptor:
         return _MetricsInterceptor(self)
 
-    def serve(self, host: str, port: int) -> None:
-        self._http = start_http_server(port, addr=host, registry=self.registry)
+    def watch_budget(self, budget) -> None:
+        self.registry.register(_BudgetGauges(budget))
+
+    def serve(self, host: str, port: int, keys: tuple[str, ...] = ()) -> int:
+        """Serve /metrics on host:port (0: a free port) in a daemon thread; returns the bound port. With keys,
+        a request must carry one of them as a bearer token (401 otherwise)."""
+        registry, secrets = self.registry, [k.encode() for k in keys if k]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                token = bearer_token([("authorization", self.headers.get("Authorization", ""))])
+                if secrets and not any(hmac.compare_digest(token, k) for k in secrets):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", "Bearer")
+                    self.end_headers()
+                    return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # no request lines on stderr
+                pass
+
+        self._http = ThreadingHTTPServer((host, port), Handler)
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="vdb-metrics", daemon=True).start()
+        return self._http.server_address[1]
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
 
 
 class _MetricsInterceptor(grpc.ServerInterceptor):

@@ -17,9 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vdb.errors import DeadlineExceededError, InvalidArgumentError, VdbError, translate
+from vdb.errors import DeadlineExceededError, InvalidArgumentError, translate
 from vdb.service import convert
 from vdb.service.auth import SERVICE, AuthInterceptor
+from vdb.service.limits import ResponseBudget, search_answer_bytes
 from vdb.service.metrics import Metrics
 from vdb.v1 import vector_db_pb2 as pb
 
@@ -67,15 +68,22 @@ def rpc(fn):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceededError("the deadline passed before the request was handled")
-            return fn(self, request, context)
-        except VdbError as e:
-            context.abort(e.code, str(e))
+            response = fn(self, request, context)
+            self.budget.charge_answer(response.ByteSize(), context)
+            return response
         except Exception as e:
+            self.budget.charge_answer(0, context)  # forget what was charged ahead (released as the RPC ends)
             err = translate(e)
-            if err.code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed unexpectedly", fn.__name__)
-            context.abort(err.code, str(err))
+            if err.code == grpc.StatusCode.INTERNAL:  # a bug: the traceback goes to the log, the client a line
+                log.error("%s failed unexpectedly: %s", fn.__name__, err.message, exc_info=e)
+            context.abort(err.code, _one_line(err.message))
     return handler
+
+
+def _one_line(message: str, limit: int = 2000) -> str:
+    """What a client sees of an error: one line, bounded (the log keeps the whole story)."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _timeout(context) -> float | None:
@@ -84,8 +92,8 @@ def _timeout(context) -> float | None:
 
 
 class VectorDBServicer:
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, db, budget: ResponseBudget):
+        self.db, self.budget = db, budget
 
     @rpc
     def CreateCollection(self, req, context):
@@ -128,6 +136,7 @@ class VectorDBServicer:
         q = convert.from_vectors(req.query, what="query")
         if len(q) != 1:
             raise InvalidArgumentError(f"Search takes exactly one query vector, got {len(q)}; use BatchSearch")
+        self.budget.charge_ahead(search_answer_bytes(1, req.params.top_k, False), context)
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
         return pb.SearchResponse(result=convert.search_result(res.ids[0], res.distances[0], res.explain,
                                                               missing_shards=res.missing_shards))
@@ -135,6 +144,7 @@ class VectorDBServicer:
     @rpc
     def BatchSearch(self, req, context):
         q = convert.from_vectors(req.queries, what="queries")
+        self.budget.charge_ahead(search_answer_bytes(len(q), req.params.top_k, req.packed), context)
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
         if req.packed:
             return pb.BatchSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain,
@@ -153,7 +163,7 @@ class VectorDBServicer:
 
     @rpc
     def Stats(self, req, context):
-        return pb.StatsResponse(stats_json=convert.to_json(self.db.stats(req.collection)).decode())
+        return pb.StatsResponse(stats_json=convert.report_json(self.db.stats(req.collection)))
 
 
 def _handlers(servicer) -> grpc.GenericRpcHandler:
@@ -173,8 +183,11 @@ def create_server(db, settings, *, port: int | None = None) -> tuple[grpc.Server
         ThreadPoolExecutor(max_workers=int(settings["workers"]), thread_name_prefix="vdb-rpc"),
         interceptors=[metrics.interceptor(),  # outermost: counts refused calls too
                       AuthInterceptor(settings["api_key"], settings["read_only_api_key"])],
-        options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)])
-    server.add_generic_rpc_handlers((_handlers(VectorDBServicer(db)),))
+        options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
+                 ("grpc.max_concurrent_streams", int(settings["max_streams_per_connection"])),
+                 ("grpc.max_connection_idle_ms", int(float(settings["idle_connection_s"]) * 1000))])
+    budget = ResponseBudget(int(float(settings["max_inflight_answers_mb"]) * (1 << 20)))
+    server.add_generic_rpc_handlers((_handlers(VectorDBServicer(db, budget)),))
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -193,9 +206,12 @@ def create_server(db, settings, *, port: int | None = None) -> tuple[grpc.Server
         raise OSError(f"cannot bind {address}")
     server.health = health_servicer
     server.metrics = metrics
+    server.budget = budget
     server.db = db
+    metrics.watch_budget(budget)
     if settings["metrics_port"]:
-        metrics.serve(settings["host"], int(settings["metrics_port"]))
+        server.metrics_port = metrics.serve(settings["metrics_host"], int(settings["metrics_port"]),
+                                            (settings["api_key"], settings["read_only_api_key"]))
     return server, bound
 
 

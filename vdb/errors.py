@@ -7,8 +7,8 @@ from __future__ import annotations
 import grpc
 
 from index.errors import InvalidParameterError, InvalidVectorsError
-from storage.errors import (CorruptionError, FormatError, LockedError, MetaStoreError, StorageError,
-                            TruncatedError)
+from storage.errors import (CorruptionError, DiskFullError, FormatError, InUseError, LockedError, MetaStoreError,
+                            StorageError, TruncatedError, is_disk_full)
 
 
 class VdbError(Exception):
@@ -87,6 +87,8 @@ TRANSLATION: tuple[tuple[type[BaseException], type[VdbError]], ...] = (
     (CorruptionError, DataLossError),
     (FormatError, FailedPreconditionError),
     (LockedError, UnavailableError),
+    (InUseError, FailedPreconditionError),
+    (DiskFullError, ResourceExhaustedError),
     (MetaStoreError, ResourceExhaustedError),
     (StorageError, InternalError),
 )
@@ -107,6 +109,10 @@ def translate(exc: BaseException) -> VdbError:
             err = target(str(exc))
             err.__cause__ = exc
             return err
+    if is_disk_full(exc):  # an OSError from a write outside the reserved paths: the disk, not a bug
+        err = ResourceExhaustedError(f"the disk is full ({exc}); free space and retry")
+        err.__cause__ = exc
+        return err
     err = InternalError(f"{type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err

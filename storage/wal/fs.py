@@ -158,6 +158,8 @@ class DryRunFS(RealFS):
     """Reads the real file system and records, instead of doing, every change: `vdbctl check` runs recovery's
     own decisions through it to say what the next open would do, without touching what it checks."""
 
+    dry_run = True
+
     def __init__(self):
         self.actions: list[str] = []
 

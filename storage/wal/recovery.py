@@ -21,6 +21,12 @@ from storage.wal.reader import (WalCorruptionError, _Damage, _iter_records, _par
 log = logging.getLogger(__name__)
 
 
+def _say(fs: FileSystem, level: int, msg: str, *args) -> None:
+    """Log what recovery does; a dry run (vdbctl check) reports its plan itself and logs nothing."""
+    if not getattr(fs, "dry_run", False):
+        log.log(level, msg, *args)
+
+
 def _list_segments(fs: FileSystem, directory: str) -> list[tuple[int, str]]:
     found = []
     for name in fs.listdir(directory):
@@ -28,7 +34,7 @@ def _list_segments(fs: FileSystem, directory: str) -> list[tuple[int, str]]:
         if m:
             found.append((int(m.group(1)), os.path.join(directory, name)))
         elif name.startswith("wal-"):
-            log.warning("%s: ignoring %s, which is not named like a WAL segment", directory, name)
+            _say(fs, logging.WARNING, "%s: ignoring %s, which is not named like a WAL segment", directory, name)
     return sorted(found)
 
 
@@ -93,7 +99,7 @@ def _repair(fs: FileSystem, directory: str, seg: _Segment, damage: _Damage, late
     else:
         fs.remove(seg.path)
         fs.fsync_dir(directory)
-    log.error("WAL REPAIR: %s: %s at byte offset %d (%d bytes): truncated the log there, dropping %d bytes "
+    _say(fs, logging.ERROR, "WAL REPAIR: %s: %s at byte offset %d (%d bytes): truncated the log there, dropping %d bytes "
               "(the rest of this file and %d later segment file(s)); LSN %d and every later LSN%s are LOST",
               seg.path, damage.reason, damage.offset, damage.length, lost, len(later), first_lost,
               f" (the last dropped segment started at LSN {last_start})" if last_start else "")
@@ -161,7 +167,7 @@ def _covered_damage(fs: FileSystem, directory: str, seg: _Segment, damage: _Dama
     if later:  # the records this segment could hold end where the next segment's name says it begins
         if later[0][0] - 1 > covered_lsn:
             return None
-        log.warning("%s: %s at byte offset %d: every record it could hold (up to LSN %d) is covered by the "
+        _say(fs, logging.WARNING, "%s: %s at byte offset %d: every record it could hold (up to LSN %d) is covered by the "
                     "checkpoint at LSN %d; dropping it and %d older segment(s)", seg.path, damage.reason,
                     damage.offset, later[0][0] - 1, covered_lsn, len(older))
         _drop(fs, directory, older + [seg.path])
@@ -176,7 +182,7 @@ def _covered_damage(fs: FileSystem, directory: str, seg: _Segment, damage: _Dama
         fresh.last_lsn = tail[2]
     else:
         fresh = _new_segment(fs, directory, max(covered_lsn, seg.last_lsn) + 1)
-    log.warning("%s: %s at byte offset %d: the LSNs it can affect (%d..%d) are all covered by the checkpoint at "
+    _say(fs, logging.WARNING, "%s: %s at byte offset %d: the LSNs it can affect (%d..%d) are all covered by the checkpoint at "
                 "LSN %d; the log continues in %s", seg.path, damage.reason, damage.offset, seg.last_lsn + 1,
                 lost_up_to, covered_lsn, os.path.basename(fresh.path))
     _drop(fs, directory, older + ([seg.path] if fresh.path != seg.path else []))
@@ -184,7 +190,7 @@ def _covered_damage(fs: FileSystem, directory: str, seg: _Segment, damage: _Dama
 
 
 def _cut_torn_tail(fs: FileSystem, seg: _Segment, damage: _Damage) -> None:
-    log.warning("%s: %s at byte offset %d: treating it as a torn final write; dropping %d bytes, the log ends at "
+    _say(fs, logging.WARNING, "%s: %s at byte offset %d: treating it as a torn final write; dropping %d bytes, the log ends at "
                 "LSN %d", seg.path, damage.reason, damage.offset, fs.size(seg.path) - damage.offset, seg.last_lsn)
     _cut(fs, seg, damage.offset)
 
@@ -246,6 +252,6 @@ def inspect_log(directory: str, covered_lsn: int = 0) -> dict:
     if segments:
         out["first_lsn"], out["last_lsn"] = segments[0].first_lsn, segments[-1].last_lsn
     out["records_readable"] = all(os.path.exists(s.path) for s in segments) and not any(
-        a.startswith(("create", "truncate")) for a in fs.actions)
+        a.startswith("create") for a in fs.actions)
     out["segment_objects"] = segments
     return out

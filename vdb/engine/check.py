@@ -79,7 +79,8 @@ def check_stored(path, name: str | None = None) -> dict:
             violations += _stored_id_map(state, int2ext, ids, payload_ids)
         checked.update(_counts(state, reached, 0 if pending is None else len(pending)))
         if (path / "wal").is_dir():
-            _check_wal(path / "wal", int(idx.manifest.get("checkpoint_lsn", 0)), idx.dim, report, violations)
+            _check_wal(path / "wal", int(idx.manifest.get("checkpoint_lsn", 0)), idx.dim, report, checked,
+                       violations)
     finally:
         idx.close()
     report.update(violations=violations, checked=checked, ok=not violations)
@@ -128,7 +129,8 @@ def _counts(state, reached, pending: int) -> dict:
             "reachable_live": int((live & reached).sum())}
 
 
-def _check_wal(wal_dir: Path, checkpoint_lsn: int, dim: int, report: dict, violations: list[str]) -> None:
+def _check_wal(wal_dir: Path, checkpoint_lsn: int, dim: int, report: dict, checked: dict,
+               violations: list[str]) -> None:
     info = inspect_log(str(wal_dir), checkpoint_lsn)
     report["notes"] += [f"at the next open, recovery would {a}" for a in info["actions"]]
     if info["error"]:
@@ -156,5 +158,5 @@ def _check_wal(wal_dir: Path, checkpoint_lsn: int, dim: int, report: dict, viola
                 n += 1
     except (WalCorruptionError, ValueError) as e:
         violations.append(str(e))
-    report["checked"]["wal_records_after_checkpoint"] = n
-    report["checked"]["wal_last_lsn"] = last
+    checked["wal_records_after_checkpoint"] = n
+    checked["wal_last_lsn"] = last

@@ -123,6 +123,16 @@ def search_kwargs(p: pb.SearchParams) -> dict:
 
 def search_params(top_k, nprobe=None, rerank_k=None, eps=None, filter=None, use_cache=True,
                   explain=False, allow_partial=False) -> pb.SearchParams:
+    """The request's knobs, type-checked as the engine checks them (a bool is not a count, 2.5 is not an int):
+    nothing is converted on the way."""
+    for name, v in (("top_k", top_k), ("nprobe", nprobe), ("rerank_k", rerank_k)):
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))):
+            raise InvalidArgumentError(f"{name} must be an integer, got {v!r}")
+        low = 0 if name == "rerank_k" else 1  # 0 would travel as "not set": the engine's default
+        if v is not None and not low <= int(v) < (1 << 32):
+            raise InvalidArgumentError(f"{name} must be an integer in [{low}, 2**32), got {v!r}")
+    if eps is not None and (isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.number))):
+        raise InvalidArgumentError(f"eps must be a number, got {eps!r}")
     p = pb.SearchParams(top_k=int(top_k), nprobe=int(nprobe or 0), rerank_k=int(rerank_k or 0),
                         filter_json=to_json(filter).decode() if filter is not None else "",
                         use_cache=bool(use_cache), explain=bool(explain), allow_partial=bool(allow_partial))

@@ -108,6 +108,7 @@ class Metrics:
                 pass
 
         self._http = ThreadingHTTPServer((host, port), Handler)
+        self.bound_host = host
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="vdb-metrics", daemon=True).start()
         return self._http.server_address[1]

@@ -49,6 +49,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gil_switch_ms", 1.0, "Python's GIL switch interval in ms (process-wide). A search waiting for the GIL "
             "behind the maintenance thread waits up to this long per hand-over; CPython's 5 ms default shows up "
             "as milliseconds of tail latency while writes are being indexed", _positive),
+    # full-text index (vdb/text): hybrid search over one payload text field
+    Setting("text_field", "", "payload field (dotted path) whose string values get a BM25 full-text index for "
+            "hybrid_search; empty: no text index", lambda v: v == "" or all(p for p in v.split("."))),
+    Setting("text_commit_interval_s", 1.0, "how often new texts move from RAM into the on-disk text index "
+            "(they are searchable at once either way)", _positive),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
@@ -77,7 +82,8 @@ BY_NAME = {s.name: s for s in SETTINGS}
 COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
                        "compact_min_mb",
-                       "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
+                       "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate",
+                       "text_field", "text_commit_interval_s")
 
 
 PROCESS_SETTINGS = ("faiss_threads", "gil_switch_ms")  # process-wide: applied by entry points, never by connect()

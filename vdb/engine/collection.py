@@ -36,6 +36,7 @@ from vdb.engine.explain import Explain
 from vdb.engine.idmap import IdMap
 from vdb.api import Record
 from vdb.engine.validate import check_ids, check_payloads
+from vdb.engine import textsearch
 
 log = logging.getLogger(__name__)
 CONSUMER = "index"
@@ -62,6 +63,7 @@ class Collection:
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
                                  repair=bool(settings.get("wal_repair", False)))
         self.wal.register_consumer(CONSUMER)
+        self.text = textsearch.open_text_index(self.path, settings)  # text index: vdb/engine/textsearch.py
         self._recover()
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
@@ -75,6 +77,7 @@ class Collection:
         if self.wal.last_lsn < self.checkpoint_lsn:
             raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
                                 f"{self.checkpoint_lsn}; WAL files were removed or replaced")
+        textsearch.recover(self.text, self.index)  # text index: up to the checkpoint, before the replay
         replayed = 0
         for rec in self.wal.replay(self.checkpoint_lsn):
             self._apply(walcodec.decode(rec.rtype, rec.payload))
@@ -136,10 +139,12 @@ class Collection:
                 self.live += len(rows) - n_old
                 if self._pindex is not None:
                     self._pindex.set_rows(rows, payloads, idx.n_rows)
+                self.text.applied(rows, payloads, old[had], idx.n_rows)  # text index
             else:
                 gone = op.ids[had].tolist()
                 self.idmap.deleted(gone)
                 self.live -= n_old
+                self.text.applied(None, None, old[had], idx.n_rows)  # text index
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent."""
@@ -280,6 +285,11 @@ class Collection:
         d = from_kernel(np.where(ext >= 0, d, np.inf).astype(np.float32), self.metric)
         return ext, d
 
+    def hybrid_search(self, text, vectors, k: int, **options):
+        """Text (BM25), vectors, or both fused; see vdb/engine/textsearch.py. (ext ids, distances) [nq, k]."""
+        self._check_usable()
+        return textsearch.hybrid_search(self, text, vectors, k, **options)
+
     def get(self, ids) -> list[Record]:
         self._check_usable()
         ids = check_ids(ids, self.settings["max_batch"], unique=False)
@@ -309,6 +319,7 @@ class Collection:
             if lsn == self.checkpoint_lsn and not ids and not payloads and not self._index_changed(fields):
                 return lsn
             self.wal.sync()  # batch/none policies: the WAL must reach at least the LSN the checkpoint claims
+            self.text.checkpoint()  # text index: commit what was applied (derived data: never blocks the rest)
             puts = [(e, r) for e, r in ids.items() if r >= 0]
             manifest = {**idx.manifest, **fields, "checkpoint_lsn": lsn, "live": live}
             idx.commit(manifest, arrays,
@@ -350,6 +361,7 @@ class Collection:
             "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
             "index": idx.info() if idx.bootstrapped else {}, "settings": dict(self.settings),
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
+            "text": self.text.stats(),  # text index
         }
 
     @property
@@ -379,6 +391,7 @@ class Collection:
             log.error("collection %s: final checkpoint failed: %s", self.name, translate(e))
         finally:
             self._closed = True
+            self.text.close(commit=checkpoint and self._failed is None)  # text index
             self.wal.close()
             self.index.close()
 

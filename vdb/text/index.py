@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import tantivy
 
+from storage.crashpoints import crashpoint
 from storage.fileio import atomic_write_bytes
 from vdb.query.filters import lookup
 from vdb.text.fresh import FreshTier
@@ -178,6 +179,7 @@ class TextIndex:
                     doc.add_text("text", text)
                     self._writer.add_document(doc)
                 self._writer.commit()
+                crashpoint("text-commit")  # tantivy holds the rows, the state file does not say so yet
                 searcher, tokens = self._open_searcher()
                 self._write_state(clean=False, watermark=upto)
             except BaseException:

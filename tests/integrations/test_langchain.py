@@ -12,8 +12,7 @@ from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import vdb
 from vdb.integrations import langchain as lc
-from vdb.integrations.langchain import VdbVectorStore
-from vdb.text.embed import HashingEmbedder
+from vdb.integrations.langchain import HashingEmbeddings, VdbVectorStore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 from running import Running  # noqa: E402
@@ -29,17 +28,8 @@ class TestVdbVectorStoreStandard(VectorStoreIntegrationTests):
             store.close()
 
 
-class HashEmbeddings:
-    """LangChain's Embeddings over vdb's deterministic hashing embedder."""
-
-    def __init__(self, dim=64):
-        self.e = HashingEmbedder(dim)
-
-    def embed_documents(self, texts):
-        return self.e(texts).tolist()
-
-    def embed_query(self, text):
-        return self.e([text])[0].tolist()
+def HashEmbeddings():
+    return HashingEmbeddings(64)
 
 
 DOCS = ["the cat sat on the mat", "dogs chase cats", "a quick brown fox", "foxes and dogs in the field",

@@ -60,6 +60,23 @@ def to_vdb_filter(spec: dict | None) -> dict | None:
     return out
 
 
+class HashingEmbeddings(Embeddings):
+    """LangChain Embeddings over vdb's deterministic hashing embedder (vdb/text/embed.py): for tests and
+    examples that must not download a model. It captures word overlap, not meaning."""
+
+    def __init__(self, dim: int = 256):
+        from vdb.text.embed import HashingEmbedder
+        self._embedder = HashingEmbedder(dim)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text."""
+        return self._embedder(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """The vector of one query."""
+        return self._embedder([text])[0].tolist()
+
+
 class VdbVectorStore(VectorStore):
     """A LangChain VectorStore over one vdb collection (see the module docstring)."""
 

@@ -99,6 +99,16 @@ class Router:
     def _all(self, method: str, *args, **kwargs) -> dict:
         return self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))])[0]
 
+    def _gather(self, method: str, args: tuple, kwargs: dict, top_k: int, explain: bool, allow_partial: bool):
+        """A search `method` on every shard, merged: (ids, distances, summed explain, missing shards)."""
+        out, missing = self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))],
+                                    allow_partial=allow_partial)
+        if not out:
+            raise UnavailableError(f"no shard answered ({', '.join(missing)})")
+        parts = [out[s] for s in sorted(out)]
+        ids, dists = _merge(parts, top_k)
+        return ids, dists, _sum_explain([p.explain for p in parts]) if explain else None, missing
+
     def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         owner = shard_of(ids, len(self._shards))
         return {int(s): np.nonzero(owner == s)[0] for s in np.unique(owner)}
@@ -163,13 +173,7 @@ class Router:
         shard_k = int(math.ceil(top_k * self.config.overfetch))
         kwargs = dict(filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps, use_cache=use_cache,
                       explain=explain)
-        out, missing = self._fanout([(s, "search", (name, qm, shard_k), kwargs) for s in range(len(self._shards))],
-                                    allow_partial=allow_partial)
-        if not out:
-            raise UnavailableError(f"no shard answered ({', '.join(missing)})")
-        parts = [out[s] for s in sorted(out)]
-        ids, dists = _merge(parts, top_k)
-        ex = _sum_explain([p.explain for p in parts]) if explain else None
+        ids, dists, ex, missing = self._gather("search", (name, qm, shard_k), kwargs, top_k, explain, allow_partial)
         if q.ndim == 1:
             return SearchResult(ids[0], dists[0], ex, missing)
         return SearchResult(ids, dists, ex, missing)
@@ -190,14 +194,8 @@ class Router:
         depth = check_options(fusion, alpha, rrf_k, candidates, top_k, 1 << 31)
         want = int(top_k) if vector is None else depth
         shard_k = int(math.ceil(want * self.config.overfetch))
-        out, missing = self._fanout([(s, "hybrid_search", (name, texts, None, shard_k),
-                                      {"filter": filter, "explain": explain}) for s in range(len(self._shards))],
-                                    allow_partial=allow_partial)
-        if not out:
-            raise UnavailableError(f"no shard answered ({', '.join(missing)})")
-        parts = [out[s] for s in sorted(out)]
-        t_ids, t_dists = _merge(parts, want)
-        ex = _sum_explain([p.explain for p in parts]) if explain else None
+        t_ids, t_dists, ex, missing = self._gather("hybrid_search", (name, texts, None, shard_k),
+                                                   {"filter": filter, "explain": explain}, want, explain, allow_partial)
         if vector is not None:
             dense = self.search(name, np.atleast_2d(np.asarray(vector, np.float32)), depth, filter=filter,
                                 nprobe=nprobe, rerank_k=rerank_k, eps=eps, use_cache=use_cache, explain=explain,

@@ -26,6 +26,8 @@ FORBIDDEN = {
     "vdb.engine": {"vdb.service", "vdb.eval", "vdb.cli"},
     "vdb.service": {"vdb.engine", "vdb.eval", "vdb.cli"},  # the service works on the VectorDB interface only
     "vdb.inputs": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli"},
+    "vdb.text": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli", "vdb.integrations"},
+    "vdb.integrations": {"vdb.engine", "vdb.service", "vdb.eval", "vdb.cli"},  # the public API only
 }
 GRPC_ALLOWED = ("vdb/service/", "vdb/v1/", "vdb/errors.py")  # vdb/errors.py: the status codes errors carry
 

@@ -88,6 +88,20 @@ class VectorDB(Protocol):
         `.explain`; allow_partial lets a router answer without its unreachable shards (`.partial`)."""
         ...
 
+    def hybrid_search(self, name: str, text=None, vector=None, top_k: int = 10, *, fusion: str = "rrf",
+                      alpha: float = 0.5, rrf_k: int = 60, candidates: int | None = None, filter=None, nprobe=None,
+                      rerank_k=None, eps=None, use_cache: bool = True, explain: bool = False,
+                      allow_partial: bool = False) -> SearchResult:
+        """Full-text (BM25 over the collection's `text_field`), vector, or hybrid search. `text`: one query string
+        or a list; `vector`: one query [dim] or [nq, dim] (as many as texts when both are given). Text alone
+        ranks by BM25 (distances = -score), a vector alone is `search`, both are fused: fusion="rrf"
+        (reciprocal rank fusion, sum of 1 / (rrf_k + rank)) or "weighted" (alpha * dense + (1 - alpha) * text,
+        each list's scores min-max normalised per query), over the top `candidates` of each list (default
+        max(top_k, 50)); distances = -fused score. `filter` applies to both lists; the vector knobs, cache
+        and allow_partial as in `search`. A collection without a text index answers text queries with
+        FailedPreconditionError. Shapes as `search`: [top_k] for one query, [nq, top_k] for a batch."""
+        ...
+
     def count(self, name: str) -> int:
         """Live vectors in the collection."""
         ...

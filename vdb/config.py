@@ -50,6 +50,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gil_switch_ms", 1.0, "Python's GIL switch interval in ms (process-wide). A search waiting for the GIL "
             "behind the maintenance thread waits up to this long per hand-over; CPython's 5 ms default shows up "
             "as milliseconds of tail latency while writes are being indexed", _positive),
+    # full-text index (vdb/text): hybrid search over one payload text field
+    Setting("text_field", "", "payload field (dotted path) whose string values get a BM25 full-text index for "
+            "hybrid_search; empty: no text index", lambda v: v == "" or all(p for p in v.split("."))),
+    Setting("text_commit_interval_s", 1.0, "how often new texts move from RAM into the on-disk text index "
+            "(they are searchable at once either way)", _positive),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
@@ -85,7 +90,8 @@ BY_NAME = {s.name: s for s in SETTINGS}
 # Stored with each collection (its manifest) and changeable per collection at creation:
 COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
-                       "compact_min_mb", "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate")
+                       "compact_min_mb", "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate",
+                       "text_field", "text_commit_interval_s")
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
 ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows")

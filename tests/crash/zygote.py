@@ -1,7 +1,8 @@
 """A pre-imported process that forks crash-test writers on request (so 30+ kills do not pay 30 imports).
 
 Protocol on stdin/stdout, one JSON object per line:
-    {"dir": ..., "log": ..., "seed": ..., "threads": ..., "crash_at": "split:2" | ""}  ->  {"pid": child pid}
+    {"dir": ..., "log": ..., "seed": ..., "threads": ..., "crash_at": "split:2" | "", "text": false}  ->  {"pid": ...}
+                       ("text": true: the collection has a full-text index and every upsert a text)
     {"reap": pid}  ->  {"status": wait status}, once every thread of the child is gone (a killed process
                        shows as a zombie while its other threads still exit, holding its files and locks)
 The child opens the database, starts writer threads and logs every operation before and after it is
@@ -20,6 +21,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import numpy as np  # noqa: E402
 
 import vdb  # noqa: E402
+import vdb.text.index  # noqa: E402,F401  (tantivy, for the text crash test)
 from storage import crashpoints  # noqa: E402
 
 DIM = 16
@@ -36,7 +38,12 @@ def vector(vseed: int, ext_id: int) -> np.ndarray:
     return (centre + rng.normal(0, 1, DIM)).astype(np.float32)
 
 
-def writer(db, t: int, seed: int, fd: int) -> None:
+def text_of(vseed: int, ext_id: int) -> str:
+    """The text an upsert stores with a vector (text crash test): a word per id and a word per write."""
+    return f"id{ext_id} s{vseed} common"
+
+
+def writer(db, t: int, seed: int, fd: int, text: bool = False) -> None:
     rng = np.random.default_rng([seed, t])
     owned = np.arange(t * 100_000, t * 100_000 + IDS_PER_THREAD)
     step = 0
@@ -47,7 +54,8 @@ def writer(db, t: int, seed: int, fd: int) -> None:
         vseed = int(seed * 1_000_000 + t * 10_000 + step)
         os.write(fd, (json.dumps({"t": t, "begin": op, "ids": ids, "vseed": vseed}) + "\n").encode())
         if op == "upsert":
-            lsn = db.upsert("c", ids, np.stack([vector(vseed, i) for i in ids]))
+            payloads = [{"text": text_of(vseed, i)} for i in ids] if text else None
+            lsn = db.upsert("c", ids, np.stack([vector(vseed, i) for i in ids]), payloads)
         else:
             lsn = db.delete("c", ids)
         os.write(fd, (json.dumps({"t": t, "ack": op, "lsn": lsn}) + "\n").encode())
@@ -57,9 +65,10 @@ def child(req: dict) -> None:
     crashpoints.arm(req.get("crash_at", ""))
     fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     db = vdb.connect(req["dir"], **SETTINGS)
-    db.create_collection("c", dim=DIM, exist_ok=True, **OPTIONS)
+    text = {"text_field": "text", "text_commit_interval_s": 0.1} if req.get("text") else {}
+    db.create_collection("c", dim=DIM, exist_ok=True, **OPTIONS, **text)
     os.write(fd, b'{"ready": true}\n')
-    threads = [threading.Thread(target=writer, args=(db, t, req["seed"], fd), daemon=True)
+    threads = [threading.Thread(target=writer, args=(db, t, req["seed"], fd, bool(text)), daemon=True)
                for t in range(req["threads"])]
     for th in threads:
         th.start()

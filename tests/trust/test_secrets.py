@@ -47,6 +47,7 @@ def _request(method: str):
         "Count": pb.CountRequest(collection="c"),
         "Flush": pb.FlushRequest(collection="c"),
         "Stats": pb.StatsRequest(collection="c"),
+        "HybridSearch": pb.HybridSearchRequest(collection="c", texts=["common"], params=convert.search_params(3)),
     }[method]
 
 
@@ -55,9 +56,9 @@ def server(tmp_path_factory):
     r = Running(tmp_path_factory.mktemp("sec") / "data", api_key=ADMIN, read_only_api_key=READER,
                 metrics_port=_free_port(), checkpoint_interval_s=3600)
     with r.client(api_key=ADMIN) as c:
-        c.create_collection("c", dim=4)
+        c.create_collection("c", dim=4, text_field="text")
         c.upsert("c", np.arange(50), np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32),
-                 payloads=[{"i": i} for i in range(50)])
+                 payloads=[{"i": i, "text": f"word{i % 5} common"} for i in range(50)])
     yield r
     r.stop()
 

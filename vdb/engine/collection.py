@@ -30,6 +30,7 @@ from vdb.cache import SemanticCache
 from vdb.config import COLLECTION_SETTINGS
 from vdb.engine import walcodec
 from vdb.engine.idmap import IdMap
+from vdb.engine import textsearch
 from vdb.engine.maintenance import Maintainer
 from vdb.engine.memtable import Memtable
 from vdb.engine.reads import ReadPath
@@ -65,6 +66,7 @@ class Collection(ReadPath):
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
                                  repair=bool(settings.get("wal_repair", False)), covered_lsn=self.checkpoint_lsn)
         self.wal.register_consumer(CONSUMER)
+        self.text = textsearch.open_text_index(self.path, settings)  # text index: vdb/engine/textsearch.py
         self._recover()
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
@@ -78,6 +80,7 @@ class Collection(ReadPath):
         if self.wal.last_lsn < self.checkpoint_lsn:
             raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
                                 f"{self.checkpoint_lsn}; WAL files were removed or replaced")
+        textsearch.recover(self.text, self.index)  # text index: up to the checkpoint, before the replay
         replayed = 0
         for rec in self.wal.replay(self.checkpoint_lsn):
             self._apply(walcodec.decode(rec.rtype, rec.payload))
@@ -169,10 +172,12 @@ class Collection(ReadPath):
                 self.live += len(rows) - n_old
                 if self._pindex is not None:
                     self._pindex.set_rows(rows, payloads, idx.n_rows)
+                self.text.applied(rows, payloads, old[had], idx.n_rows)  # text index
             else:
                 gone = op.ids[had].tolist()
                 self.idmap.deleted(gone)
                 self.live -= n_old
+                self.text.applied(None, None, old[had], idx.n_rows)  # text index
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent."""
@@ -221,6 +226,7 @@ class Collection(ReadPath):
             if lsn == self.checkpoint_lsn and not ids and not payloads and not self._index_changed(fields):
                 return lsn
             self.wal.sync()  # batch/none policies: the WAL must reach at least the LSN the checkpoint claims
+            self.text.checkpoint()  # text index: commit what was applied (derived data: never blocks the rest)
             puts = [(e, r) for e, r in ids.items() if r >= 0]
             manifest = {**idx.manifest, **fields, "checkpoint_lsn": lsn, "live": live}
             idx.commit(manifest, arrays,
@@ -271,6 +277,7 @@ class Collection(ReadPath):
             "index": idx.info() if idx.bootstrapped else {},
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
+            "text": self.text.stats(),  # text index
         }
 
     @property
@@ -301,8 +308,11 @@ class Collection(ReadPath):
         finally:
             self._closed = True
             try:
-                self.wal.close()  # raises if the log failed earlier: the index must be released all the same
+                self.text.close(commit=checkpoint and self._failed is None)  # text index
             finally:
-                self.index.close()
+                try:
+                    self.wal.close()  # raises if the log failed earlier: the index must be released all the same
+                finally:
+                    self.index.close()
 
 

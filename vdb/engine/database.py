@@ -228,6 +228,21 @@ class Database:
         return SearchResult(ids, d, ex.as_dict() if ex is not None else None)
 
     @public
+    def hybrid_search(self, name: str, text=None, vector=None, top_k: int = 10, *, fusion: str = "rrf",
+                      alpha: float = 0.5, rrf_k: int = 60, candidates: int | None = None, filter=None, nprobe=None,
+                      rerank_k=None, eps=None, use_cache: bool = True, explain: bool = False,
+                      allow_partial: bool = False) -> SearchResult:
+        """Full-text, vector or hybrid search (see VectorDB.hybrid_search; vdb/engine/textsearch.py)."""
+        c = self._get(name)
+        ex = Explain() if explain else None
+        knobs = {n: v for n, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
+        ids, d = c.hybrid_search(text, vector, top_k, fusion_name=fusion, alpha=alpha, rrf_k=rrf_k,
+                                 candidates=candidates, filter=filter, knobs=knobs, use_cache=use_cache, explain=ex)
+        if (text is None or isinstance(text, str)) and (vector is None or np.ndim(vector) == 1):
+            ids, d = ids[0], d[0]
+        return SearchResult(ids, d, ex.as_dict() if ex is not None else None)
+
+    @public
     def count(self, name: str) -> int:
         """Live vectors in the collection."""
         return self._get(name).count()

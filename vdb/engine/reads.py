@@ -14,6 +14,7 @@ from index.distance import as_matrix, from_kernel, prepare_base
 from index.kernels import merge_candidates
 from index.rowstate import is_live
 from vdb.api import Record
+from vdb.engine import textsearch
 from vdb.engine.explain import Explain
 from vdb.engine.memtable import search_exact
 from vdb.engine.validate import check_ids
@@ -131,6 +132,11 @@ class ReadPath:
         ext = np.where(rows >= 0, int2ext[np.maximum(rows, 0)], -1)
         d = from_kernel(np.where(ext >= 0, d, np.inf).astype(np.float32), self.metric)
         return ext, d
+
+    def hybrid_search(self, text, vectors, k: int, **options):
+        """Text (BM25), vectors, or both fused; see vdb/engine/textsearch.py. (ext ids, distances) [nq, k]."""
+        self._check_usable()
+        return textsearch.hybrid_search(self, text, vectors, k, **options)
 
     def get(self, ids) -> list[Record]:
         self._check_usable()

@@ -13,7 +13,8 @@ from vdb.errors import VdbError, translate
 
 DATASET_HELP = ("DATASET is a folder in the ../shared/data layout (base.npy, query.npy, labels...), an "
                 "ann-benchmarks .hdf5 file, Iceberg .bin records (a folder, or 'BASE.bin,QUERY.bin'), or the "
-                "built-in 'synthetic' (options: 'synthetic:n=20000,nq=1000,dim=64,clusters=100,spread=3,seed=0').")
+                "built-in 'synthetic' (options: 'synthetic:n=20000,nq=1000,dim=64,clusters=100,spread=3,seed=0') "
+                "or 'synthetic-text' (documents with texts; 'synthetic-text:n=5000,nq=500,topics=20,seed=0,named=0.5').")
 
 
 def _edge(fn):
@@ -54,7 +55,9 @@ EVAL_HELP = """Judge vector search by the downstream task, not only by recall.
 Builds vdb's index and faiss peers (Flat, IVF, HNSW) on DATASET, sweeps their operating points, and writes
 recall, task metrics (kNN vote accuracy, Label Recall, Hit/MRR/NDCG), latency p50/p95/p99, QPS, build time,
 RAM, disk and bytes read per query; the information-loss funnel; the meta-features and Iceberg's decision
-tree with its check; and the recall vs task rankings (Kendall tau).
+tree with its check; and the recall vs task rankings (Kendall tau). On a dataset with texts (texts.jsonl and
+queries.jsonl, or the built-in synthetic-text) it also compares dense, BM25 and hybrid search on the task
+metrics, the funnel and latency, and says which mode to turn on.
 
 """ + DATASET_HELP + """
 
@@ -135,6 +138,9 @@ def _eval_summary(result, paths) -> str:
         lines.append(f"recommendation: metric {result.check.recommended_metric} (best measured "
                      f"{result.check.best_metric}), {result.check.recommended_family} (measured "
                      f"{result.check.best_family})")
+    if result.modes and result.modes.get("recommendation"):
+        rec = result.modes["recommendation"]
+        lines.append(f"search mode: {rec['mode']} ({rec['reason']})")
     lines.append(f"report: {paths['report']}")
     return "\n".join(lines)
 
@@ -189,6 +195,9 @@ def _recommend_checked(ds, metric: str, k: int, seed: int, out_dir: str | None, 
         text += "".join(f"\n  note: {n}" for n in c.notes)
     else:
         text += "\ncheck: the dataset has no labels or targets, so there is no task metric to check against"
+    hybrid = result.modes.get("recommendation") if result.modes else None
+    if hybrid:  # the dataset has texts: dense, BM25 and hybrid were measured on it
+        text += f"\nsearch mode: {hybrid['mode']} ({hybrid['reason']})"
     return ({"dataset": ds.name, "metafeatures": result.metafeatures.as_dict(),
              "recommendation": result.recommendation.as_dict(),
-             "check": result.check.as_dict() if result.check else None}, text)
+             "check": result.check.as_dict() if result.check else None, "search_mode": hybrid}, text)

@@ -44,6 +44,8 @@ class EvalDataset:
     base_norms: np.ndarray | None = None
     query_norms: np.ndarray | None = None
     neighbors: np.ndarray | None = None     # ground truth shipped with the file (ann-benchmarks), for a cross-check
+    base_texts: tuple[str, ...] | None = None   # the text each base vector embeds (then BM25 and hybrid are judged)
+    query_texts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -63,6 +65,10 @@ class EvalDataset:
     @property
     def has_labels(self) -> bool:
         return self.base_labels is not None and self.query_labels is not None
+
+    @property
+    def has_texts(self) -> bool:
+        return self.base_texts is not None and self.query_texts is not None
 
     def raw_base(self) -> np.ndarray:
         """The vectors as the embedding model emitted them (before any normalisation the file applied)."""
@@ -94,12 +100,13 @@ class EvalDataset:
             query_target=None if self.query_target is None else self.query_target[cut],
             qrels=None if self.qrels is None else self.qrels[cut],
             query_norms=None if self.query_norms is None else self.query_norms[cut],
-            neighbors=None if self.neighbors is None else self.neighbors[cut])
+            neighbors=None if self.neighbors is None else self.neighbors[cut],
+            query_texts=None if self.query_texts is None else self.query_texts[cut])
 
     def summary(self) -> dict:
         return {"name": self.name, "n": self.n, "nq": self.nq, "dim": self.dim, "metric": self.metric,
                 "labels": sorted(self.label_sets()), "target": self.query_target is not None,
-                "qrels": self.qrels is not None, "raw_norms": self.base_norms is not None,
+                "qrels": self.qrels is not None, "raw_norms": self.base_norms is not None, "texts": self.has_texts,
                 "fingerprint": self.fingerprint, "description": self.description}
 
 
@@ -143,6 +150,10 @@ def _validate(ds: EvalDataset) -> None:
     _check_vector(ds.base_norms, ds.n, "base_norms", bad)
     _check_vector(ds.query_norms, ds.nq, "query_norms", bad)
     _check_ids(ds, bad)
+    if (ds.base_texts is None) != (ds.query_texts is None):
+        bad("base_texts and query_texts must be given together")
+    if ds.has_texts and (len(ds.base_texts) != ds.n or len(ds.query_texts) != ds.nq):
+        bad(f"{len(ds.base_texts)} base texts / {len(ds.query_texts)} query texts for {ds.n} / {ds.nq} vectors")
 
 
 def _check_vector(a, n: int, what: str, bad, *, integer: bool = False) -> None:
@@ -175,6 +186,9 @@ def load_dataset(spec: str, *, dim: int | None = None) -> EvalDataset:
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return synthetic_dataset(**_synthetic_args(spec))
+    if spec == "synthetic-text" or spec.startswith("synthetic-text:"):
+        from vdb.eval.textdata import load_synthetic_text
+        return load_synthetic_text(spec)
     if "," in spec:
         base, query = (Path(p) for p in spec.split(",", 1))
         return formats.read_iceberg_pair(base, query, dim=dim)

@@ -60,7 +60,25 @@ def read_npy_folder(path: Path) -> EvalDataset:
         qrels=_qrels(qrels_files[0], len(queries)) if qrels_files else None,
         metric=_metric_from_meta(meta, base),
         description=_description(path, meta),
-        base_norms=norms[0] if norms else None, query_norms=norms[1] if norms else None)
+        base_norms=norms[0] if norms else None, query_norms=norms[1] if norms else None,
+        **_texts(path, len(base), len(queries)))
+
+
+def _texts(path: Path, n: int, nq: int) -> dict:
+    """base_texts / query_texts from texts.jsonl and queries.jsonl (the "text" of each line), when both exist."""
+    files = path / "texts.jsonl", path / "queries.jsonl"
+    if not all(f.is_file() for f in files):
+        return {}
+    out = []
+    for f, want in zip(files, (n, nq)):
+        try:
+            texts = tuple(json.loads(line)["text"] for line in f.read_text().splitlines() if line.strip())
+        except (ValueError, KeyError, TypeError) as e:
+            raise EvalDatasetError(f"{f}: every line must be a JSON object with a \"text\" ({e})") from None
+        if len(texts) != want:
+            raise EvalDatasetError(f"{f}: {len(texts)} texts for {want} vectors")
+        out.append(texts)
+    return {"base_texts": out[0], "query_texts": out[1]}
 
 
 def _pair(path: Path, key: str, *, integer: bool = True):

@@ -173,5 +173,29 @@ def _best_family(points: list[dict], task: str, target: float, metric: str, cost
     return best["family"], best["label"]
 
 
+def recommend_hybrid(modes: dict) -> dict:
+    """When to turn hybrid search on, from the measured modes (vdb/eval/modes.py): "hybrid-<fusion>" when the
+    better fusion beats dense on the primary task with a paired 95% CI above zero, "bm25" when full text alone
+    beats dense and every fusion, else "dense"; with the gain, its CI and the latency it costs."""
+    task, rows = modes.get("task"), modes["modes"]
+    if not task:
+        return {"mode": "dense", "reason": "no task metric: hybrid cannot be judged by the task"}
+    hybrids = [m for m in rows if m.startswith("hybrid")]
+    best = max(hybrids, key=lambda m: rows[m]["vs_dense"]["diff"])
+    gain, ci = rows[best]["vs_dense"]["diff"], rows[best]["vs_dense"]["ci"]
+    bm25 = rows["bm25"]["vs_dense"]
+    cost = rows[best]["latency_p50_vs_dense"]
+    if bm25["ci"][0] > 0 and bm25["diff"] > gain:
+        mode, why = "bm25", f"full text alone beats dense by {bm25['diff']:+.4f} {bm25['ci']} and every fusion"
+    elif ci[0] > 0:
+        mode, why = best, f"{best} beats dense by {gain:+.4f} (95% CI {ci}) at {cost}x dense's p50 latency"
+    else:
+        mode = "dense"
+        why = (f"the best fusion ({best}) changes {task} by {gain:+.4f} (95% CI {ci}), not a gain that the "
+               f"{cost}x latency would buy")
+    others = {m: {n: rows[m][n]["mean"] for n in modes["task_metrics"] if n != "dense_overlap"} for m in rows}
+    return {"mode": mode, "task": task, "reason": why, "by_mode": others}
+
+
 def _yn(flag: bool) -> str:
     return "yes" if flag else "no"

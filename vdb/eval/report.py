@@ -37,7 +37,7 @@ def summary_dict(r: EvalResult, command: str = "") -> dict:
             "saturation": r.saturation, "metafeatures": r.metafeatures.as_dict(),
             "recommendation": r.recommendation.as_dict(), "recommendation_text": r.recommendation.render(),
             "check": r.check.as_dict() if r.check else None, "rankings": r.rankings, "machine": r.machine,
-            "git_revision": r.git_revision, "timings_s": r.timings_s, "n_points": len(r.points)}
+            "git_revision": r.git_revision, "timings_s": r.timings_s, "n_points": len(r.points), "modes": r.modes}
 
 
 def write_plots(r: EvalResult, out: Path) -> dict[str, Path]:
@@ -86,7 +86,7 @@ def render_markdown(r: EvalResult, summary: dict, files: dict[str, str]) -> str:
              f"Git revision: `{r.git_revision}`; machine: {r.machine['cpu']} ({r.machine['cpus']} CPUs), "
              f"faiss {r.machine['faiss']}, numpy {r.machine['numpy']}; seed {r.config['seed']}.", ""]
     lines += _exact_section(r) + _funnel_section(r, files) + _tree_section(r) + _points_section(r)
-    lines += _rankings_section(r) + _plots_section(files)
+    lines += _modes_section(r) + _rankings_section(r) + _plots_section(files)
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +150,31 @@ def _points_section(r: EvalResult) -> list[str]:
                    + f" | {p['qps']:,.0f} | {_f(p.get('latency_p50_ms'), 3)} | {_f(p.get('latency_p95_ms'), 3)}"
                    + f" | {_f(p.get('latency_p99_ms'), 3)} | {_mb(p.get('bytes_read_per_query'), 3)}"
                    + f" | {_f(p['build_s'], 2)} | {_mb(p['ram_bytes'])} | {_mb(p['disk_bytes'])} |")
+    return out + [""]
+
+
+def _modes_section(r: EvalResult) -> list[str]:
+    if not r.modes:
+        return []
+    m, names = r.modes, [n for n in r.modes["task_metrics"] if n != "dense_overlap"]
+    task = m["task"]
+    out = ["## Dense, BM25 and hybrid search", "",
+           f"One collection with the texts (BM25 over `text`); fusion over the top {m['candidates']} of each list; "
+           f"one thread. `exact` uses exact dense neighbours, `served` vdb's index; the difference to dense is "
+           f"paired over queries.", "",
+           "| mode | " + " | ".join(names) + f" | {task} exact | {task} - dense [95% CI] | overlap with dense "
+           "| QPS | p50 ms | p99 ms | p50 vs dense |", "|---" * (len(names) + 7) + "|"]
+    for mode, row in m["modes"].items():
+        vs = row.get("vs_dense", {})
+        ci = vs.get("ci")
+        out.append(f"| {mode} | " + " | ".join(_f(row[n]["mean"]) for n in names)
+                   + f" | {_f(row.get('funnel', {}).get('exact'))} | {_f(vs.get('diff'))}"
+                   + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+                   + f" | {_f(row['dense_overlap']['mean'])} | {row['qps']:,.0f} | {_f(row.get('latency_p50_ms'), 3)}"
+                   + f" | {_f(row.get('latency_p99_ms'), 3)} | {row['latency_p50_vs_dense']}x |")
+    rec = m.get("recommendation")
+    if rec:
+        out += ["", f"Recommendation: **{rec['mode']}** ({rec['reason']})."]
     return out + [""]
 
 

@@ -30,7 +30,9 @@ from vdb.eval.machine import git_revision, machine_info
 from vdb.eval.measure import measure_point, single_thread
 from vdb.eval.metafeatures import MetaFeatures, compute_metafeatures
 from vdb.eval.rankings import rank_points, rank_systems
-from vdb.eval.recommend import Recommendation, RecommendationCheck, check_recommendation, recommend
+from vdb.eval.modes import compare_modes
+from vdb.eval.recommend import (Recommendation, RecommendationCheck, check_recommendation, recommend,
+                                recommend_hybrid)
 from vdb.eval.sweep import SweepSpec, SystemSpec, default_sweep, load_sweep, with_service
 from vdb.eval.systems import VdbSystem, remove_index_dir
 from vdb.eval.tasks import evaluate_tasks, primary_task
@@ -58,6 +60,7 @@ class EvalConfig:
     # Semantic cache of the service system (0: no cache points). Room for every query's entry (kjv: 2,000 x 40
     # x 384 floats = 123 MB): a cyclic pass over more entries than fit defeats LRU and measures capacity instead.
     cache_mb: float = 256.0
+    modes: bool = True                        # datasets with texts: compare dense, BM25 and hybrid search
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class EvalResult:
     git_revision: str | None
     timings_s: dict
     latencies: dict = field(default_factory=dict)   # label -> single-query latencies (s), for the CDF plot
+    modes: dict | None = None                 # dense vs BM25 vs hybrid (datasets with texts; vdb/eval/modes.py)
 
 
 def resolve_metric(ds: EvalDataset, metric: str) -> str:
@@ -117,6 +121,13 @@ def run_eval(ds: EvalDataset, out_dir: str | Path, config: EvalConfig = EvalConf
     points, per_query, latencies = _run_sweep(spec, ds, raw_b, raw_q, truth, k, out, config)
     timings["sweep"] = time.perf_counter() - t
 
+    modes = None
+    if ds.has_texts and config.modes:
+        t = time.perf_counter()
+        modes = compare_modes(ds, raw_b, raw_q, metric, k, out, cache_dir=cache, seed=config.seed,
+                              n_boot=config.n_boot, latency_queries=min(config.latency_queries, ds.nq))
+        modes["recommendation"] = recommend_hybrid(modes)
+        timings["modes"] = time.perf_counter() - t
     exact = {m: {name: M.estimate(v, n_boot=config.n_boot, seed=config.seed).as_dict() for name, v in pq.items()}
              for m, pq in exact_pq.items()}
     funnel, saturation, check = _analyse(task, metric, exact_pq, int8_pq, points, per_query, rec, config)
@@ -130,7 +141,7 @@ def run_eval(ds: EvalDataset, out_dir: str | Path, config: EvalConfig = EvalConf
         exact_int8={name: _mean(int8_pq, name) for name in int8_pq}, points=points, metafeatures=mf,
         recommendation=rec, check=check, funnel=funnel, saturation=saturation, rankings=rankings,
         machine=machine_info(), git_revision=git_revision(), timings_s={k_: round(v, 3) for k_, v in timings.items()},
-        latencies=latencies)
+        latencies=latencies, modes=modes)
 
 
 def _sweep(config: EvalConfig, metric: str, n: int, cv_norms: float) -> SweepSpec:

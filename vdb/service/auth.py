@@ -12,7 +12,7 @@ import grpc
 SERVICE = "vdb.v1.VectorDB"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 READ_METHODS = frozenset({"ListCollections", "DescribeCollection", "Get", "Search", "BatchSearch", "Count",
-                          "Stats"})
+                          "Stats", "HybridSearch"})
 
 
 def bearer_token(metadata) -> bytes:

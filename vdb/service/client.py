@@ -16,6 +16,7 @@ from vdb.service import convert
 from vdb.api import Record
 from vdb.api import SearchResult
 from vdb.errors import BY_CODE, InternalError, InvalidArgumentError, VdbError
+from vdb.text.options import check_options, query_texts
 from vdb.v1 import vector_db_pb2 as pb
 from vdb.v1 import vector_db_pb2_grpc as pb_grpc
 
@@ -166,6 +167,27 @@ class Client:
                 ex = explains[0] if explains else None
                 missing = sorted({s for r in resp.results for s in r.missing_shards})
         if np.ndim(queries) == 1:
+            return SearchResult(ids[0], dists[0], ex, missing)
+        return SearchResult(ids, dists, ex, missing)
+
+    @_typed
+    def hybrid_search(self, name: str, text=None, vector=None, top_k: int = 10, *, fusion: str = "rrf",
+                      alpha: float = 0.5, rrf_k: int = 60, candidates: int | None = None, filter=None, nprobe=None,
+                      rerank_k=None, eps=None, use_cache: bool = True, explain: bool = False,
+                      allow_partial: bool = False) -> SearchResult:
+        """As VectorDB.hybrid_search: one HybridSearch call (a server older than it answers UNIMPLEMENTED)."""
+        texts = query_texts(text)
+        if texts is None and vector is None:
+            raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
+        check_options(fusion, alpha, rrf_k, candidates, top_k, 1 << 31)
+        q = _floats(vector) if vector is not None else None
+        params = convert.search_params(top_k, nprobe, rerank_k, eps, filter, use_cache, explain, allow_partial)
+        req = convert.hybrid_request(name, texts, q, params, fusion, alpha, rrf_k, candidates)
+        resp = self._call("HybridSearch", req, retry=True)
+        nq = len(texts) if texts is not None else len(q)
+        ids, dists, ex = convert.from_packed(resp.packed, nq, int(top_k))
+        missing = list(resp.packed.missing_shards)
+        if (text is None or isinstance(text, str)) and (vector is None or np.ndim(vector) == 1):
             return SearchResult(ids[0], dists[0], ex, missing)
         return SearchResult(ids, dists, ex, missing)
 

@@ -204,6 +204,31 @@ def explain_dict(e: pb.Explain) -> dict:
     return out
 
 
+# -- hybrid search (the HybridSearch RPC) ----------------------------------------------------------------
+FUSION = {pb.FUSION_UNSPECIFIED: "rrf", pb.FUSION_RRF: "rrf", pb.FUSION_WEIGHTED: "weighted"}
+FUSION_ENUM = {"rrf": pb.FUSION_RRF, "weighted": pb.FUSION_WEIGHTED}
+
+
+def hybrid_request(name: str, texts, vectors, params: pb.SearchParams, fusion: str, alpha: float, rrf_k: int,
+                   candidates) -> pb.HybridSearchRequest:
+    """The request of VectorDB.hybrid_search (its options already validated by vdb.text.options)."""
+    req = pb.HybridSearchRequest(collection=name, texts=texts or [], params=params, fusion=FUSION_ENUM[fusion],
+                                 alpha=float(alpha), rrf_k=int(rrf_k), candidates=int(candidates or 0))
+    if vectors is not None:
+        req.queries.CopyFrom(to_vectors(vectors))
+    return req
+
+
+def hybrid_kwargs(req: pb.HybridSearchRequest) -> dict:
+    """Back to VectorDB.hybrid_search's arguments (batch form: a list of texts, a [nq, dim] matrix)."""
+    if req.fusion not in FUSION:
+        raise InvalidArgumentError(f"unknown fusion {req.fusion}; use FUSION_RRF or FUSION_WEIGHTED")
+    vectors = from_vectors(req.queries, what="queries") if req.HasField("queries") and req.queries.dim else None
+    return {"text": list(req.texts) or None, "vector": vectors, "fusion": FUSION[req.fusion],
+            "alpha": req.alpha if req.HasField("alpha") else 0.5, "rrf_k": req.rrf_k or 60,
+            "candidates": req.candidates or None, **search_kwargs(req.params)}
+
+
 # -- get ----------------------------------------------------------------------------------------------------
 def get_response(records: list[Record], omit_vectors: bool, dim: int) -> pb.GetResponse:
     resp = pb.GetResponse(ids=[r.id for r in records],

@@ -24,6 +24,8 @@ import numpy as np
 from vdb.api import Record, SearchResult
 from vdb.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from vdb.service.client import Client
+from vdb.text.fusion import rrf as fusion_rrf, weighted as fusion_weighted
+from vdb.text.options import check_options, query_texts
 
 log = logging.getLogger(__name__)
 _M = (1 << 64) - 1
@@ -97,6 +99,16 @@ class Router:
     def _all(self, method: str, *args, **kwargs) -> dict:
         return self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))])[0]
 
+    def _gather(self, method: str, args: tuple, kwargs: dict, top_k: int, explain: bool, allow_partial: bool):
+        """A search `method` on every shard, merged: (ids, distances, summed explain, missing shards)."""
+        out, missing = self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))],
+                                    allow_partial=allow_partial)
+        if not out:
+            raise UnavailableError(f"no shard answered ({', '.join(missing)})")
+        parts = [out[s] for s in sorted(out)]
+        ids, dists = _merge(parts, top_k)
+        return ids, dists, _sum_explain([p.explain for p in parts]) if explain else None, missing
+
     def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         owner = shard_of(ids, len(self._shards))
         return {int(s): np.nonzero(owner == s)[0] for s in np.unique(owner)}
@@ -161,24 +173,42 @@ class Router:
         shard_k = int(math.ceil(top_k * self.config.overfetch))
         kwargs = dict(filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps, use_cache=use_cache,
                       explain=explain)
-        out, missing = self._fanout([(s, "search", (name, qm, shard_k), kwargs) for s in range(len(self._shards))],
-                                    allow_partial=allow_partial)
-        if not out:
-            raise UnavailableError(f"no shard answered ({', '.join(missing)})")
-        parts = [out[s] for s in sorted(out)]
-        ids = np.concatenate([p.ids for p in parts], axis=1)
-        dists = np.concatenate([p.distances for p in parts], axis=1)
-        order = np.argsort(dists, axis=1, kind="stable")[:, :top_k]
-        ids, dists = np.take_along_axis(ids, order, 1), np.take_along_axis(dists, order, 1)
-        ids[~np.isfinite(dists)] = -1
-        if ids.shape[1] < top_k:  # fewer than top_k vectors in the whole cluster
-            pad = top_k - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-            dists = np.pad(dists, ((0, 0), (0, pad)), constant_values=np.inf)
-        ex = _sum_explain([p.explain for p in parts]) if explain else None
+        ids, dists, ex, missing = self._gather("search", (name, qm, shard_k), kwargs, top_k, explain, allow_partial)
         if q.ndim == 1:
             return SearchResult(ids[0], dists[0], ex, missing)
         return SearchResult(ids, dists, ex, missing)
+
+    def hybrid_search(self, name: str, text=None, vector=None, top_k: int = 10, *, fusion: str = "rrf",
+                      alpha: float = 0.5, rrf_k: int = 60, candidates: int | None = None, filter=None, nprobe=None,
+                      rerank_k=None, eps=None, use_cache: bool = True, explain: bool = False,
+                      allow_partial: bool = False) -> SearchResult:
+        """Each list is gathered from every shard (over-fetched, merged by score) and the router fuses them, so
+        RRF ranks are global ranks. BM25 statistics are each shard's own (as Elasticsearch's default
+        query-then-fetch): with hash sharding the shards' statistics agree closely."""
+        texts = query_texts(text)
+        if texts is None:
+            if vector is None:
+                raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
+            return self.search(name, vector, top_k, filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps,
+                               use_cache=use_cache, explain=explain, allow_partial=allow_partial)
+        depth = check_options(fusion, alpha, rrf_k, candidates, top_k, 1 << 31)
+        want = int(top_k) if vector is None else depth
+        shard_k = int(math.ceil(want * self.config.overfetch))
+        t_ids, t_dists, ex, missing = self._gather("hybrid_search", (name, texts, None, shard_k),
+                                                   {"filter": filter, "explain": explain}, want, explain, allow_partial)
+        if vector is not None:
+            dense = self.search(name, np.atleast_2d(np.asarray(vector, np.float32)), depth, filter=filter,
+                                nprobe=nprobe, rerank_k=rerank_k, eps=eps, use_cache=use_cache, explain=explain,
+                                allow_partial=allow_partial)
+            lists = [(dense.ids, np.where(dense.ids >= 0, -dense.distances.astype(np.float64), -np.inf)),
+                     (t_ids, np.where(t_ids >= 0, -t_dists.astype(np.float64), -np.inf))]
+            t_ids, fused = (fusion_rrf(lists, int(top_k), int(rrf_k)) if fusion == "rrf" else
+                            fusion_weighted(lists, [float(alpha), 1.0 - float(alpha)], int(top_k)))
+            t_dists = (-fused).astype(np.float32)
+            missing = sorted(set(missing) | set(dense.missing_shards))
+        if (text is None or isinstance(text, str)) and (vector is None or np.ndim(vector) == 1):
+            return SearchResult(t_ids[0], t_dists[0], ex, missing)
+        return SearchResult(t_ids, t_dists, ex, missing)
 
     def count(self, name: str) -> int:
         """Live vectors summed over the shards."""
@@ -200,6 +230,20 @@ class Router:
         self._pool.shutdown(wait=False)
         for c in self._shards:
             c.close()
+
+
+def _merge(parts, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The global top_k of the shards' answers (disjoint ids), by distance, -1 / inf padded."""
+    ids = np.concatenate([p.ids for p in parts], axis=1)
+    dists = np.concatenate([p.distances for p in parts], axis=1)
+    order = np.argsort(dists, axis=1, kind="stable")[:, :top_k]
+    ids, dists = np.take_along_axis(ids, order, 1), np.take_along_axis(dists, order, 1)
+    ids[~np.isfinite(dists)] = -1
+    if ids.shape[1] < top_k:  # fewer than top_k vectors in the whole cluster
+        pad = top_k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        dists = np.pad(dists, ((0, 0), (0, pad)), constant_values=np.inf)
+    return ids, dists
 
 
 def _sum_explain(parts: list[dict | None]) -> dict:

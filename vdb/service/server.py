@@ -38,6 +38,7 @@ METHODS = {  # name -> (request type, response type)
     "Count": (pb.CountRequest, pb.CountResponse),
     "Flush": (pb.FlushRequest, pb.FlushResponse),
     "Stats": (pb.StatsRequest, pb.StatsResponse),
+    "HybridSearch": (pb.HybridSearchRequest, pb.HybridSearchResponse),
 }
 
 
@@ -152,6 +153,12 @@ class VectorDBServicer:
         return pb.BatchSearchResponse(results=[convert.search_result(i, d, res.explain,
                                                                      missing_shards=res.missing_shards)
                                                for i, d in zip(res.ids, res.distances)])
+
+    @rpc
+    def HybridSearch(self, req, context):
+        res = self.db.hybrid_search(req.collection, **convert.hybrid_kwargs(req))
+        return pb.HybridSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain,
+                                                                     missing_shards=res.missing_shards))
 
     @rpc
     def Count(self, req, context):

@@ -20,6 +20,12 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DURABILITY_FSYNC: _ClassVar[Durability]
     DURABILITY_BATCH: _ClassVar[Durability]
     DURABILITY_NONE: _ClassVar[Durability]
+
+class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_UNSPECIFIED: _ClassVar[Fusion]
+    FUSION_RRF: _ClassVar[Fusion]
+    FUSION_WEIGHTED: _ClassVar[Fusion]
 METRIC_UNSPECIFIED: Metric
 METRIC_L2: Metric
 METRIC_IP: Metric
@@ -28,6 +34,9 @@ DURABILITY_UNSPECIFIED: Durability
 DURABILITY_FSYNC: Durability
 DURABILITY_BATCH: Durability
 DURABILITY_NONE: Durability
+FUSION_UNSPECIFIED: Fusion
+FUSION_RRF: Fusion
+FUSION_WEIGHTED: Fusion
 
 class Vectors(_message.Message):
     __slots__ = ("dim", "data")
@@ -302,3 +311,29 @@ class StatsResponse(_message.Message):
     STATS_JSON_FIELD_NUMBER: _ClassVar[int]
     stats_json: str
     def __init__(self, stats_json: _Optional[str] = ...) -> None: ...
+
+class HybridSearchRequest(_message.Message):
+    __slots__ = ("collection", "texts", "queries", "params", "fusion", "alpha", "rrf_k", "candidates")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    queries: Vectors
+    params: SearchParams
+    fusion: Fusion
+    alpha: float
+    rrf_k: int
+    candidates: int
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., queries: _Optional[_Union[Vectors, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., alpha: _Optional[float] = ..., rrf_k: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
+
+class HybridSearchResponse(_message.Message):
+    __slots__ = ("packed",)
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    packed: PackedResults
+    def __init__(self, packed: _Optional[_Union[PackedResults, _Mapping]] = ...) -> None: ...

@@ -94,6 +94,11 @@ class VectorDBStub:
                 request_serializer=vdb_dot_v1_dot_vector__db__pb2.StatsRequest.SerializeToString,
                 response_deserializer=vdb_dot_v1_dot_vector__db__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.HybridSearch = channel.unary_unary(
+                '/vdb.v1.VectorDB/HybridSearch',
+                request_serializer=vdb_dot_v1_dot_vector__db__pb2.HybridSearchRequest.SerializeToString,
+                response_deserializer=vdb_dot_v1_dot_vector__db__pb2.HybridSearchResponse.FromString,
+                _registered_method=True)
 
 
 class VectorDBServicer:
@@ -171,6 +176,13 @@ class VectorDBServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HybridSearch(self, request, context):
+        """Full-text (BM25 over the collection's text_field), vector, or both fused. Added in v1 additively.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VectorDBServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +245,11 @@ def add_VectorDBServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=vdb_dot_v1_dot_vector__db__pb2.StatsRequest.FromString,
                     response_serializer=vdb_dot_v1_dot_vector__db__pb2.StatsResponse.SerializeToString,
+            ),
+            'HybridSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.HybridSearch,
+                    request_deserializer=vdb_dot_v1_dot_vector__db__pb2.HybridSearchRequest.FromString,
+                    response_serializer=vdb_dot_v1_dot_vector__db__pb2.HybridSearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +576,33 @@ class VectorDB:
             '/vdb.v1.VectorDB/Stats',
             vdb_dot_v1_dot_vector__db__pb2.StatsRequest.SerializeToString,
             vdb_dot_v1_dot_vector__db__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HybridSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vdb.v1.VectorDB/HybridSearch',
+            vdb_dot_v1_dot_vector__db__pb2.HybridSearchRequest.SerializeToString,
+            vdb_dot_v1_dot_vector__db__pb2.HybridSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,120 @@
+"""The engine's side of full-text and hybrid search: a collection's TextIndex (vdb/text) fed, recovered and queried.
+
+The collection calls this module at a few marked points (`# text index:` in collection.py): it opens the index
+with the collection, recovers it before the WAL replay (`recover`), reports every apply (`TextIndex.applied`),
+commits it at each checkpoint and closes it. Everything else about text lives here and in vdb/text.
+
+Hybrid query (`hybrid_search`): the dense list is the collection's own search (filter, knobs and semantic cache
+as for `search`), the text list is BM25 over the same filter and the rows' live state; each list is cut to
+`candidates` entries and the two are fused (vdb/text/fusion.py: RRF or weighted). Text alone answers with BM25
+scores, a vector alone is a plain vector search. Answers carry "distances" that are smaller-is-better like every
+search of vdb: the vector distance for a vector alone, -BM25 for text alone, -fused score for both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from index.distance import as_matrix
+from index.rowstate import is_live
+from vdb.errors import FailedPreconditionError, InvalidArgumentError
+from vdb.query.filters import compile_filter
+from vdb.text import fusion
+from vdb.text.options import check_options, query_texts
+
+RECOVERY_CHUNK = 4096
+
+
+class NoTextIndex:
+    """What a collection without a `text_field` has instead of a TextIndex: the hooks do nothing, and text
+    queries fail with a precise error (text_rows)."""
+    enabled = False
+
+    def applied(self, rows, payloads, dead_rows, n_rows: int) -> None:
+        """Nothing to index."""
+
+    def checkpoint(self) -> None:
+        """Nothing to commit."""
+
+    def close(self, *, commit: bool = True) -> None:
+        """Nothing to release."""
+
+    def stats(self) -> dict:
+        """The collection's stats say there is no text index."""
+        return {"enabled": False}
+
+
+def open_text_index(path: Path, settings):
+    """The collection's TextIndex, or a NoTextIndex when it has no `text_field`."""
+    field = settings.get("text_field", "")
+    if not field:
+        return NoTextIndex()
+    from vdb.text.index import TextIndex  # tantivy is loaded only by collections that have a text index
+    return TextIndex(Path(path) / "text", field, commit_interval_s=settings["text_commit_interval_s"])
+
+
+def recover(text, index) -> None:
+    """Before the WAL replay: bring the text index to the rows the checkpoint covers (see vdb/text/index.py)."""
+    if not text.enabled:
+        return
+    def live_payloads(start: int, n: int):
+        for lo in range(start, n, RECOVERY_CHUNK):
+            rows = np.arange(lo, min(n, lo + RECOVERY_CHUNK), dtype=np.int64)
+            rows = rows[is_live(index.state[rows])]
+            if len(rows):
+                yield rows, index.committed_payloads(index.int2ext[rows])
+    text.recover(index.n_rows, live_payloads, lambda: np.nonzero(~is_live(index.state))[0])
+    text.start()
+
+
+# -- queries ------------------------------------------------------------------------------------------------
+def text_rows(c, texts: list[str], k: int, node):
+    """BM25 top-k of each text among the live rows that pass the compiled filter `node`: external ids and
+    scores [nq, k] (-1 / -inf padded)."""
+    if not c.text.enabled:
+        raise FailedPreconditionError(f"collection {c.name!r} has no full-text index; create it with "
+                                      f"text_field=<payload field>")
+    state = c.row_state()
+    restrict = None
+    if node is not None:
+        allow = c.filter_allow(node, state).astype(bool)
+        matches = int(allow.sum())
+        if matches <= c.settings["exact_filter_rows"]:
+            restrict = np.nonzero(allow)[0]
+    else:
+        allow = is_live(state)
+    rows, scores = c.text.search(texts, k, allow, restrict=restrict)
+    ext = np.where(rows >= 0, c.index.int2ext[np.maximum(rows, 0)], -1)  # -1 also for a row deleted meanwhile
+    return ext, np.where(ext >= 0, scores, -np.inf)
+
+
+def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: float, rrf_k: int, candidates,
+                  filter, knobs: dict, use_cache: bool, explain):
+    """(ids [nq, top_k], distances [nq, top_k]) for text, vectors or both; see the module docstring."""
+    texts = query_texts(text)
+    if texts is None and vectors is None:
+        raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
+    depth = check_options(fusion_name, alpha, rrf_k, candidates, top_k, c.settings["max_top_k"])
+    if vectors is None:
+        node = compile_filter(filter) if filter is not None else None
+        ids, scores = text_rows(c, texts, int(top_k), node)
+        if explain is not None:
+            explain.path = "text"
+        return ids, (-scores).astype(np.float32)
+    if texts is None:
+        return c.search(vectors, top_k, filter=filter, use_cache=use_cache, explain=explain, **knobs)
+    nq = len(as_matrix(vectors, c.dim, name="queries"))
+    if len(texts) != nq:
+        raise InvalidArgumentError(f"{len(texts)} texts but {nq} query vectors")
+    node = compile_filter(filter) if filter is not None else None
+    t_ids, t_scores = text_rows(c, texts, depth, node)
+    d_ids, d_dist = c.search(vectors, depth, filter=filter, use_cache=use_cache, explain=explain, **knobs)
+    dense = (d_ids, np.where(d_ids >= 0, -d_dist.astype(np.float64), -np.inf))
+    if fusion_name == "rrf":
+        ids, fused = fusion.rrf([dense, (t_ids, t_scores)], int(top_k), int(rrf_k))
+    else:
+        ids, fused = fusion.weighted([dense, (t_ids, t_scores)], [float(alpha), 1.0 - float(alpha)], int(top_k))
+    if explain is not None:
+        explain.path = f"hybrid-{fusion_name}"
+    return ids, (-fused).astype(np.float32)

@@ -1,0 +1,244 @@
+"""`VdbVectorStore`: vdb as a LangChain VectorStore (`pip install 'vdb[langchain]'`).
+
+    from vdb.integrations.langchain import VdbVectorStore
+    store = VdbVectorStore.from_texts(texts, embeddings, path="rag-data/")     # embedded
+    store = VdbVectorStore(embeddings, address="127.0.0.1:50051")              # or a server (or db=any VectorDB)
+    docs = store.as_retriever(search_kwargs={"k": 4, "mode": "hybrid"}).invoke("question")
+
+Storage: one vdb collection (cosine by default) with a full-text index over `text`; each document is one record
+whose payload is {"text": page_content, "metadata": metadata, "lc_id": the LangChain id}. LangChain ids are
+strings, vdb's are integers: a record's id is the first 63 bits of blake2b(lc_id), and an add that would put a
+different string on an id already taken (a hash collision) is refused (AlreadyExistsError) instead of silently
+replacing a document.
+
+Search modes (`mode=` on every search method and in a retriever's search_kwargs): "dense" (default: the
+embedding's nearest neighbours), "bm25" (full-text only), "hybrid" (both, fused by vdb; `fusion`, `alpha` are
+passed through). Filters are vdb's filter language over the metadata: {"source": "a"}, {"year": {"$gte": 2020}},
+{"$or": [...]} (field names are looked up inside `metadata`). Scores of *_with_score are vdb's distances
+(smaller is nearer; -BM25 / -fused score for the text modes); relevance scores map cosine distance d to 1 - d / 2.
+Async methods are LangChain's defaults (the sync call in an executor): vdb's API is blocking.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+import vdb
+
+ADD_BATCH = 1000
+MODES = ("dense", "bm25", "hybrid")
+
+
+def record_id(lc_id: str) -> int:
+    """vdb's integer id of a LangChain string id (stable across processes)."""
+    return int.from_bytes(hashlib.blake2b(lc_id.encode(), digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+def to_vdb_filter(spec: dict | None) -> dict | None:
+    """A LangChain metadata filter in vdb's language: every field name is looked up under `metadata.`."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise vdb.InvalidArgumentError(f"filter must be a dict in vdb's filter language, got {spec!r}")
+    out = {}
+    for key, value in spec.items():
+        if key in ("$and", "$or"):
+            out[key] = [to_vdb_filter(v) for v in value] if isinstance(value, list) else value
+        elif key == "$not":
+            out[key] = to_vdb_filter(value)
+        elif key.startswith("$"):
+            out[key] = value  # vdb names the unknown operator in its error
+        else:
+            out[f"metadata.{key}"] = value
+    return out
+
+
+class HashingEmbeddings(Embeddings):
+    """LangChain Embeddings over vdb's deterministic hashing embedder (vdb/text/embed.py): for tests and
+    examples that must not download a model. It captures word overlap, not meaning."""
+
+    def __init__(self, dim: int = 256):
+        from vdb.text.embed import HashingEmbedder
+        self._embedder = HashingEmbedder(dim)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text."""
+        return self._embedder(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """The vector of one query."""
+        return self._embedder([text])[0].tolist()
+
+
+class VdbVectorStore(VectorStore):
+    """A LangChain VectorStore over one vdb collection (see the module docstring)."""
+
+    def __init__(self, embedding: Embeddings, *, collection: str = "langchain", path: str | None = None,
+                 address: str | None = None, api_key: str | None = None, db: Any = None, metric: str = "cosine",
+                 **collection_options: Any):
+        if sum(x is not None for x in (path, address, db)) != 1:
+            raise vdb.InvalidArgumentError("give exactly one of path= (embedded), address= (a server), db=")
+        self._embedding, self.collection, self.metric = embedding, collection, metric
+        self._owned = db is None
+        self.db = db if db is not None else (vdb.connect(path) if path is not None else
+                                             vdb.Client(address, api_key=api_key))
+        self._options = {"text_field": "text", **collection_options}
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The embedding model of documents and queries."""
+        return self._embedding
+
+    def close(self) -> None:
+        """Close the database or channel this store opened (not a `db=` it was given)."""
+        if self._owned:
+            self.db.close()
+
+    def _exists(self) -> bool:
+        return self.collection in self.db.list_collections()
+
+    def _ensure(self, dim: int) -> None:
+        self.db.create_collection(self.collection, dim=dim, metric=self.metric, exist_ok=True, **self._options)
+
+    # -- writes -----------------------------------------------------------------------------------------
+    def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        """Embed and upsert documents; ids from `ids=`, else each Document's id, else new UUIDs."""
+        ids = kwargs.pop("ids", None)
+        if ids is not None and len(ids) != len(documents):
+            raise vdb.InvalidArgumentError(f"{len(ids)} ids for {len(documents)} documents")
+        lc_ids = [str(ids[i]) if ids is not None and ids[i] is not None else
+                  (d.id if d.id else str(uuid.uuid4())) for i, d in enumerate(documents)]
+        if not documents:
+            return []
+        vectors = np.asarray(self._embedding.embed_documents([d.page_content for d in documents]), np.float32)
+        self._ensure(vectors.shape[1])
+        last = {lc: i for i, lc in enumerate(lc_ids)}  # a repeated id: the last document wins, as sequential adds
+        keep = sorted(last.values())
+        for s in range(0, len(keep), ADD_BATCH):
+            part = keep[s: s + ADD_BATCH]
+            rids = np.array([record_id(lc_ids[i]) for i in part], np.int64)
+            self._check_collisions(rids, [lc_ids[i] for i in part])
+            payloads = [{"text": documents[i].page_content, "metadata": dict(documents[i].metadata),
+                         "lc_id": lc_ids[i]} for i in part]
+            self.db.upsert(self.collection, rids, vectors[part], payloads)
+        return lc_ids
+
+    def _check_collisions(self, rids: np.ndarray, lc_ids: list[str]) -> None:
+        if len(set(rids.tolist())) != len(rids):
+            raise vdb.AlreadyExistsError("two ids of one batch hash to the same vdb id; rename one")
+        want = dict(zip(rids.tolist(), lc_ids))
+        for r in self.db.get(self.collection, rids):
+            have = (r.payload or {}).get("lc_id")
+            if have != want[r.id]:
+                raise vdb.AlreadyExistsError(f"id {want[r.id]!r} hashes to vdb id {r.id}, which holds {have!r}")
+
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
+                  **kwargs: Any) -> list[str]:
+        """Embed and upsert texts (with metadatas and ids, each optional)."""
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise vdb.InvalidArgumentError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+        docs = [Document(page_content=t, metadata=(metadatas[i] if metadatas else {}) or {})
+                for i, t in enumerate(texts)]
+        return self.add_documents(docs, ids=ids, **kwargs)
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        """Delete by LangChain id (unknown ids are ignored); with no ids, delete every document."""
+        if not self._exists():
+            return True
+        if ids is None:
+            self.db.drop_collection(self.collection)
+            return True
+        rids = np.array([record_id(str(i)) for i in ids], np.int64)
+        mine = [r.id for r in self.db.get(self.collection, rids) if (r.payload or {}).get("lc_id") in set(map(str, ids))]
+        if mine:
+            self.db.delete(self.collection, np.array(mine, np.int64))
+        return True
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The documents found among `ids`, in the order asked (missing ids are left out)."""
+        if not ids or not self._exists():
+            return []
+        wanted = [str(i) for i in ids]
+        records = self.db.get(self.collection, np.array([record_id(i) for i in wanted], np.int64))
+        return [self._document(r.payload) for r in records if (r.payload or {}).get("lc_id") in wanted]
+
+    @staticmethod
+    def _document(payload: dict) -> Document:
+        return Document(id=payload["lc_id"], page_content=payload["text"], metadata=payload.get("metadata") or {})
+
+    def _search(self, query: str | None, vector, k: int, *, mode: str = "dense", filter: dict | None = None,
+                **kwargs: Any) -> list[tuple[Document, float]]:
+        if mode not in MODES:
+            raise vdb.InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not self._exists():
+            return []
+        f = to_vdb_filter(filter)
+        if mode == "dense":
+            res = self.db.search(self.collection, np.asarray(vector, np.float32), top_k=k, filter=f, **kwargs)
+        else:
+            res = self.db.hybrid_search(self.collection, text=query, top_k=k, filter=f,
+                                        vector=None if mode == "bm25" else np.asarray(vector, np.float32), **kwargs)
+        keep = [(int(i), float(d)) for i, d in zip(res.ids, res.distances) if i >= 0]
+        found = {r.id: r.payload for r in self.db.get(self.collection, [i for i, _ in keep])} if keep else {}
+        return [(self._document(found[i]), d) for i, d in keep if i in found]
+
+    def _query_vector(self, query: str, mode: str):
+        return None if mode == "bm25" else self._embedding.embed_query(query)
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        """The k documents nearest the query (mode dense, bm25 or hybrid; filter on metadata)."""
+        return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
+        """(document, distance) pairs, nearest first."""
+        mode = kwargs.pop("mode", "dense")
+        return self._search(query, self._query_vector(query, mode), k, mode=mode, **kwargs)
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, **kwargs: Any) -> list[Document]:
+        """The k documents nearest an embedding."""
+        return [d for d, _ in self._search(None, embedding, k, mode="dense", **kwargs)]
+
+    def _select_relevance_score_fn(self):
+        if self.metric == "cosine":  # d = 1 - cos in [0, 2] -> [1, 0]
+            return lambda d: min(1.0, max(0.0, 1.0 - d / 2.0))
+        if self.metric == "l2":  # vdb's l2 is squared; LangChain's function expects the distance itself
+            return lambda d: self._euclidean_relevance_score_fn(float(np.sqrt(max(d, 0.0))))
+        return lambda d: -d  # ip: vdb's distance is -<q, x>
+
+    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+                                      **kwargs: Any) -> list[Document]:
+        """Diverse results: fetch_k nearest, then maximal marginal relevance picks k of them."""
+        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
+                                                            lambda_mult, **kwargs)
+
+    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
+                                                lambda_mult: float = 0.5, **kwargs: Any) -> list[Document]:
+        """As max_marginal_relevance_search, from an embedding."""
+        if not self._exists():
+            return []
+        res = self.db.search(self.collection, np.asarray(embedding, np.float32), top_k=max(fetch_k, k),
+                             filter=to_vdb_filter(kwargs.pop("filter", None)), **kwargs)
+        ids = [int(i) for i in res.ids if i >= 0]
+        if not ids:
+            return []
+        records = self.db.get(self.collection, ids)
+        picked = maximal_marginal_relevance(np.asarray(embedding, np.float32), [r.vector for r in records],
+                                            k=min(k, len(records)), lambda_mult=lambda_mult)
+        return [self._document(records[i].payload) for i in picked]
+
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
+                   ids: list[str] | None = None, **kwargs: Any) -> "VdbVectorStore":
+        """A store (keyword arguments as the constructor's) holding `texts`."""
+        store = cls(embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store

@@ -72,8 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 50051, "gRPC port (0 picks a free one)", lambda v: 0 <= v < 65536),
     Setting("max_message_mb", 64, "largest gRPC message accepted or sent", _positive),
     Setting("workers", 16, "gRPC worker threads", _positive),
-    Setting("max_inflight_answers_mb", 256.0, "answers waiting for slow clients the server holds at most (MiB); "
-            "beyond it a large answer is RESOURCE_EXHAUSTED", _positive),
+    Setting("max_inflight_answers_mb", 64.0, "large answers being computed or waiting for slow clients, at most "
+            "(MiB); beyond it a large answer is RESOURCE_EXHAUSTED. The server's memory for them is about 4x this "
+            "(gRPC's copies and the search's own arrays; docs/reliability.md)", _positive),
     Setting("max_streams_per_connection", 32, "concurrent calls one connection may have open", _positive),
     Setting("idle_connection_s", 600.0, "close a connection idle this long", _positive),
     Setting("api_key", "", "if set, every RPC but health needs `authorization: Bearer <key>`", secret=True),

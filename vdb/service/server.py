@@ -93,8 +93,12 @@ def _timeout(context) -> float | None:
 
 
 class VectorDBServicer:
-    def __init__(self, db, budget: ResponseBudget):
+    def __init__(self, db, budget: ResponseBudget, max_top_k: int):
         self.db, self.budget = db, budget
+        self.max_top_k = max_top_k  # no answer is wider: a larger top_k is the engine's INVALID_ARGUMENT to give
+
+    def _charge_search(self, n_queries: int, top_k: int, packed: bool, context) -> None:
+        self.budget.charge_ahead(search_answer_bytes(n_queries, min(top_k, self.max_top_k), packed), context)
 
     @rpc
     def CreateCollection(self, req, context):
@@ -137,7 +141,7 @@ class VectorDBServicer:
         q = convert.from_vectors(req.query, what="query")
         if len(q) != 1:
             raise InvalidArgumentError(f"Search takes exactly one query vector, got {len(q)}; use BatchSearch")
-        self.budget.charge_ahead(search_answer_bytes(1, req.params.top_k, False), context)
+        self._charge_search(1, req.params.top_k, False, context)
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
         return pb.SearchResponse(result=convert.search_result(res.ids[0], res.distances[0], res.explain,
                                                               missing_shards=res.missing_shards))
@@ -145,7 +149,7 @@ class VectorDBServicer:
     @rpc
     def BatchSearch(self, req, context):
         q = convert.from_vectors(req.queries, what="queries")
-        self.budget.charge_ahead(search_answer_bytes(len(q), req.params.top_k, req.packed), context)
+        self._charge_search(len(q), req.params.top_k, req.packed, context)
         res = self.db.search(req.collection, q, **convert.search_kwargs(req.params))
         if req.packed:
             return pb.BatchSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain,
@@ -194,7 +198,7 @@ def create_server(db, settings, *, port: int | None = None) -> tuple[grpc.Server
                  ("grpc.max_concurrent_streams", int(settings["max_streams_per_connection"])),
                  ("grpc.max_connection_idle_ms", int(float(settings["idle_connection_s"]) * 1000))])
     budget = ResponseBudget(int(float(settings["max_inflight_answers_mb"]) * (1 << 20)))
-    server.add_generic_rpc_handlers((_handlers(VectorDBServicer(db, budget)),))
+    server.add_generic_rpc_handlers((_handlers(VectorDBServicer(db, budget, int(settings["max_top_k"]))),))
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

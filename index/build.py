@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from index.assign import closure_assign
+from index.calibrate import calibrate
 from index.centroids import HeadIndex
 from index.clustering import hierarchical_heads
 from index.distance import as_matrix, normalize, prepare_base
@@ -120,9 +121,15 @@ def _write_postings(d: IndexDir, assignment, codes: np.ndarray, slack: float, pr
             r["code"] = codes[members]
             lists.append(r)
             caps.append(int(np.ceil(len(members) * (1 + slack))) + 1)
-        d.postings.add_postings(lists, caps)
+        d.postings.add_postings(lists, caps if slack > 0 else None)  # slack 0: packed back to back
         bar.update(len(lists))
     bar.close()
+
+
+def is_dense(ext_ids: np.ndarray) -> bool:
+    """True when the external ids are 0..n-1 in row order (the default when a build is given no ids)."""
+    return bool(len(ext_ids) == 0 or (ext_ids[0] == 0 and ext_ids[-1] == len(ext_ids) - 1
+                                      and (np.diff(ext_ids) == 1).all()))
 
 
 def length_stats(lengths: np.ndarray) -> dict:
@@ -159,6 +166,11 @@ def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildPa
         summary = _build_into(d, source, ext_ids, params, metric, progress, timings)
         d.vectors.finish(), d.heads.finish(), d.postings.finish()
         d.close()
+        if params.target_recall > 0:
+            t = time.perf_counter()
+            summary["calibration"] = calibrate_index(tmp, params.target_recall, samples=params.calibration_samples,
+                                                     seed=params.seed)
+            timings["calibrate"] = round(time.perf_counter() - t, 3)
     except BaseException:
         d.close()
         _remove_tree(tmp)
@@ -168,6 +180,20 @@ def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildPa
     summary["timings_s"] = timings
     summary["path"] = str(out_dir)
     return summary
+
+
+def calibrate_index(path: str | os.PathLike, target_recall: float, *, samples: int = 500, seed: int = 0) -> dict:
+    """Measure the nprobe that reaches `target_recall` on held-out samples (index/calibrate.py) and store it in
+    the manifest of the index at `path` (the default search uses it). Returns the calibration entry."""
+    from index.spann import SpannIndex
+    with SpannIndex.open(path) as idx:
+        cal = calibrate(idx, target_recall, samples=samples, seed=seed)
+    d = IndexDir.open(path, writable=True)
+    try:
+        d.commit({**d.manifest, "calibration": cal}, {})
+    finally:
+        d.close()
+    return cal
 
 
 def _remove_tree(path: Path) -> None:
@@ -264,6 +290,9 @@ def write_metadata(d: IndexDir, ext_ids: np.ndarray, heads: np.ndarray, head_ind
         "n_rows": int(n), "n_heads": int(len(heads)), "build_params": params.to_dict(), "build_stats": stats,
         "quantizer": "int8-per-dim", "checkpoint_lsn": 0,
     }
+    if is_dense(ext_ids):
+        # external id == row: a read-only open keeps no id array in RAM (valid while n_rows == dense_rows)
+        manifest["id_map"], manifest["dense_rows"] = "dense", int(n)
     order = np.argsort(ext_ids, kind="stable")
     with d.meta.write() as w:
         w.put_array("directory", d.postings.dir.to_array())

@@ -146,6 +146,33 @@ def exact_rows(mat, mat_u32, rows, q, is_l2, out):
     return -1
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def exact_block(block, block_u32, rows, q, is_l2, out):
+    """exact_rows over rows already read into `block` ([m, dim + 1]: row t of the block is row rows[t] of the
+    vector file, checksum last). Returns -1, or the first row whose checksum fails."""
+    dim = q.shape[0]
+    for t in range(rows.shape[0]):
+        vec = block[t]
+        words = block_u32[t]
+        acc = np.float32(0.0)
+        if is_l2:
+            for j in range(dim):
+                diff = q[j] - vec[j]
+                acc += diff * diff
+        else:
+            for j in range(dim):
+                acc += q[j] * vec[j]
+            acc = -acc
+        s = np.uint64(0)
+        for j in range(dim):
+            s += np.uint64(words[j]) * np.uint64(2 * j + 1)
+        s += np.uint64(rows[t]) * np.uint64(ROW_SALT)
+        if (s & np.uint64(MASK32)) != np.uint64(words[dim]):
+            return rows[t]
+        out[t] = acc
+    return -1
+
+
 @njit(nogil=True, cache=True)
 def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, qa, qw, qc, q, state, allow,
                mat, mat_u32, k, rerank_k, rerank):

@@ -5,9 +5,9 @@ Per query, in two waves of reads, each issued at once (storage/blockio.py: O_DIR
      index's resident structures); each is checksum-verified the first time this process reads it, then cached;
      the INT8 scan runs over the bytes read and the cached ones;
   2. the float32 rows of the re-rank candidates. Candidates are ranked by their INT8 distance; with
-     `rerank_eps` > 0 only those within (1 + rerank_eps) of the k-th INT8 distance are read (at least k):
-     the INT8 distances already decide the rest (measured in docs/benchmarks.md), and each candidate costs a
-     page read.
+     `rerank_eps` > 0 only those within (1 + rerank_eps) of the k-th INT8 distance are read (at least k;
+     kernels/search.py `rerank_cut`, the same rule as the mmap path): the INT8 distances already decide the
+     rest (measured in docs/benchmarks.md), and each candidate costs a page read.
 Nothing goes through the page cache, so what a cgroup limit counts is the process's own memory.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from index.kernels import exact_block, search_one
+from index.kernels import exact_block, rerank_cut, search_one
+from index.types import DISK_RERANK_EPS
 from storage import CorruptionError
 from storage.blockio import BlockReader
 from storage.fileheader import HEADER_SIZE
@@ -47,6 +48,7 @@ class DiskSearcher:
         """Every query (row of P: its posting ids, -1 pruned) on `threads` threads. Returns (rows [nq, k],
         distances [nq, k], records scanned [nq], bytes read [nq])."""
         QA, qw, QC = prepared
+        eps = DISK_RERANK_EPS if p.rerank_eps is None else p.rerank_eps
         nq = len(qs)
         out_ids = np.full((nq, k), -1, np.int64)
         out_d = np.full((nq, k), np.inf, np.float32)
@@ -55,7 +57,7 @@ class DiskSearcher:
         def run(lo: int, hi: int) -> None:
             for i in range(lo, hi):
                 out_ids[i], out_d[i], scanned[i], read[i] = self.search_one(
-                    P[i], qs[i], QA[i], qw, QC[i], is_l2, state, allow, k, p.rerank_k, p.rerank_eps)
+                    P[i], qs[i], QA[i], qw, QC[i], is_l2, state, allow, k, p.rerank_k, eps)
 
         if threads <= 1 or nq < 2 * threads:
             run(0, nq)
@@ -118,11 +120,8 @@ class DiskSearcher:
                                           qc, q, state, allow, self._no_rows, self._no_rows.view(np.uint32),
                                           rerank_k, rerank_k, False)
         n = int((cand >= 0).sum())
-        cand, cd = cand[:n], cd[:n]
-        if rerank_eps > 0 and n > k:
-            kth = cd[k - 1]
-            n = max(k, int(np.searchsorted(cd, kth + rerank_eps * abs(kth), side="right")))
-            cand = cand[:n]
+        n = rerank_cut(cd[:n], k, rerank_eps)
+        cand = cand[:n]
         ids = np.full(k, -1, np.int64)
         dists = np.full(k, np.inf, np.float32)
         if n == 0:

@@ -159,6 +159,7 @@ class SpannIndex:
 
         `directory` must be the snapshot the scan will use, taken *before* this call: a posting retired by a
         concurrent split is then still readable in it, and a head added after it is not probed."""
+        p = p.with_nprobe(self.default_nprobe(p.target_recall))
         directory = directory if directory is not None else self.files.postings.dir
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
@@ -209,7 +210,7 @@ class SpannIndex:
         def run(lo: int, hi: int) -> int:
             return search_many(*args, P[lo:hi], store.rec_size, is_l2, QA[lo:hi], qw, QC[lo:hi], qs[lo:hi],
                                state, allow, mat, mat.view(np.uint32), k, p.rerank_k, rerank,
-                               out_ids[lo:hi], out_d[lo:hi], scanned[lo:hi])
+                               out_ids[lo:hi], out_d[lo:hi], scanned[lo:hi], p.rerank_eps or 0.0)
 
         if threads <= 1 or nq < 2 * threads:
             bads = [run(0, nq)]
@@ -224,7 +225,7 @@ class SpannIndex:
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += sum(store.bytes_of(row[row >= 0]) for row in P)
-            if rerank:  # each re-ranked row is one random read of its page(s)
+            if rerank:  # each re-ranked row is one random read of its page(s) (an upper bound with rerank_eps)
                 stats.bytes_read += int(np.minimum(scanned, p.rerank_k).sum()) * _row_pages(self.dim) * 4096
         return out_ids, out_d
 

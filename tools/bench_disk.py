@@ -142,11 +142,15 @@ def cmd_serve(args) -> dict:
             spec = {**common, "system": "vdb", "index": str(vdb_dir), "budget_mb": budget, "points": points,
                     "files": [str(vdb_dir)]}
             out["systems"].append(run_child(cg, spec, f"vdb-{args.dataset}-{args.limit_mb}"))
+        if "vdb-mmap" in args.systems:  # the same index through mmap and the page cache, no budget
+            spec = {**common, "system": "vdb-mmap", "index": str(vdb_dir), "budget_mb": None,
+                    "points": [{"in_flight": True}], "files": [str(vdb_dir)], "n": args.faiss_n_queries}
+            out["systems"].append(run_child(cg, spec, f"vdbmmap-{args.dataset}-{args.limit_mb}"))
         if "faiss" in args.systems:
             pts = [{"nprobe": p, **({"in_flight": True} if p == args.faiss_flight_nprobe else {})}
                    for p in args.faiss_nprobes]
             spec = {**common, "system": "faiss-ivf-sq8-mmap", "index": str(faiss_file), "points": pts,
-                    "files": [str(faiss_file)]}
+                    "files": [str(faiss_file)], "n": args.faiss_n_queries, "warm": args.faiss_warm}
             out["systems"].append(run_child(cg, spec, f"faiss-{args.dataset}-{args.limit_mb}"))
     finally:
         cg.remove()
@@ -157,9 +161,97 @@ def cmd_serve(args) -> dict:
     return out
 
 
+def cmd_diskann(args) -> dict:
+    """diskannpy (its own venv, tools/peers/setup.sh) against vdb on a prefix of the dataset both can build here,
+    both searched in the same cgroup: diskann's runner times single queries per L (warm = after its own first
+    pass; its reads are O_DIRECT), vdb goes through diskrun.py as in `serve`."""
+    from benchkit.bigdata import exact_knn
+    from index.build import build_index
+    f = files_of(args)
+    n = args.prefix
+    data = WORK / "data"
+    base_path = data / f"{Path(f['base']).stem}-prefix{n}.npy"
+    if not base_path.exists():
+        np.save(base_path, np.load(f["base"], mmap_mode="r")[:n])
+    q_path = data / f"{Path(f['queries']).stem}-first{args.prefix_nq}.npy"
+    if not q_path.exists():
+        np.save(q_path, np.load(f["queries"])[: args.prefix_nq])
+    gt_path = data / f"{base_path.stem}-gt-{args.prefix_nq}.npy"
+    if not gt_path.exists():
+        np.save(gt_path, exact_knn(np.load(base_path, mmap_mode="r"), np.load(q_path)))
+    out = {"dataset": args.dataset, "n": n, "limit_mb": args.limit_mb, "command": " ".join(sys.argv),
+           "git_revision": git_revision(), "machine": machine_info(), "systems": []}
+    work = WORK / "index" / f"diskann-{args.dataset}-{n}"
+    venv_py = ROOT / "bench-data/venvs/diskann/bin/python"
+    runner = ROOT / "tools/peers/diskann_runner.py"
+    if not (work / "build.json").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(venv_py), str(runner), "build", "--base", str(base_path), "--metric", "l2", "--out",
+                        str(work / "index"), "--R", str(args.diskann_R), "--L", str(args.diskann_L), "--pq-bytes",
+                        str(args.diskann_pq), "--threads", "2", "--json", str(work / "build.json")], check=True)
+    out["diskann_build"] = json.loads((work / "build.json").read_text())
+    vdb_dir = WORK / "index" / f"vdb-{args.dataset}-{n}"
+    if not vdb_dir.exists():
+        t = time.perf_counter()
+        build_index(np.load(base_path, mmap_mode="r"), vdb_dir)
+        out["vdb_build_s"] = round(time.perf_counter() - t, 1)
+    cg = MemCgroup(f"vdb-bench-diskann-{os.getpid()}", args.limit_mb << 20)
+    try:
+        spec = {"queries": str(q_path), "truth": str(gt_path), "warm": args.warm, "n": args.n_queries,
+                "flights": args.flights, "cpus": args.cpus, "system": "vdb", "index": str(vdb_dir),
+                "budget_mb": args.limit_mb - args.baseline_mb - args.headroom_mb, "files": [str(vdb_dir)],
+                "points": [{"in_flight": True}] + [{"nprobe": p} for p in args.nprobes]}
+        out["systems"].append(run_child(cg, spec, f"vdb-{args.dataset}-{n}-{args.limit_mb}"))
+        cg.reset()
+        cmd = ["taskset", "-c", "1", str(venv_py), str(runner), "search", "--index", str(work / "index"),
+               "--queries", str(q_path), "--metric", "l2", "--k", "10", "--Ls", args.diskann_Ls, "--batch-mode",
+               "loop", "--n-single", str(args.n_queries), "--n-cold", "50", "--n-cold-batch", "100",
+               "--json", str(work / f"search-{args.limit_mb}.json")]
+        proc = subprocess.run(cmd, preexec_fn=cg.preexec(), capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        res = {"system": "diskannpy", "command": " ".join(cmd), "cgroup": cg.report()}
+        if proc.returncode == 0:
+            raw = json.loads((work / f"search-{args.limit_mb}.json").read_text())
+            truth = np.load(gt_path)[:, :10]
+            for pt in raw["points"]:
+                ids = np.load(work / pt.pop("ids_file"))
+                pt["recall"] = round(float(np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, truth)])), 4)
+            res.update(raw)
+        else:
+            res["error"] = proc.stderr[-2000:]
+        out["systems"].append(res)
+    finally:
+        cg.remove()
+    return out
+
+
+def cmd_plot(paths: list[str], out: Path) -> dict:
+    """Recall-QPS (single thread) per system, one panel per memory limit; written next to the JSONs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        for sysres in run["systems"]:
+            pts = sorted(sysres.get("points", []), key=lambda p: p["recall"])
+            if pts:
+                ax.plot([p["recall"] for p in pts], [p["qps_1thread"] for p in pts], "o-", label=sysres["system"])
+        ax.set_title(f"{run['dataset']} {run['n']:,}: {run['limit_mb']} MiB cgroup")
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("QPS, 1 thread (1 / mean latency)")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return {"plot": str(out)}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=("prepare", "build", "serve", "fio"))
+    ap.add_argument("cmd", choices=("prepare", "build", "serve", "fio", "plot", "diskann"))
+    ap.add_argument("inputs", nargs="*", help="plot: the serve JSONs (one panel each)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="c128")
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--nq", type=int, default=10_000, help="queries generated (with exact top-100)")
@@ -175,10 +267,18 @@ def parse_args(argv=None):
     ap.add_argument("--rerank-eps", type=lambda v: [float(x) for x in v.split(",") if x], default=[])
     ap.add_argument("--faiss-nprobes", type=lambda v: [int(x) for x in v.split(",") if x], default=[4, 8, 16, 32])
     ap.add_argument("--faiss-flight-nprobe", type=int, default=16)
+    ap.add_argument("--faiss-n-queries", type=int, default=1000, help="per point for faiss and vdb-mmap")
+    ap.add_argument("--faiss-warm", type=int, default=1000)
     ap.add_argument("--flights", type=lambda v: [int(x) for x in v.split(",") if x], default=[2, 4, 8, 16])
     ap.add_argument("--cpus", default="0,1", help="taskset CPU list of the measured child")
     ap.add_argument("--no-fio", action="store_true")
     ap.add_argument("--fio-s", type=int, default=10)
+    ap.add_argument("--prefix", type=int, default=1_000_000, help="diskann: rows of the dataset both build")
+    ap.add_argument("--prefix-nq", type=int, default=3000)
+    ap.add_argument("--diskann-R", type=int, default=64)
+    ap.add_argument("--diskann-L", type=int, default=100)
+    ap.add_argument("--diskann-pq", type=int, default=32)
+    ap.add_argument("--diskann-Ls", default="10,20,40,80")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
 
@@ -192,6 +292,11 @@ def main(argv=None) -> None:
         res = cmd_build(args)
     elif args.cmd == "serve":
         res = cmd_serve(args)
+    elif args.cmd == "diskann":
+        res = cmd_diskann(args)
+    elif args.cmd == "plot":
+        res = cmd_plot(args.inputs, Path(args.out or "docs/benchmarks/disk-recall-qps.png"))
+        args.out = None
     else:
         post = index_paths(args)[0] / "postings.dat"
         res = {"fio": [fio(post, 1, args.fio_s), fio(post, 32, args.fio_s)]}

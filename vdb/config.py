@@ -49,6 +49,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gil_switch_ms", 1.0, "Python's GIL switch interval in ms (process-wide). A search waiting for the GIL "
             "behind the maintenance thread waits up to this long per hand-over; CPython's 5 ms default shows up "
             "as milliseconds of tail latency while writes are being indexed", _positive),
+    Setting("memory_budget_mb", 0.0, "RAM an index served from disk may use: its resident structures plus a cache "
+            "of the postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query "
+            "(SpannIndex.open(memory_budget_mb=...)). 0: read through mmap and the kernel's page cache",
+            lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),

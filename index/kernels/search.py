@@ -175,8 +175,11 @@ def exact_block(block, block_u32, rows, q, is_l2, out):
 
 @njit(nogil=True, cache=True)
 def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, qa, qw, qc, q, state, allow,
-               mat, mat_u32, k, rerank_k, rerank):
+               mat, mat_u32, k, rerank_k, rerank, rerank_eps=0.0):
     """One query: scan `pids`, keep rerank_k candidates, re-rank them exactly, return the best k.
+
+    With rerank_eps > 0 only the candidates whose INT8 distance is within rerank_eps * |d_k| of the k-th INT8
+    distance d_k are re-ranked (at least k; `rerank_cut`), the rest are dropped.
 
     Returns (ids int64[k] padded with -1, dists float32[k] padded with inf, scanned records, bad row or -1).
     """
@@ -189,6 +192,11 @@ def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, 
         n = scan_ip(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, dim, qa, qc, state, allow, hd, hi)
     cand, cd = hi[:n], hd[:n]
     bad = -1
+    if rerank and rerank_eps > 0 and n > k:
+        first = np.argsort(cd, kind="mergesort")
+        cand, cd = cand[first], cd[first]
+        n = rerank_cut(cd, k, rerank_eps)
+        cand, cd = cand[:n], cd[:n]
     if rerank and n > 0:
         exact = np.empty(n, np.float32)
         bad = exact_rows(mat, mat_u32, cand, q, is_l2, exact)
@@ -208,13 +216,26 @@ def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, 
 
 
 @njit(nogil=True, cache=True)
+def rerank_cut(cd, k, rerank_eps):
+    """How many of the ascending INT8 distances `cd` to re-rank: those <= d_k + rerank_eps * |d_k|, >= k."""
+    n = cd.shape[0]
+    if rerank_eps <= 0 or n <= k:
+        return n
+    limit = cd[k - 1] + rerank_eps * abs(cd[k - 1])
+    m = k
+    while m < n and cd[m] <= limit:
+        m += 1
+    return m
+
+
+@njit(nogil=True, cache=True)
 def search_many(buf_i8, buf_u32, buf_u8, offsets, counts, P, rec_size, is_l2, QA, qw, QC, Q, state, allow,
-                mat, mat_u32, k, rerank_k, rerank, out_ids, out_d, out_scanned):
+                mat, mat_u32, k, rerank_k, rerank, out_ids, out_d, out_scanned, rerank_eps=0.0):
     """search_one for each row of P / QA / QC / Q. Returns -1 or the first corrupt row met."""
     for i in range(P.shape[0]):
         ids, d, scanned, bad = search_one(buf_i8, buf_u32, buf_u8, offsets, counts, P[i], rec_size, is_l2,
                                           QA[i], qw, QC[i], Q[i], state, allow, mat, mat_u32, k, rerank_k,
-                                          rerank)
+                                          rerank, rerank_eps)
         if bad >= 0:
             return bad
         out_ids[i] = ids

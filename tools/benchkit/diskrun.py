@@ -158,8 +158,10 @@ def vdb_opener(path: str, budget_mb: float):
             knobs = {k: v for k, v in params.items() if k != "in_flight"}
             return lambda q: idx.search(q, K, **knobs)[0]
         info = {"resident_bytes": idx.resident_bytes(), "calibration": idx.calibration,
-                "memory_budget_mb": budget_mb, "direct_io": idx.disk.post_reader.direct,
-                "cache_budget_bytes": idx.disk.cache.budget, "head_index": idx.head_index.kind}
+                "memory_budget_mb": budget_mb, "head_index": idx.head_index.kind,
+                "default_nprobe": idx.default_nprobe()}
+        if idx.disk is not None:
+            info.update(direct_io=idx.disk.post_reader.direct, cache_budget_bytes=idx.disk.cache.budget)
         opener.idx = idx
         return make, idx.close, info
     return opener
@@ -184,9 +186,13 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     queries = np.load(spec["queries"]).astype(np.float32)
     truth = np.load(spec["truth"])
+    from vdb.config import tune_process
+    tune_process()  # faiss head search on one OpenMP thread (spin-waiting OpenMP costs ms on a busy machine)
     if spec["system"] == "vdb":
         opener = vdb_opener(spec["index"], spec["budget_mb"])
         counters = lambda: opener.idx.disk.io_stats()  # noqa: E731
+    elif spec["system"] == "vdb-mmap":
+        opener, counters = vdb_opener(spec["index"], None), None
     else:
         opener, counters = faiss_opener(spec["index"]), None
     res = measure(opener, spec["system"], spec["points"], spec["files"], queries, truth, spec["warm"], spec["n"],

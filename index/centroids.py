@@ -142,5 +142,12 @@ class HeadIndex:
         return cls(index, angular, kind)
 
     def resident_bytes(self) -> int:
-        """Bytes the head index keeps in RAM (its serialized size is a tight estimate)."""
-        return int(self.to_bytes().nbytes)
+        """Bytes the head index keeps in RAM: codes, graph and id map, counted from the structures' sizes (the
+        serialized size agrees within bytes; serializing to count it would hold a second copy while opening)."""
+        inner = self._inner
+        if isinstance(inner, faiss.IndexHNSW):
+            hnsw = inner.hnsw
+            storage = faiss.downcast_index(inner.storage)
+            graph = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
+            return int(storage.codes.size() + graph + 8 * self.size)
+        return int(inner.codes.size() + 8 * self.size)

@@ -225,6 +225,35 @@ def cmd_diskann(args) -> dict:
     return out
 
 
+def cmd_attach(args) -> dict:
+    """vdb.connect + attach_collection + search in the cgroup (tools/benchkit/attach_probe.py), on a copy of
+    the built index whose big files are hard links (searches never write them; the metadata is copied)."""
+    import shutil
+    f = files_of(args)
+    vdb_dir, _ = index_paths(args)
+    scratch = WORK / "attach"
+    shutil.rmtree(scratch, ignore_errors=True)
+    copy = scratch / "index"
+    copy.mkdir(parents=True)
+    for name in ("vectors.f32", "heads.f32", "postings.dat"):
+        os.link(vdb_dir / name, copy / name)
+    shutil.copytree(vdb_dir / "meta", copy / "meta")
+    cg = MemCgroup(f"vdb-bench-attach-{os.getpid()}", args.limit_mb << 20)
+    out_path = scratch / "attach.json"
+    try:
+        cmd = ["taskset", "-c", args.cpus, sys.executable, str(ROOT / "tools/benchkit/attach_probe.py"), str(copy),
+               str(scratch / "data"), str(f["queries"]), str(f["truth"]), str(out_path)]
+        proc = subprocess.run(cmd, preexec_fn=cg.preexec(), capture_output=True, text=True)
+        res = json.loads(out_path.read_text()) if proc.returncode == 0 else \
+            {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
+        res["cgroup"] = cg.report()
+    finally:
+        cg.remove()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"dataset": args.dataset, "n": args.n, "limit_mb": args.limit_mb, "command": " ".join(sys.argv),
+            "git_revision": git_revision(), "attach": res}
+
+
 def cmd_plot(paths: list[str], out: Path) -> dict:
     """Recall-QPS (single thread) per system, one panel per memory limit; written next to the JSONs."""
     import matplotlib
@@ -250,7 +279,7 @@ def cmd_plot(paths: list[str], out: Path) -> dict:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=("prepare", "build", "serve", "fio", "plot", "diskann"))
+    ap.add_argument("cmd", choices=("prepare", "build", "serve", "fio", "plot", "diskann", "attach"))
     ap.add_argument("inputs", nargs="*", help="plot: the serve JSONs (one panel each)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="c128")
     ap.add_argument("--n", type=int, default=10_000_000)
@@ -292,6 +321,8 @@ def main(argv=None) -> None:
         res = cmd_build(args)
     elif args.cmd == "serve":
         res = cmd_serve(args)
+    elif args.cmd == "attach":
+        res = cmd_attach(args)
     elif args.cmd == "diskann":
         res = cmd_diskann(args)
     elif args.cmd == "plot":

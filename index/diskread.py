@@ -74,32 +74,23 @@ class DiskSearcher:
         rec = self.postings.rec_size
         offs, counts = d.offset[pids], d.count[pids].astype(np.int64)
         keys = list(zip(pids.tolist(), offs.tolist()))
-        cached = self.cache.get(keys)
-        miss = np.array([i for i, c in enumerate(cached) if c is None], np.int64)
-        parts, local = [], np.empty(len(pids), np.int64)
-        pos = read = 0
-        if len(miss):
-            buf, starts = self.post_reader.read(offs[miss], counts[miss] * rec)
-            read = len(buf)
-            for i, s in zip(miss.tolist(), starts.tolist()):
-                data = buf[s: s + int(counts[i]) * rec]
-                pid = int(pids[i])
-                if not self._verified[pid]:
-                    if zlib.crc32(data) != int(d.crc[pid]):
-                        raise CorruptionError(self.postings.path, f"posting {pid} fails its checksum",
-                                              offset=int(offs[i]), length=len(data))
-                    self._verified[pid] = True
-                self.cache.put(keys[i], data)
-            parts.append(buf)
-            local[miss] = starts
-            pos = len(buf)
-        for i, c in enumerate(cached):
-            if c is not None:
-                parts.append(c)
-                local[i] = pos
-                pos += len(c)
-        gathered = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(4, np.uint8)
-        return gathered, local, counts, read
+        hits, local = self.cache.gather(keys)
+        miss = np.nonzero(local < 0)[0]
+        if len(miss) == 0:
+            return (hits if len(hits) else np.zeros(4, np.uint8)), local, counts, 0
+        buf, starts = self.post_reader.read(offs[miss], counts[miss] * rec)
+        for i, s in zip(miss.tolist(), starts.tolist()):
+            data = buf[s: s + int(counts[i]) * rec]
+            pid = int(pids[i])
+            if not self._verified[pid]:
+                if zlib.crc32(data) != int(d.crc[pid]):
+                    raise CorruptionError(self.postings.path, f"posting {pid} fails its checksum",
+                                          offset=int(offs[i]), length=len(data))
+                self._verified[pid] = True
+            self.cache.put(keys[i], data)
+        local[local >= 0] += len(buf)   # the read buffer first (page aligned), then the cached bytes
+        local[miss] = starts
+        return (np.concatenate([buf, hits]) if len(hits) else buf), local, counts, len(buf)
 
     def _rows(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
         """float32 [m, dim + 1] rows (checksum word last) read from the vector file in one wave."""

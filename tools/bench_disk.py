@@ -111,13 +111,16 @@ def run_child(cg: MemCgroup, spec: dict, tag: str) -> dict:
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec))
     out_path.unlink(missing_ok=True)
+    out_path.with_suffix(".partial.json").unlink(missing_ok=True)
     cg.reset()
     cmd = ["taskset", "-c", str(spec["cpus"]), sys.executable, str(ROOT / "tools/benchkit/diskrun.py"),
            str(spec_path), str(out_path)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, preexec_fn=cg.preexec(), stderr=subprocess.PIPE, text=True)
+    partial = out_path.with_suffix(".partial.json")
     res = json.loads(out_path.read_text()) if proc.returncode == 0 and out_path.exists() else \
-        {"system": spec["system"], "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
+        {"system": spec["system"], "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:],
+         "partial": json.loads(partial.read_text()) if partial.exists() else None}
     sys.stderr.write(proc.stderr[-4000:])
     res["cgroup"] = cg.report()
     res["wall_s"] = round(time.perf_counter() - t, 1)

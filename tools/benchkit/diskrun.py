@@ -90,7 +90,7 @@ def pct(seconds: np.ndarray) -> dict:
 
 
 def measure(opener, name: str, points: list, files: list, queries: np.ndarray, truth: np.ndarray, warm: int,
-            n: int, flights: list[int], counters=None) -> dict:
+            n: int, flights: list[int], counters=None, save=None) -> dict:
     """opener() -> (searcher factory: params -> search_one, close); the protocol described above."""
     s0 = status()
     drop_files(files)
@@ -119,6 +119,8 @@ def measure(opener, name: str, points: list, files: list, queries: np.ndarray, t
         if counters:
             row["own_counters_per_query"] = _per_query(c0, counters(), n)
         out["points"].append(row)
+        if save:
+            save(out)  # a child killed later (OOM) still leaves what it measured
         print(f"[{name}] {params} recall={row['recall']} p50={row['p50_ms']} p99={row['p99_ms']} "
               f"qps1={row['qps_1thread']} pages/q={row['pages_per_query']:.1f}", file=sys.stderr, flush=True)
     for params in [p for p in points if p.get("in_flight")] or points[:1]:
@@ -131,6 +133,8 @@ def measure(opener, name: str, points: list, files: list, queries: np.ndarray, t
             if counters:
                 row["own_counters_per_query"] = _per_query(c0, counters(), n)
             out["in_flight"].append(row)
+            if save:
+                save(out)
             print(f"[{name}] {threads} in flight: {row['qps']} qps, p50 {row['p50_ms']} ms, recall {row['recall']}",
                   file=sys.stderr, flush=True)
     out["status_end"] = status()
@@ -195,9 +199,14 @@ def main() -> None:
         opener, counters = vdb_opener(spec["index"], None), None
     else:
         opener, counters = faiss_opener(spec["index"]), None
+    partial = Path(sys.argv[2]).with_suffix(".partial.json")
+
+    def save(res):
+        partial.write_text(json.dumps(res, indent=1, default=float))
     res = measure(opener, spec["system"], spec["points"], spec["files"], queries, truth, spec["warm"], spec["n"],
-                  spec["flights"], counters)
+                  spec["flights"], counters, save)
     Path(sys.argv[2]).write_text(json.dumps(res, indent=1, default=float))
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ class MemCgroup:
     def reset(self) -> None:
         (self.path / "memory.max_usage_in_bytes").write_text("0")
         (self.path / "memory.failcnt").write_text("0")
+        self._kills0 = self._kills()  # the kernel's OOM-kill count of a group only grows
+
+    def _kills(self) -> int:
+        oom = (self.path / "memory.oom_control").read_text()
+        return int(oom.split("oom_kill ")[1].split()[0]) if "oom_kill " in oom else 0
 
     def preexec(self):
         """For subprocess.Popen(preexec_fn=...): the child joins the group before it execs."""
@@ -68,10 +73,8 @@ class MemCgroup:
     def report(self) -> dict:
         def read(name: str) -> int:
             return int((self.path / name).read_text().split()[0])
-        oom = (self.path / "memory.oom_control").read_text()
-        kills = int(oom.split("oom_kill ")[1].split()[0]) if "oom_kill " in oom else 0
         return {"limit_bytes": read("memory.limit_in_bytes"), "max_usage_bytes": read("memory.max_usage_in_bytes"),
-                "failcnt": read("memory.failcnt"), "oom_kills": kills}
+                "failcnt": read("memory.failcnt"), "oom_kills": self._kills() - self._kills0}
 
     def remove(self) -> None:
         try:

@@ -78,8 +78,8 @@ def _encode_array(a: np.ndarray) -> bytes:
     return _U32.pack(zlib.crc32(body)) + body
 
 
-def _read_npy(body: memoryview, copy: bool = True) -> np.ndarray:
-    """A .npy image as an array: the header is parsed, the data copied once (or viewed in place)."""
+def _read_npy(body: memoryview) -> np.ndarray:
+    """A .npy image viewed in place (the header parsed; no pickles)."""
     head = io.BytesIO(bytes(body[: min(len(body), 1 << 16)]))
     version = np.lib.format.read_magic(head)
     if version == (1, 0):
@@ -90,8 +90,7 @@ def _read_npy(body: memoryview, copy: bool = True) -> np.ndarray:
         raise ValueError("stored arrays never hold Python objects")
     count = int(np.prod(shape)) if shape else 1
     a = np.frombuffer(body, dtype, count=count, offset=head.tell())
-    a = a.reshape(shape, order="F" if fortran else "C")
-    return a.copy() if copy else a
+    return a.reshape(shape, order="F" if fortran else "C")
 
 
 class MetaStore:
@@ -123,16 +122,7 @@ class MetaStore:
     def get_array(self, name: str) -> np.ndarray | None:
         # Decoded inside the transaction from LMDB's own mapping, so the array is copied once (bytes + slice +
         # read_array made three copies: a 150 MB head index peaked at 450 MB while opening).
-        with self.env.begin(db=self._db[b"arrays"], buffers=True) as txn:
-            raw = txn.get(name.encode())
-            if raw is None:
-                return None
-            (crc,) = _U32.unpack_from(raw)
-            body = memoryview(raw)[_U32.size:]
-            if zlib.crc32(body) != crc:
-                raise CorruptionError(self.path / "data.mdb", f"stored array {name!r} fails its checksum",
-                                      length=len(body))
-            return _read_npy(body)
+        return self.read_array(name, lambda a: a.copy(order="K"))
 
     def read_array(self, name: str, use):
         """use(array) on the stored array `name` read in place from LMDB's mapping, without a copy (the array
@@ -146,7 +136,7 @@ class MetaStore:
             if zlib.crc32(body) != crc:
                 raise CorruptionError(self.path / "data.mdb", f"stored array {name!r} fails its checksum",
                                       length=len(body))
-            return use(_read_npy(body, copy=False))
+            return use(_read_npy(body))
 
     def lookup(self, ext_ids: np.ndarray) -> np.ndarray:
         """Internal row id of each external id, -1 where unknown."""

@@ -119,28 +119,33 @@ def scan_ip(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, dim, v, co
 
 
 # -- exact re-ranking with inline row checksum ----------------------------------------------------------------
+@njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _exact_one(vec, words, row, q, is_l2):
+    """(distance of vector `vec` to q, whether its checksum word matches row `row`)."""
+    dim = q.shape[0]
+    acc = np.float32(0.0)
+    if is_l2:
+        for j in range(dim):
+            diff = q[j] - vec[j]
+            acc += diff * diff
+    else:
+        for j in range(dim):
+            acc += q[j] * vec[j]
+        acc = -acc
+    s = np.uint64(0)
+    for j in range(dim):
+        s += np.uint64(words[j]) * np.uint64(2 * j + 1)
+    s += np.uint64(row) * np.uint64(ROW_SALT)
+    return acc, (s & np.uint64(MASK32)) == np.uint64(words[dim])
+
+
 @njit(nogil=True, cache=True, fastmath=True)
 def exact_rows(mat, mat_u32, rows, q, is_l2, out):
     """Exact distances of `rows` to q (squared L2 or -IP). Returns -1, or the first row whose checksum fails."""
-    dim = q.shape[0]
     for t in range(rows.shape[0]):
         row = rows[t]
-        vec = mat[row]
-        words = mat_u32[row]
-        acc = np.float32(0.0)
-        if is_l2:
-            for j in range(dim):
-                diff = q[j] - vec[j]
-                acc += diff * diff
-        else:
-            for j in range(dim):
-                acc += q[j] * vec[j]
-            acc = -acc
-        s = np.uint64(0)
-        for j in range(dim):
-            s += np.uint64(words[j]) * np.uint64(2 * j + 1)
-        s += np.uint64(row) * np.uint64(ROW_SALT)
-        if (s & np.uint64(MASK32)) != np.uint64(words[dim]):
+        acc, ok = _exact_one(mat[row], mat_u32[row], row, q, is_l2)
+        if not ok:
             return row
         out[t] = acc
     return -1
@@ -150,24 +155,9 @@ def exact_rows(mat, mat_u32, rows, q, is_l2, out):
 def exact_block(block, block_u32, rows, q, is_l2, out):
     """exact_rows over rows already read into `block` ([m, dim + 1]: row t of the block is row rows[t] of the
     vector file, checksum last). Returns -1, or the first row whose checksum fails."""
-    dim = q.shape[0]
     for t in range(rows.shape[0]):
-        vec = block[t]
-        words = block_u32[t]
-        acc = np.float32(0.0)
-        if is_l2:
-            for j in range(dim):
-                diff = q[j] - vec[j]
-                acc += diff * diff
-        else:
-            for j in range(dim):
-                acc += q[j] * vec[j]
-            acc = -acc
-        s = np.uint64(0)
-        for j in range(dim):
-            s += np.uint64(words[j]) * np.uint64(2 * j + 1)
-        s += np.uint64(rows[t]) * np.uint64(ROW_SALT)
-        if (s & np.uint64(MASK32)) != np.uint64(words[dim]):
+        acc, ok = _exact_one(block[t], block_u32[t], rows[t], q, is_l2)
+        if not ok:
             return rows[t]
         out[t] = acc
     return -1

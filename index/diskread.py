@@ -5,9 +5,10 @@ Per query, in two waves of reads, each issued at once (storage/blockio.py: O_DIR
      index's resident structures); each is checksum-verified the first time this process reads it, then cached;
      the INT8 scan runs over the bytes read and the cached ones;
   2. the float32 rows of the re-rank candidates. Candidates are ranked by their INT8 distance; with
-     `rerank_eps` > 0 only those within (1 + rerank_eps) of the k-th INT8 distance are read (at least k;
-     kernels/search.py `rerank_cut`, the same rule as the mmap path): the INT8 distances already decide the
-     rest (measured in docs/benchmarks.md), and each candidate costs a page read.
+     `rerank_eps` > 0 only those within rerank_eps * |d_k| of the k-th INT8 distance d_k are read (at least
+     k; kernels/search.py `rerank_cut`, the same rule as the mmap path; automatic here: DISK_RERANK_EPS): the
+     INT8 distances already decide the rest (measured in docs/benchmarks.md), and each candidate costs a page
+     read.
 Nothing goes through the page cache, so what a cgroup limit counts is the process's own memory.
 """
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from index.assign import closure_assign
+from index.calibrate import calibrate
 from index.centroids import HeadIndex
 from index.clustering import hierarchical_heads
 from index.distance import as_matrix, normalize, prepare_base
@@ -96,9 +97,14 @@ def _stream_vectors(source, d: IndexDir, metric: Metric, progress: ProgressFacto
     return n
 
 
-def _encode_all(vec: np.ndarray, quantizer: Int8Quantizer, progress: ProgressFactory) -> np.ndarray:
+def _encode_all(vec: np.ndarray, quantizer: Int8Quantizer, progress: ProgressFactory,
+                scratch: Path | None = None) -> np.ndarray:
+    """INT8 codes of every row. With `scratch` (a file path) they live in a file mapping, page cache the kernel
+    may reclaim, instead of anonymous memory (10M x 128 codes are 1.28 GB)."""
     from storage.posting_format import code_bytes
-    codes = np.empty((len(vec), code_bytes(vec.shape[1])), np.int8)
+    shape = (len(vec), code_bytes(vec.shape[1]))
+    codes = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.int8, shape=shape) if scratch is not None \
+        else np.empty(shape, np.int8)
     bar = progress("encode int8", len(vec))
     for s in range(0, len(vec), CHUNK):
         codes[s: s + CHUNK] = quantizer.encode(np.asarray(vec[s: s + CHUNK], dtype=np.float32))
@@ -120,9 +126,15 @@ def _write_postings(d: IndexDir, assignment, codes: np.ndarray, slack: float, pr
             r["code"] = codes[members]
             lists.append(r)
             caps.append(int(np.ceil(len(members) * (1 + slack))) + 1)
-        d.postings.add_postings(lists, caps)
+        d.postings.add_postings(lists, caps if slack > 0 else None)  # slack 0: packed back to back
         bar.update(len(lists))
     bar.close()
+
+
+def is_dense(ext_ids: np.ndarray) -> bool:
+    """True when the external ids are 0..n-1 in row order (the default when a build is given no ids)."""
+    return bool(len(ext_ids) == 0 or (ext_ids[0] == 0 and ext_ids[-1] == len(ext_ids) - 1
+                                      and (np.diff(ext_ids) == 1).all()))
 
 
 def length_stats(lengths: np.ndarray) -> dict:
@@ -155,6 +167,11 @@ def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildPa
     try:
         summary = _build_into(d, source, ext_ids, params, metric, progress, timings)
         d.vectors.finish(), d.heads.finish(), d.postings.finish()
+        if params.target_recall > 0:
+            t = time.perf_counter()
+            summary["calibration"] = _calibrate_dir(d, params.target_recall, samples=params.calibration_samples,
+                                                    seed=params.seed)
+            timings["calibrate"] = round(time.perf_counter() - t, 3)
         d.close(release_lock=False)  # held until published: a concurrent build's sweep must not take it
         publish_dir(tmp, out_dir, overwrite=overwrite)
     except BaseException:
@@ -184,6 +201,26 @@ def prepare_output(out_dir, overwrite: bool) -> Path:
     for stale in remove_stale_builds(out_dir):
         log.warning("removed %s, left by a build that did not finish", stale)
     return out_dir
+
+
+def calibrate_index(path: str | os.PathLike, target_recall: float, *, samples: int = 500, seed: int = 0) -> dict:
+    """Measure the nprobe that reaches `target_recall` on held-out samples (index/calibrate.py) and store it in
+    the manifest of the index at `path` (the default search uses it). Returns the calibration entry."""
+    d = IndexDir.open(path, writable=True)
+    try:
+        return _calibrate_dir(d, target_recall, samples=samples, seed=seed)
+    finally:
+        d.close()
+
+
+def _calibrate_dir(d: IndexDir, target_recall: float, *, samples: int, seed: int) -> dict:
+    """Calibrate through the directory already open for writing: its lock is held throughout (a second open
+    would need its own lock, and a build must never let go of its temporary directory's)."""
+    from index.spann import SpannIndex
+    d.reload_manifest()  # the build wrote its manifest straight into the metadata store
+    cal = calibrate(SpannIndex(d), target_recall, samples=samples, seed=seed)
+    d.commit({**d.manifest, "calibration": cal}, {})
+    return cal
 
 
 def _remove_tree(path: Path) -> None:
@@ -248,9 +285,11 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     timings["assign"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    codes = _encode_all(vec, quantizer, progress)
+    scratch = d.path / "codes.scratch.npy"
+    codes = _encode_all(vec, quantizer, progress, scratch)
     _write_postings(d, assignment, codes, params.extent_slack, progress)
     del codes
+    scratch.unlink()
     d.heads.append(heads)
     timings["write"] = round(time.perf_counter() - t, 3)
 
@@ -280,6 +319,9 @@ def write_metadata(d: IndexDir, ext_ids: np.ndarray, heads: np.ndarray, head_ind
         "n_rows": int(n), "n_heads": int(len(heads)), "build_params": params.to_dict(), "build_stats": stats,
         "quantizer": "int8-per-dim", "checkpoint_lsn": 0,
     }
+    if is_dense(ext_ids):
+        # external id == row: a read-only open keeps no id array in RAM (valid while n_rows == dense_rows)
+        manifest["id_map"], manifest["dense_rows"] = "dense", int(n)
     order = np.argsort(ext_ids, kind="stable")
     with d.meta.write() as w:
         w.put_array("directory", d.postings.dir.to_array())

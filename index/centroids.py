@@ -83,9 +83,13 @@ class HeadIndex:
         metric = faiss.METRIC_INNER_PRODUCT if angular else faiss.METRIC_L2
         if kind == "flat" or (kind == "auto" and len(heads) <= FLAT_MAX):
             inner, kind = faiss.IndexFlat(dim, metric), "flat"
-        else:
-            inner, kind = faiss.IndexHNSWFlat(dim, m, metric), "hnsw"
+        elif kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(dim, m, metric)
             inner.hnsw.efConstruction = ef_construction
+        else:  # auto above FLAT_MAX: the graph over SQ8 head codes, a quarter of the float32 heads' RAM
+            inner, kind = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, metric), "hnsw_sq8"
+            inner.hnsw.efConstruction = ef_construction
+            inner.train(np.ascontiguousarray(heads, dtype=np.float32))
         index = faiss.IndexIDMap2(inner)
         ids = np.arange(len(heads), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         if len(heads):
@@ -103,7 +107,7 @@ class HeadIndex:
             return np.full((len(hq), 1), np.inf, np.float32), np.full((len(hq), 1), -1, np.int64)
         _apply_threads()
         with self._rw.read():
-            if self.kind == "hnsw":
+            if self.kind != "flat":
                 d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=max(ef_search, n)))
             else:
                 d, ids = self.index.search(hq, n)
@@ -133,8 +137,17 @@ class HeadIndex:
     def from_bytes(cls, blob: np.ndarray, angular: bool) -> "HeadIndex":
         index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-        return cls(index, angular, "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat")
+        kind = "flat" if not isinstance(inner, faiss.IndexHNSW) else \
+            "hnsw_sq8" if isinstance(inner, faiss.IndexHNSWSQ) else "hnsw"
+        return cls(index, angular, kind)
 
     def resident_bytes(self) -> int:
-        """Bytes the head index keeps in RAM (its serialized size is a tight estimate)."""
-        return int(self.to_bytes().nbytes)
+        """Bytes the head index keeps in RAM: codes, graph and id map, counted from the structures' sizes (the
+        serialized size agrees within bytes; serializing to count it would hold a second copy while opening)."""
+        inner = self._inner
+        if isinstance(inner, faiss.IndexHNSW):
+            hnsw = inner.hnsw
+            storage = faiss.downcast_index(inner.storage)
+            graph = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
+            return int(storage.codes.size() + graph + 8 * self.size)
+        return int(inner.codes.size() + 8 * self.size)

@@ -65,6 +65,20 @@ class Int8Quantizer:
         return cls(a[0].astype(np.float32), a[1].astype(np.float32))
 
 
+def kernel_queries(qz: Int8Quantizer | None, qs: np.ndarray, is_l2: bool):
+    """(QA [nq, dim], qw [dim], QC [nq]): the queries as the scan kernels take them (index/kernels/search.py):
+    l2 uses (u, w) of query_l2, ip uses v = q * scale and the per-query constant of query_ip."""
+    dim = qs.shape[1]
+    if qz is None:  # no postings yet: the kernel never reads these
+        return qs, np.zeros(dim, np.float32), np.zeros(len(qs), np.float32)
+    if is_l2:
+        u, w = qz.query_l2(qs)
+        return u, w, np.zeros(len(qs), np.float32)
+    v = (qs * qz.scale).astype(np.float32)
+    const = (qs.astype(np.float64) @ (qz.lo + 128.0 * qz.scale).astype(np.float64)).astype(np.float32)
+    return v, np.zeros(dim, np.float32), const
+
+
 @dataclass(frozen=True)
 class PerVectorInt8:
     """Symmetric per-vector scale (for measurement only; needs a float per record)."""

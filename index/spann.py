@@ -15,13 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.calibrate import nprobe_for
 from index.centroids import HeadIndex
+from index.diskread import DiskSearcher
 from index.distance import as_matrix, from_kernel, head_space, prepare_base
 from index.errors import InvalidParameterError
-from index.kernels import exact_rows, mark_reachable, search_many
-from index.quantize import Int8Quantizer
+from index.ids import DenseIds
+from index.committed import CommittedState
+from index.kernels import exact_rows, search_many
+from index.quantize import Int8Quantizer, kernel_queries
 from index.rowstate import is_live
-from index.types import BuildParams, Metric, SearchParams
+from index.types import FALLBACK_NPROBE, BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
 
@@ -41,7 +45,7 @@ class SearchStats:
                 "bytes_read": self.bytes_read}
 
 
-class SpannIndex:
+class SpannIndex(CommittedState):
     def __init__(self, files: IndexDir):
         self.files = files
         m = files.manifest
@@ -51,11 +55,14 @@ class SpannIndex:
         self.build_params = BuildParams.from_dict(m["build_params"])
         q = files.meta.get_array("quantizer")
         self.quantizer = Int8Quantizer.from_array(q) if q is not None else None
-        blob = files.meta.get_array("head_index")
-        self.head_index = HeadIndex.from_bytes(blob, self.metric.angular) if blob is not None else None
+        # deserialized straight from LMDB's mapping: the open never holds the head index twice
+        self.head_index = files.meta.read_array("head_index", lambda b: HeadIndex.from_bytes(b, self.metric.angular))
         n_rows = int(m["n_rows"])
         self.state = _row_array(files.meta.get_array("state"), n_rows, np.uint8, self.path, "state")
-        self.int2ext = _row_array(files.meta.get_array("int2ext"), n_rows, np.int64, self.path, "int2ext")
+        if m.get("id_map") == "dense" and m.get("dense_rows") == n_rows:
+            self.int2ext = DenseIds(n_rows)  # no rows appended since the build: a deleted row is never returned
+        else:
+            self.int2ext = _row_array(files.meta.get_array("int2ext"), n_rows, np.int64, self.path, "int2ext")
         n_heads = int(m["n_heads"])
         bad_heads = files.heads.verify()  # few rows, and every insert and split reads them: check them all now
         if bad_heads:
@@ -66,6 +73,8 @@ class SpannIndex:
         # retired heads still in the head index (a flat index drops them at once; HNSW keeps them until rebuilt)
         self._retired_in_head_index = int(np.isin(retired, self._head_ids()).sum()) if len(retired) else 0
         self._resident_cache: int | None = None
+        self.calibration = m.get("calibration")
+        self.disk: DiskSearcher | None = None  # set by use_disk(): postings and rows read with O_DIRECT
 
     def _head_ids(self) -> np.ndarray:
         if self.head_index is None:
@@ -73,28 +82,44 @@ class SpannIndex:
         import faiss
         return faiss.vector_to_array(self.head_index.index.id_map).astype(np.int64)
 
-    def _array(self, name: str) -> np.ndarray:
-        a = self.files.meta.get_array(name)
-        if a is None:
-            raise FormatError(f"{self.path}: metadata store lacks the {name!r} array")
-        return a
-
     # -- lifecycle --------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "SpannIndex":
-        """Open a built index read-only (shared lock). verify: lazy (each posting on first read) | full | none."""
+    def open(cls, path: str | os.PathLike, *, verify: str = "lazy", memory_budget_mb: float | None = None,
+             direct_io: bool = True) -> "SpannIndex":
+        """Open a built index read-only (shared lock). verify: lazy (each posting on first read) | full | none.
+
+        memory_budget_mb: serve from disk within this much RAM (index/diskread.py): what the resident
+        structures leave of it caches the postings read most; reads bypass the page cache (`direct_io`).
+        None: read through mmap and the page cache."""
         files = IndexDir.open(path, writable=False, verify=verify)
         try:
             index = cls(files)
+            if memory_budget_mb is not None:
+                index.use_disk(memory_budget_mb, direct_io=direct_io, verify=verify != "none")
         except BaseException:
             files.close()
             raise
         release_free_memory()
         return index
 
+    def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True) -> None:
+        """Serve searches from disk within `memory_budget_mb` (see open)."""
+        if memory_budget_mb < 0:
+            raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
+        cache = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
+        self.disk = DiskSearcher(self.files.postings, self.files.vectors, max(0, cache), verify=verify,
+                                 direct=direct_io)
+
     def close(self) -> None:
         """Release the files and the directory lock."""
+        if self.disk is not None:
+            self.disk.close()
         self.files.close()
+
+    def default_nprobe(self, target_recall: float = 0.0) -> int:
+        """The nprobe an automatic search (nprobe 0) uses: calibrated by the build for its target recall, or
+        for `target_recall` from the calibration curve; FALLBACK_NPROBE for an uncalibrated index."""
+        return nprobe_for(self.calibration, target_recall, FALLBACK_NPROBE)
 
     def __enter__(self) -> "SpannIndex":
         return self
@@ -137,6 +162,7 @@ class SpannIndex:
 
         `directory` must be the snapshot the scan will use, taken *before* this call: a posting retired by a
         concurrent split is then still readable in it, and a head added after it is not probed."""
+        p = p.with_nprobe(self.default_nprobe(p.target_recall))
         directory = directory if directory is not None else self.files.postings.dir
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
@@ -155,6 +181,9 @@ class SpannIndex:
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, *, allow: np.ndarray | None = None,
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
         """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
+        p = p.with_nprobe(self.default_nprobe(p.target_recall))
+        if self.disk is not None and rerank:
+            return self._search_disk(qs, k, p, allow, threads, stats)
         if p.prefetch and rerank:
             # Pass 1 (no re-rank) finds the rerank_k candidates so their rows can be read in parallel; pass 2
             # then finds the same postings in the page cache.
@@ -173,7 +202,7 @@ class SpannIndex:
         words = len(buf) // 4 * 4
         mat = self.files.vectors.matrix()
         is_l2 = self.metric is Metric.L2
-        QA, qw, QC = self._prepare(qs, is_l2)
+        QA, qw, QC = kernel_queries(self.quantizer, qs, is_l2)
         allow = allow if allow is not None else np.zeros(0, np.uint8)
         nq = len(qs)
         out_ids = np.empty((nq, k), np.int64)
@@ -184,7 +213,7 @@ class SpannIndex:
         def run(lo: int, hi: int) -> int:
             return search_many(*args, P[lo:hi], store.rec_size, is_l2, QA[lo:hi], qw, QC[lo:hi], qs[lo:hi],
                                state, allow, mat, mat.view(np.uint32), k, p.rerank_k, rerank,
-                               out_ids[lo:hi], out_d[lo:hi], scanned[lo:hi])
+                               out_ids[lo:hi], out_d[lo:hi], scanned[lo:hi], p.rerank_eps or 0.0)
 
         if threads <= 1 or nq < 2 * threads:
             bads = [run(0, nq)]
@@ -199,9 +228,38 @@ class SpannIndex:
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += sum(store.bytes_of(row[row >= 0]) for row in P)
-            if rerank:  # each re-ranked row is one random read of its page(s)
+            if rerank:  # each re-ranked row is one random read of its page(s) (an upper bound with rerank_eps)
                 stats.bytes_read += int(np.minimum(scanned, p.rerank_k).sum()) * _row_pages(self.dim) * 4096
         return out_ids, out_d
+
+    def _search_disk(self, qs, k: int, p: SearchParams, allow, threads: int, stats: SearchStats | None):
+        P = self.probe(qs, p, self.files.postings.dir)
+        is_l2 = self.metric is Metric.L2
+        allow = allow if allow is not None else np.zeros(0, np.uint8)
+        ids, d, scanned, read = self.disk.search(P, qs, kernel_queries(self.quantizer, qs, is_l2), is_l2, self.state, allow, k, p,
+                                                 threads)
+        if stats is not None:
+            stats.postings_probed += int((P >= 0).sum())
+            stats.records_scanned += int(scanned.sum())
+            stats.bytes_read += int(read.sum())
+        return ids, d
+
+    # -- what the calibration reads (index/calibrate.py) ------------------------------------------------
+    def live_mask(self) -> np.ndarray:
+        """bool per row: not deleted."""
+        return is_live(self.state)
+
+    def head_count(self) -> int:
+        """Heads in the head index (what nprobe can reach)."""
+        return int(self.head_index.size) if self.head_index is not None else 0
+
+    def stored_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored-form float32 vectors of rows, checksums verified."""
+        return self.files.vectors.read(rows)
+
+    def stored_matrix(self) -> np.ndarray:
+        """The vector file as float32 [rows, dim + 1] (mmap view; the last column is the checksum)."""
+        return self.files.vectors.matrix()
 
     def exact_rows(self, qs: np.ndarray, k: int, rows: np.ndarray):
         """Exact search restricted to `rows` (prepared queries): (rows [nq, k] padded -1, kernel distances).
@@ -223,17 +281,6 @@ class SpannIndex:
             top = top[np.argsort(dist[top], kind="stable")]
             out_rows[i, :kk], out_d[i, :kk] = rows[top], dist[top]
         return out_rows, out_d
-
-    def _prepare(self, qs: np.ndarray, is_l2: bool):
-        qz = self.quantizer
-        if qz is None:  # no postings yet: the kernel never reads these
-            return qs, np.zeros(self.dim, np.float32), np.zeros(len(qs), np.float32)
-        if is_l2:
-            u, w = qz.query_l2(qs)
-            return u, w, np.zeros(len(qs), np.float32)
-        v = (qs * qz.scale).astype(np.float32)
-        const = (qs.astype(np.float64) @ (qz.lo + 128.0 * qz.scale).astype(np.float64)).astype(np.float32)
-        return v, np.zeros(self.dim, np.float32), const
 
     # -- introspection ----------------------------------------------------------------------------------
     def resident_bytes(self) -> dict[str, int]:
@@ -296,54 +343,6 @@ class SpannIndex:
             part = np.asarray(m[s: s + block, : self.dim])
             best = max(best, float(np.sqrt((part * part).sum(1).max())))
         return best
-
-    def verify(self) -> tuple[list[str], dict]:
-        """Every checksum of the index's files: (violations, what was checked). Read-only."""
-        violations: list[str] = []
-        store, vectors, heads = self.files.postings, self.files.vectors, self.files.heads
-        bad = store.verify_all()
-        violations += [f"posting {p} fails its checksum ({store.path})" for p in bad]
-        for f in (vectors, heads):
-            bad_rows = f.verify()
-            violations += [f"row {r} fails its checksum ({f.path})" for r in bad_rows[:20]]
-            if len(bad_rows) > 20:
-                violations.append(f"... and {len(bad_rows) - 20} more rows of {f.path}")
-        violations += self.files.meta.verify()
-        return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "head_rows": heads.rows,
-                            "postings_ok": not bad}
-
-    # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
-    def committed_array(self, name: str) -> np.ndarray | None:
-        """The array `name` as the last commit stored it (None if never stored)."""
-        return self.files.meta.get_array(name)
-
-    def committed_rows(self, ext_ids: np.ndarray) -> np.ndarray:
-        """The committed row of each external id, -1 where the id map has none."""
-        return self.files.meta.lookup(ext_ids)
-
-    def iter_committed_ids(self):
-        """(external id, row) of every committed id-map entry, ascending by id."""
-        return self.files.meta.iter_ids()
-
-    def committed_payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
-        """The committed payload of each external id (None where there is none)."""
-        return self.files.meta.payloads(ext_ids)
-
-    def iter_committed_payloads(self):
-        """(external id, payload) of every committed payload."""
-        return self.files.meta.iter_payloads()
-
-    def reachable_rows(self, state: np.ndarray) -> np.ndarray:
-        """bool [rows]: the rows with a valid record (version == state) in some live posting."""
-        store = self.files.postings
-        d = store.dir
-        reached = np.zeros(len(state), bool)
-        alive = np.nonzero((d.flags & FLAG_RETIRED) == 0)[0]
-        buf = store.buffer
-        if len(alive):
-            mark_reachable(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset[alive], d.count[alive],
-                           store.rec_size, state, reached)
-        return reached
 
 
 def release_free_memory() -> None:

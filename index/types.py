@@ -18,6 +18,10 @@ def check_types(params) -> None:
     for f in fields(params):
         v = getattr(params, f.name)
         kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind.endswith(" | None"):  # optional: None means "chosen automatically"
+            if v is None:
+                continue
+            kind = kind[: -len(" | None")]
         ok = isinstance(v, _KINDS[kind]) and (kind == "bool" or not isinstance(v, (bool, np.bool_)))
         if ok and kind == "float" and not v == v:  # NaN would pass every range check that follows
             raise InvalidParameterError(f"{f.name} must be a number, not NaN")
@@ -59,15 +63,20 @@ class BuildParams:
     rng_factor: float = 1.0           # RNG rule: accept head c unless rng_factor * d(c, a) < d(x, c)
     closure_eps: float = 1.0          # replicate only into heads with d(x, c) <= (1 + closure_eps) d(x, c_1)
     posting_cap: int = 0              # 0: automatic, = split_limit (a bulk build starts within the online limit)
-    extent_slack: float = 0.25        # free append space per posting extent (online inserts)
+    extent_slack: float = 0.0         # bulk build: free append space per posting extent; 0 packs postings back
+                                      # to back (disk = records; a posting's first append moves it to a fresh
+                                      # page-aligned extent with room, see docs/storage_format.md)
     split_limit: int = 0              # split a posting longer than this; 0: automatic, ceil(4 / head_ratio)
     merge_limit: int = 0              # online: merge a posting with fewer live records; 0: split_limit // 8
     reassign_neighbors: int = 8       # online: neighbouring postings re-checked after a split (SPFresh LIRE)
     bootstrap_rows: int = 1000        # online: an empty collection gets its first heads at this many vectors
-    head_index: str = "auto"          # auto | flat | hnsw
+    head_index: str = "auto"          # auto (flat up to 4096 heads, else hnsw_sq8) | flat | hnsw | hnsw_sq8
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     seed: int = 0
+    target_recall: float = 0.9        # the build calibrates the default nprobe to reach this recall@10 on
+                                      # held-out samples (index/calibrate.py); 0 skips the calibration
+    calibration_samples: int = 500    # stored rows used as queries for it
 
     def resolved(self, dim: int) -> "BuildParams":
         """Validate and fill the automatic choices that depend on the data."""
@@ -85,12 +94,15 @@ class BuildParams:
             (self.closure_eps >= 0, "closure_eps must be >= 0"),
             (self.posting_cap >= 0, "posting_cap must be >= 0"),
             (self.extent_slack >= 0, "extent_slack must be >= 0"),
-            (self.head_index in ("auto", "flat", "hnsw"), "head_index must be auto, flat or hnsw"),
+            (self.head_index in ("auto", "flat", "hnsw", "hnsw_sq8"),
+             "head_index must be auto, flat, hnsw or hnsw_sq8"),
             (self.split_limit >= 0 and self.merge_limit >= 0, "split_limit and merge_limit must be >= 0"),
             (self.split_limit == 0 or self.split_limit >= 8, "split_limit must be >= 8"),
             (self.reassign_neighbors >= 0, "reassign_neighbors must be >= 0"),
             (self.bootstrap_rows >= 1, "bootstrap_rows must be >= 1"),
             (self.hnsw_m >= 4, "hnsw_m must be >= 4"),
+            (0 <= self.target_recall < 1, "target_recall must be in [0, 1)"),
+            (self.calibration_samples >= 10, "calibration_samples must be >= 10"),
         ]
         for ok, message in checks:
             if not ok:
@@ -119,13 +131,23 @@ RERANK_PER_K, RERANK_MIN = 3, 32   # automatic rerank_k = max(3k, 32); measured:
 EF_PER_NPROBE, EF_MIN = 2, 16      # automatic ef_search = max(2 * nprobe, 16)
 
 
+FALLBACK_NPROBE = 32  # nprobe of an index built without a calibration (or before its first heads)
+DISK_RERANK_EPS = 0.02  # automatic rerank_eps from disk: at 10M x 128 it read 2.4x fewer rows than 0 at equal recall
+
+
 @dataclass(frozen=True)
 class SearchParams:
-    nprobe: int = 32          # heads probed at most
+    nprobe: int = 0           # heads probed at most; 0: the index's calibrated nprobe for its build's
+                              # target_recall (index/calibrate.py), FALLBACK_NPROBE for an uncalibrated index
+    target_recall: float = 0.0  # > 0: the smallest calibrated nprobe whose measured recall@10 reaches this
     eps: float = 1.0          # probe head i only if d(q, c_i) <= (1 + eps) * d(q, c_1) (plain, not squared)
     rerank_k: int = 0         # INT8 candidates re-ranked with float32; 0: automatic, max(3k, 32)
     ef_search: int = 0        # head-index HNSW beam; 0: automatic, max(2 * nprobe, 16)
     prefetch: bool = False    # MADV_WILLNEED postings, then the re-rank rows, before reading (a cold cache)
+    rerank_eps: float | None = None  # re-rank only the candidates whose INT8 distance is within rerank_eps * |d_k|
+                              # of the k-th one d_k (at least k); 0: all rerank_k. None: DISK_RERANK_EPS on an
+                              # index served from disk (each re-ranked row is a page read there,
+                              # index/diskread.py), 0 through mmap (a re-rank costs CPU only)
 
     @staticmethod
     def describe_rerank() -> str:
@@ -141,15 +163,25 @@ class SearchParams:
 
     def resolved(self, k: int) -> "SearchParams":
         check_types(self)
-        if self.nprobe < 1:
-            raise InvalidParameterError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.nprobe < 0:
+            raise InvalidParameterError(f"nprobe must be >= 1 (or 0: calibrated), got {self.nprobe}")
+        if not 0 <= self.target_recall < 1:
+            raise InvalidParameterError(f"target_recall must be in [0, 1), got {self.target_recall}")
         if self.eps < 0:
             raise InvalidParameterError(f"eps must be >= 0, got {self.eps}")
+        if self.rerank_eps is not None and not self.rerank_eps >= 0:
+            raise InvalidParameterError(f"rerank_eps must be >= 0, got {self.rerank_eps}")
         if self.rerank_k < 0 or self.ef_search < 0:
             raise InvalidParameterError("rerank_k and ef_search must be >= 0")
         rerank = self.rerank_k or max(RERANK_PER_K * k, RERANK_MIN)
-        ef = self.ef_search or max(EF_PER_NPROBE * self.nprobe, EF_MIN)
+        ef = self.ef_search or (max(EF_PER_NPROBE * self.nprobe, EF_MIN) if self.nprobe else 0)
         return self.replace(rerank_k=max(rerank, k), ef_search=ef)
+
+    def with_nprobe(self, nprobe: int) -> "SearchParams":
+        """Resolve an automatic nprobe (0) to the index's choice; ef_search follows unless it was given."""
+        if self.nprobe:
+            return self
+        return self.replace(nprobe=nprobe, ef_search=self.ef_search or max(EF_PER_NPROBE * nprobe, EF_MIN))
 
 
 _SEARCH_FIELDS = frozenset(f.name for f in fields(SearchParams))

@@ -136,6 +136,11 @@ class IndexDir:
         crashpoint("checkpoint-after-meta")
         self.remove_unreferenced()
 
+    def reload_manifest(self) -> dict:
+        """Re-read the manifest after a writer that wrote it through the metadata store directly (a build)."""
+        self.manifest = self.meta.manifest()
+        return self.manifest
+
     def disk_bytes(self) -> dict[str, int]:
         """Logical bytes per file (sparse growth tails excluded)."""
         return {VECTORS: self.vectors.nbytes, HEADS: self.heads.nbytes, POSTINGS: self.postings.file_bytes,

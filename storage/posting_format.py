@@ -14,6 +14,8 @@ RECORD_ID_OFFSET = 0      # byte offsets inside a record (the numba kernels read
 RECORD_VERSION_OFFSET = 4
 RECORD_CODE_OFFSET = RECORD_HEADER
 FLAG_RETIRED = 1          # directory flag: the posting was split or merged away; its head is gone
+FLAG_PACKED = 2           # directory flag: the extent is exactly capacity * record_size bytes, not whole pages
+RECORD_ALIGN = 4          # packed extents start on a multiple of this (the kernels read u32 ids in place)
 
 # Directory entry as persisted in the metadata store (key "directory"): one row per posting id.
 DIRECTORY_DTYPE = np.dtype([("offset", "<u8"), ("capacity", "<u4"), ("count", "<u4"),
@@ -36,6 +38,14 @@ def record_dtype(dim: int) -> np.dtype:
 
 def pages_for(capacity: int, rec_size: int) -> int:
     return max(1, -(-capacity * rec_size // PAGE_SIZE))
+
+
+def extent_bytes(capacity, flags, rec_size: int):
+    """Bytes an extent occupies: whole pages, or for a packed extent exactly its records (numpy-vectorized)."""
+    capacity = np.asarray(capacity, np.int64)
+    exact = capacity * rec_size
+    pages = np.maximum(-(-exact // PAGE_SIZE), 1) * PAGE_SIZE
+    return np.where((np.asarray(flags) & FLAG_PACKED) != 0, exact, pages)
 
 
 def capacity_of(pages: int, rec_size: int) -> int:

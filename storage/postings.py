@@ -113,12 +113,9 @@ class PostingStore:
     def _compute_end(self) -> int:
         if len(self.dir) == 0:
             return HEADER_SIZE
-        ends = self.dir.offset + self._extent_bytes(self.dir.capacity)
-        return int(max(HEADER_SIZE, ends.max()))
-
-    def _extent_bytes(self, capacity):
-        pages = -(-(np.asarray(capacity, np.int64) * self.rec_size) // fmt.PAGE_SIZE)
-        return np.maximum(pages, 1) * fmt.PAGE_SIZE
+        ends = self.dir.offset + fmt.extent_bytes(self.dir.capacity, self.dir.flags, self.rec_size)
+        end = int(max(HEADER_SIZE, ends.max()))
+        return -(-end // fmt.RECORD_ALIGN) * fmt.RECORD_ALIGN
 
     # -- reading ----------------------------------------------------------------------------------------
     @property
@@ -174,9 +171,13 @@ class PostingStore:
             self._file.willneed(int(d.offset[pid]), int(d.count[pid]) * self.rec_size)
 
     def bytes_of(self, pids: np.ndarray) -> int:
-        """Bytes a read of these postings touches, in whole pages."""
+        """Bytes a read of these postings touches, in whole pages (a packed posting may share its first and
+        last page with its neighbours and may straddle a page boundary)."""
+        if len(pids) == 0:
+            return 0
         d = self.dir
-        return int(self._extent_bytes(d.count[pids]).sum()) if len(pids) else 0
+        first, last = page_span(d.offset[pids], d.count[pids].astype(np.int64) * self.rec_size)
+        return int((last - first).sum()) * fmt.PAGE_SIZE
 
     @property
     def file_bytes(self) -> int:
@@ -189,8 +190,8 @@ class PostingStore:
     def _allocate(self, capacity: int) -> tuple[int, int]:
         """Reserve a fresh extent at the end of the file; return (offset, capacity rounded up to its pages)."""
         pages = fmt.pages_for(capacity, self.rec_size)
-        off = self._end
-        self._end += pages * fmt.PAGE_SIZE
+        off = -(-self._end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE  # after packed postings the end may be mid-page
+        self._end = off + pages * fmt.PAGE_SIZE
         self._file.ensure_size(self._end)
         return off, fmt.capacity_of(pages, self.rec_size)
 
@@ -201,16 +202,43 @@ class PostingStore:
             self._file.pwrite(data, off)
         return off, cap, zlib.crc32(data)
 
-    def add_postings(self, record_lists: list[np.ndarray], capacities: list[int]) -> np.ndarray:
-        """Write new postings; return their ids. Published to readers in one directory swap."""
+    def add_postings(self, record_lists: list[np.ndarray], capacities: list[int] | None = None) -> np.ndarray:
+        """Write new postings; return their ids. Published to readers in one directory swap.
+
+        With `capacities`, each posting gets its own page-aligned extent with room for that many records (the
+        slack is append space). Without, the postings are *packed*: written back to back in one write, each
+        extent exactly its records (flag FLAG_PACKED), so the file holds no slack and a read of several
+        neighbouring postings is one contiguous range; a packed posting's first append moves it to a fresh
+        page-aligned extent (copy on write, as any growth does)."""
         new = self.dir.grown(len(record_lists))
         base = len(self.dir)
-        for i, (recs, cap) in enumerate(zip(record_lists, capacities)):
-            off, c, crc = self._write_extent(recs, cap)
-            new.offset[base + i], new.capacity[base + i], new.count[base + i] = off, c, len(recs)
-            new.crc[base + i] = crc
+        if capacities is None:
+            self._write_packed(record_lists, new, base)
+        else:
+            for i, (recs, cap) in enumerate(zip(record_lists, capacities)):
+                off, c, crc = self._write_extent(recs, cap)
+                new.offset[base + i], new.capacity[base + i], new.count[base + i] = off, c, len(recs)
+                new.crc[base + i] = crc
         self._publish(new)
         return np.arange(base, base + len(record_lists))
+
+    def _write_packed(self, record_lists: list[np.ndarray], new: PostingDirectory, base: int) -> None:
+        lengths = np.array([len(r) for r in record_lists], np.int64)
+        start = self._end
+        offsets = start + np.concatenate([[0], np.cumsum(lengths)[:-1]]) * self.rec_size
+        data = np.concatenate([np.ascontiguousarray(r, dtype=self.record_dtype) for r in record_lists]) \
+            if len(record_lists) else np.zeros(0, self.record_dtype)
+        self._end = start + len(data) * self.rec_size
+        self._file.ensure_size(self._end)
+        if len(data):
+            self._file.pwrite(data, start)
+        raw = data.view(np.uint8)
+        for i, (off, n) in enumerate(zip(offsets, lengths)):
+            lo = int(off - start)
+            new.crc[base + i] = zlib.crc32(raw[lo: lo + int(n) * self.rec_size])
+        sl = slice(base, base + len(record_lists))
+        new.offset[sl], new.capacity[sl], new.count[sl] = offsets, lengths, lengths
+        new.flags[sl] = fmt.FLAG_PACKED
 
     def add_retired(self, n: int) -> None:
         """Directory entries for postings that no longer exist (no extent), keeping posting ids dense."""
@@ -256,8 +284,9 @@ class PostingStore:
 
     def garbage_bytes(self) -> int:
         """Bytes in the file not referenced by any live extent (reclaimed by compaction)."""
-        live = self._extent_bytes(self.dir.capacity[(self.dir.flags & fmt.FLAG_RETIRED) == 0]).sum()
-        return int(self._end - HEADER_SIZE - live)
+        alive = (self.dir.flags & fmt.FLAG_RETIRED) == 0
+        live = fmt.extent_bytes(self.dir.capacity[alive], self.dir.flags[alive], self.rec_size).sum()
+        return int(max(0, self._end - HEADER_SIZE - live))
 
     def sync(self) -> None:
         self._file.sync()
@@ -271,7 +300,8 @@ def _check_directory(path, d: PostingDirectory, rec_size: int, file_size: int) -
     """Reject a directory that points outside the file or is internally inconsistent."""
     if len(d) == 0:
         return
-    bad = np.nonzero((d.count > d.capacity) | (d.offset < HEADER_SIZE) | (d.offset % fmt.PAGE_SIZE != 0))[0]
+    align = np.where((d.flags & fmt.FLAG_PACKED) != 0, fmt.RECORD_ALIGN, fmt.PAGE_SIZE)
+    bad = np.nonzero((d.count > d.capacity) | (d.offset < HEADER_SIZE) | (d.offset % align != 0))[0]
     if len(bad):
         pid = int(bad[0])
         raise CorruptionError(path, f"directory entry for posting {pid} is invalid (offset {int(d.offset[pid])}, "
@@ -279,3 +309,12 @@ def _check_directory(path, d: PostingDirectory, rec_size: int, file_size: int) -
     live_end = int((d.offset + d.count.astype(np.int64) * rec_size).max())
     if live_end > file_size:
         raise TruncatedError(path, f"file has {file_size} bytes but its postings extend to byte {live_end}")
+
+
+def page_span(offsets, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """(first page, one past the last page) of byte ranges [offset, offset + length); empty ranges span 0."""
+    offsets = np.asarray(offsets, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    first = offsets // fmt.PAGE_SIZE
+    last = np.where(lengths > 0, -(-(offsets + lengths) // fmt.PAGE_SIZE), first)
+    return first, last

@@ -9,7 +9,7 @@ import time
 import click
 import numpy as np
 
-from index.types import BuildParams, SearchParams
+from index.types import FALLBACK_NPROBE, BuildParams, SearchParams
 from vdb.config import BY_NAME as SETTING
 from vdb.errors import VdbError, translate
 
@@ -145,7 +145,8 @@ def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replic
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="Query vectors (.npy, .fvecs, .fbin, ...).")
 @click.option("--top-k", "top_k", type=int, default=10, show_default=True)
-@click.option("--nprobe", type=int, help=f"Postings probed per query (default {SearchParams.nprobe}).")
+@click.option("--nprobe", type=int, help="Postings probed per query (default: the nprobe the build calibrated for its target_recall, "
+                   f"{FALLBACK_NPROBE} for an uncalibrated index).")
 @click.option("--eps", type=float, help="Query-aware pruning: probe heads within (1+eps) of the nearest "
                                         f"(default {SearchParams.eps}).")
 @click.option("--rerank-k", type=int,

@@ -55,6 +55,10 @@ SETTINGS: tuple[Setting, ...] = (
             "hybrid_search; empty: no text index", lambda v: v == "" or all(p for p in v.split("."))),
     Setting("text_commit_interval_s", 1.0, "how often new texts move from RAM into the on-disk text index "
             "(they are searchable at once either way)", _positive),
+    Setting("memory_budget_mb", 0.0, "RAM an index served from disk may use: its resident structures plus a cache "
+            "of the postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query "
+            "(SpannIndex.open(memory_budget_mb=...)). 0: read through mmap and the kernel's page cache",
+            lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),

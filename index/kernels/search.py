@@ -119,37 +119,57 @@ def scan_ip(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, dim, v, co
 
 
 # -- exact re-ranking with inline row checksum ----------------------------------------------------------------
+@njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _exact_one(vec, words, row, q, is_l2):
+    """(distance of vector `vec` to q, whether its checksum word matches row `row`)."""
+    dim = q.shape[0]
+    acc = np.float32(0.0)
+    if is_l2:
+        for j in range(dim):
+            diff = q[j] - vec[j]
+            acc += diff * diff
+    else:
+        for j in range(dim):
+            acc += q[j] * vec[j]
+        acc = -acc
+    s = np.uint64(0)
+    for j in range(dim):
+        s += np.uint64(words[j]) * np.uint64(2 * j + 1)
+    s += np.uint64(row) * np.uint64(ROW_SALT)
+    return acc, (s & np.uint64(MASK32)) == np.uint64(words[dim])
+
+
 @njit(nogil=True, cache=True, fastmath=True)
 def exact_rows(mat, mat_u32, rows, q, is_l2, out):
     """Exact distances of `rows` to q (squared L2 or -IP). Returns -1, or the first row whose checksum fails."""
-    dim = q.shape[0]
     for t in range(rows.shape[0]):
         row = rows[t]
-        vec = mat[row]
-        words = mat_u32[row]
-        acc = np.float32(0.0)
-        if is_l2:
-            for j in range(dim):
-                diff = q[j] - vec[j]
-                acc += diff * diff
-        else:
-            for j in range(dim):
-                acc += q[j] * vec[j]
-            acc = -acc
-        s = np.uint64(0)
-        for j in range(dim):
-            s += np.uint64(words[j]) * np.uint64(2 * j + 1)
-        s += np.uint64(row) * np.uint64(ROW_SALT)
-        if (s & np.uint64(MASK32)) != np.uint64(words[dim]):
+        acc, ok = _exact_one(mat[row], mat_u32[row], row, q, is_l2)
+        if not ok:
             return row
+        out[t] = acc
+    return -1
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def exact_block(block, block_u32, rows, q, is_l2, out):
+    """exact_rows over rows already read into `block` ([m, dim + 1]: row t of the block is row rows[t] of the
+    vector file, checksum last). Returns -1, or the first row whose checksum fails."""
+    for t in range(rows.shape[0]):
+        acc, ok = _exact_one(block[t], block_u32[t], rows[t], q, is_l2)
+        if not ok:
+            return rows[t]
         out[t] = acc
     return -1
 
 
 @njit(nogil=True, cache=True)
 def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, qa, qw, qc, q, state, allow,
-               mat, mat_u32, k, rerank_k, rerank):
+               mat, mat_u32, k, rerank_k, rerank, rerank_eps=0.0):
     """One query: scan `pids`, keep rerank_k candidates, re-rank them exactly, return the best k.
+
+    With rerank_eps > 0 only the candidates whose INT8 distance is within rerank_eps * |d_k| of the k-th INT8
+    distance d_k are re-ranked (at least k; `rerank_cut`), the rest are dropped.
 
     Returns (ids int64[k] padded with -1, dists float32[k] padded with inf, scanned records, bad row or -1).
     """
@@ -162,6 +182,11 @@ def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, 
         n = scan_ip(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, dim, qa, qc, state, allow, hd, hi)
     cand, cd = hi[:n], hd[:n]
     bad = -1
+    if rerank and rerank_eps > 0 and n > k:
+        first = np.argsort(cd, kind="mergesort")
+        cand, cd = cand[first], cd[first]
+        n = rerank_cut(cd, k, rerank_eps)
+        cand, cd = cand[:n], cd[:n]
     if rerank and n > 0:
         exact = np.empty(n, np.float32)
         bad = exact_rows(mat, mat_u32, cand, q, is_l2, exact)
@@ -181,13 +206,26 @@ def search_one(buf_i8, buf_u32, buf_u8, offsets, counts, pids, rec_size, is_l2, 
 
 
 @njit(nogil=True, cache=True)
+def rerank_cut(cd, k, rerank_eps):
+    """How many of the ascending INT8 distances `cd` to re-rank: those <= d_k + rerank_eps * |d_k|, >= k."""
+    n = cd.shape[0]
+    if rerank_eps <= 0 or n <= k:
+        return n
+    limit = cd[k - 1] + rerank_eps * abs(cd[k - 1])
+    m = k
+    while m < n and cd[m] <= limit:
+        m += 1
+    return m
+
+
+@njit(nogil=True, cache=True)
 def search_many(buf_i8, buf_u32, buf_u8, offsets, counts, P, rec_size, is_l2, QA, qw, QC, Q, state, allow,
-                mat, mat_u32, k, rerank_k, rerank, out_ids, out_d, out_scanned):
+                mat, mat_u32, k, rerank_k, rerank, out_ids, out_d, out_scanned, rerank_eps=0.0):
     """search_one for each row of P / QA / QC / Q. Returns -1 or the first corrupt row met."""
     for i in range(P.shape[0]):
         ids, d, scanned, bad = search_one(buf_i8, buf_u32, buf_u8, offsets, counts, P[i], rec_size, is_l2,
                                           QA[i], qw, QC[i], Q[i], state, allow, mat, mat_u32, k, rerank_k,
-                                          rerank)
+                                          rerank, rerank_eps)
         if bad >= 0:
             return bad
         out_ids[i] = ids

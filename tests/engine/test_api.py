@@ -115,7 +115,7 @@ def test_attach_a_bulk_built_index(tmp_path, db):
      "INVALID_ARGUMENT"),
     (lambda db: db.search("c", np.zeros(16), filter={"a": {"$gt": "x"}}), vdb.InvalidArgumentError,
      "INVALID_ARGUMENT"),
-    (lambda db: db.search("c", np.zeros(16), nprobe=0), vdb.InvalidArgumentError, "INVALID_ARGUMENT"),
+    (lambda db: db.search("c", np.zeros(16), nprobe=-1), vdb.InvalidArgumentError, "INVALID_ARGUMENT"),
     (lambda db: db.search("nope", np.zeros(16)), vdb.NotFoundError, "NOT_FOUND"),
     (lambda db: db.create_collection("../etc", dim=4), vdb.InvalidArgumentError, "INVALID_ARGUMENT"),
     (lambda db: db.create_collection("x" * 65, dim=4), vdb.InvalidArgumentError, "INVALID_ARGUMENT"),

@@ -105,7 +105,7 @@ def test_bad_k_is_rejected(built_l2, queries, k):
 def test_bad_search_knobs_are_rejected(built_l2, queries):
     with SpannIndex.open(built_l2) as idx:
         with pytest.raises(InvalidParameterError, match="nprobe"):
-            idx.search(queries[0], 5, nprobe=0)
+            idx.search(queries[0], 5, nprobe=-1)  # 0 means "the calibrated nprobe"
         with pytest.raises(InvalidParameterError, match="unknown search parameter"):
             idx.search(queries[0], 5, bogus=3)
 

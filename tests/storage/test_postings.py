@@ -132,3 +132,52 @@ def test_any_postings_survive_close_and_reopen(tmp_path_factory, lists, dim):
     for pid, expect in enumerate(recs):
         assert np.array_equal(r.records(pid), expect)
     r.close()
+
+
+def test_packed_postings_hold_no_slack_and_round_trip(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=10)
+    lists = [_records(s, np.arange(n), seed=n) for n in (3, 0, 31, 200, 1)]
+    pids = s.add_postings(lists)
+    assert s.file_bytes == fmt.PAGE_SIZE + sum(len(r) for r in lists) * s.rec_size  # header + records, no slack
+    assert ((s.dir.flags & fmt.FLAG_PACKED) != 0).all() and (s.dir.capacity == s.dir.count).all()
+    assert (s.dir.offset % fmt.RECORD_ALIGN == 0).all() and s.garbage_bytes() == 0
+    directory = s.dir.to_array()
+    s.sync()
+    s.close()
+    again = PostingStore.open(tmp_path / "p", directory, verify="full")
+    for pid, recs in zip(pids, lists):
+        assert np.array_equal(again.records(pid), recs)
+    again.close()
+
+
+def test_appending_to_a_packed_posting_moves_it_and_leaves_its_neighbours_intact(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    lists = [_records(s, np.arange(5) + 10 * i, seed=i) for i in range(3)]
+    s.add_postings(lists)
+    old_off = int(s.dir.offset[1])
+    s.append(1, _records(s, [99], seed=7))
+    assert int(s.dir.offset[1]) != old_off and int(s.dir.offset[1]) % fmt.PAGE_SIZE == 0
+    assert (s.dir.flags[1] & fmt.FLAG_PACKED) == 0 and s.dir.capacity[1] > s.dir.count[1]  # room to grow now
+    assert s.records(1)["id"].tolist() == [10, 11, 12, 13, 14, 99]
+    assert np.array_equal(s.records(0), lists[0]) and np.array_equal(s.records(2), lists[2])
+    packed_end = fmt.PAGE_SIZE + 15 * s.rec_size          # the moved posting starts on the next page boundary
+    assert s.garbage_bytes() == 5 * s.rec_size + (2 * fmt.PAGE_SIZE - packed_end)  # old extent + alignment gap
+    s.close()
+
+
+def test_an_unaligned_packed_offset_is_rejected_at_open(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, [1, 2])])
+    directory = s.dir.to_array()
+    s.close()
+    directory["offset"][0] += 2
+    with pytest.raises(CorruptionError, match="posting 0"):
+        PostingStore.open(tmp_path / "p", directory)
+
+
+def test_bytes_of_counts_the_pages_a_packed_posting_straddles(tmp_path):
+    s = PostingStore.create(tmp_path / "p", dim=8)      # 16-byte records: 256 per page
+    s.add_postings([_records(s, np.arange(250)), _records(s, np.arange(10))])
+    assert s.bytes_of(np.array([0])) == fmt.PAGE_SIZE      # inside the first data page
+    assert s.bytes_of(np.array([1])) == 2 * fmt.PAGE_SIZE  # records 250..259 cross into the next page
+    s.close()

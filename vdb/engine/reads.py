@@ -37,7 +37,9 @@ class ReadPath:
         k = int(k)
         qs = prepare_base(q, self.metric)
         knobs = {n: v for n, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
+        # nprobe 0 is the index's calibrated choice: made concrete here, before the cache and filters widen it
         p = SearchParams(**knobs).resolved(k)
+        p = p.with_nprobe(self.index.default_nprobe(p.target_recall))
         ex = explain if explain is not None else Explain()
         node = compile_filter(filter) if filter is not None else None
         if use_cache and self.cache is not None:

@@ -1,0 +1,61 @@
+"""What an index's files hold, for checking and recovery: every checksum, and what the last commit stored for
+the caller (its id map, payloads and arrays). A mixin of SpannIndex over its `files` (storage.IndexDir)."""
+from __future__ import annotations
+
+import numpy as np
+
+from index.kernels import mark_reachable
+from storage.posting_format import FLAG_RETIRED
+
+
+class CommittedState:
+    files: "object"  # storage.IndexDir, set by SpannIndex
+
+    def verify(self) -> tuple[list[str], dict]:
+        """Every checksum of the index's files: (violations, what was checked). Read-only."""
+        violations: list[str] = []
+        store, vectors, heads = self.files.postings, self.files.vectors, self.files.heads
+        bad = store.verify_all()
+        violations += [f"posting {p} fails its checksum ({store.path})" for p in bad]
+        for f in (vectors, heads):
+            bad_rows = f.verify()
+            violations += [f"row {r} fails its checksum ({f.path})" for r in bad_rows[:20]]
+            if len(bad_rows) > 20:
+                violations.append(f"... and {len(bad_rows) - 20} more rows of {f.path}")
+        violations += self.files.meta.verify()
+        return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "head_rows": heads.rows,
+                            "postings_ok": not bad}
+
+    # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
+    def committed_array(self, name: str) -> np.ndarray | None:
+        """The array `name` as the last commit stored it (None if never stored)."""
+        return self.files.meta.get_array(name)
+
+    def committed_rows(self, ext_ids: np.ndarray) -> np.ndarray:
+        """The committed row of each external id, -1 where the id map has none."""
+        return self.files.meta.lookup(ext_ids)
+
+    def iter_committed_ids(self):
+        """(external id, row) of every committed id-map entry, ascending by id."""
+        return self.files.meta.iter_ids()
+
+    def committed_payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
+        """The committed payload of each external id (None where there is none)."""
+        return self.files.meta.payloads(ext_ids)
+
+    def iter_committed_payloads(self):
+        """(external id, payload) of every committed payload."""
+        return self.files.meta.iter_payloads()
+
+    def reachable_rows(self, state: np.ndarray) -> np.ndarray:
+        """bool [rows]: the rows with a valid record (version == state) in some live posting."""
+        store = self.files.postings
+        d = store.dir
+        reached = np.zeros(len(state), bool)
+        alive = np.nonzero((d.flags & FLAG_RETIRED) == 0)[0]
+        buf = store.buffer
+        if len(alive):
+            mark_reachable(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset[alive], d.count[alive],
+                           store.rec_size, state, reached)
+        return reached
+

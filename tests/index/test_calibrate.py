@@ -1,0 +1,53 @@
+"""The build's recall calibration: held-out samples, the smallest nprobe reaching the target, used by default."""
+from __future__ import annotations
+
+import numpy as np
+
+from index import FlatIndex, SpannIndex, build_index, recall_at_k
+from index.build import calibrate_index
+from index.calibrate import MARGIN, exact_neighbours, nprobe_for
+from index.types import BuildParams, Metric
+
+
+def test_exact_neighbours_exclude_the_query_row_and_match_brute_force(base):
+    rows = np.array([3, 500, 5999])
+    got = exact_neighbours(np.asarray(base), base[rows], rows, 5, Metric.L2)
+    want, _ = FlatIndex(base, "l2").search(base[rows], 6)
+    assert (got != rows[:, None]).all()
+    assert np.array_equal(got, want[:, 1:])   # the sample itself is its own nearest: dropped
+
+
+def test_the_build_picks_the_smallest_nprobe_that_reaches_the_target(built_l2, base, queries):
+    with SpannIndex.open(built_l2) as idx:
+        cal = idx.calibration
+        curve = dict(cal["curve"])
+        assert cal["target_recall"] == 0.9 and cal["samples"] == 500
+        chosen = cal["nprobe"]
+        assert curve[chosen] >= 0.9 + MARGIN
+        assert all(r < 0.9 + MARGIN for p, r in curve.items() if p < chosen)
+        # the default search uses it, and it holds on independent queries from the same distribution
+        assert np.array_equal(idx.search(queries, 10)[0], idx.search(queries, 10, nprobe=chosen)[0])
+        truth, _ = FlatIndex(base, "l2").search(queries, 10)
+        assert recall_at_k(idx.search(queries, 10)[0], truth, 10) >= 0.88
+
+
+def test_a_higher_target_probes_more(built_l2):
+    with SpannIndex.open(built_l2) as idx:
+        assert idx.default_nprobe(0.97) > idx.default_nprobe() >= 1
+        assert idx.default_nprobe(0.5) <= idx.default_nprobe()
+
+
+def test_an_uncalibrated_index_falls_back_and_can_be_calibrated_later(tmp_path, base):
+    path = tmp_path / "u"
+    build_index(base[:3000], path, params=BuildParams(head_ratio=0.02, seed=1, target_recall=0))
+    with SpannIndex.open(path) as idx:
+        assert idx.calibration is None and idx.default_nprobe() == 32
+    cal = calibrate_index(path, 0.8, samples=200)
+    with SpannIndex.open(path) as idx:
+        assert idx.calibration == cal and idx.default_nprobe() == cal["nprobe"] < 32
+
+
+def test_nprobe_for_reads_the_curve():
+    cal = {"nprobe": 8, "curve": [[4, 0.8], [8, 0.92], [16, 0.97]]}
+    assert nprobe_for(cal, 0, 32) == 8 and nprobe_for(cal, 0.95, 32) == 16 and nprobe_for(None, 0.95, 32) == 32
+    assert nprobe_for(cal, 0.99, 32) == 32  # beyond the curve: twice the largest measured

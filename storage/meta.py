@@ -14,7 +14,8 @@ numpy pass; it covers the key too, so an entry moved to another key fails. Recor
 (a raw manifest, 4-byte rows, bare JSON payloads) are still read.
 
 Every change of a checkpoint is one LMDB write transaction, so a crash leaves the previous checkpoint whole.
-A data.mdb shorter than its own last page (a truncated file) is refused at open: LMDB would SIGBUS on it.
+A data.mdb shorter than its own last page (a truncated file) is refused at open: LMDB would SIGBUS on it; one too
+short to hold LMDB's two meta pages is refused too (LMDB would take it for a new environment and initialise it).
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ import numpy as np
 from storage.errors import CorruptionError, FormatError, MetaStoreError, TruncatedError
 
 DEFAULT_MAP_SIZE = 256 << 30  # virtual reservation only; the file grows with what is stored
+# LMDB's own structure checks (it keeps no page checksums): what a damaged tree page raises on a read
+LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadValsizeError)
+LMDB_MIN_PAGE = 4096          # the smallest page LMDB writes on the platforms vdb runs on (its OS page size)
 _SUBDBS = (b"manifest", b"arrays", b"ext2int", b"payloads")
 _U32 = struct.Struct("<I")
 _ROW = struct.Struct("<II")       # row, check
@@ -72,13 +76,15 @@ def _acquire(key: str, path: Path, readonly: bool, create: bool, map_size: int):
             entry = _ENVS[key]
             entry[2] += 1
             return entry[0], entry[1]
+        if not create:
+            _check_not_empty(path)
         try:
             # The directory lock (storage.lock) already excludes a concurrent writer, so read-only opens can
             # skip LMDB's own lock file and work on read-only media.
             env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_SUBDBS), readonly=readonly,
                             lock=not readonly, subdir=True, create=create, readahead=False)
         except lmdb.Error as e:
-            raise CorruptionError(path, f"cannot open LMDB environment: {e}") from e
+            raise CorruptionError(path / "data.mdb", f"cannot open LMDB environment: {e}") from e
         try:
             _check_size(path, env)
         except BaseException:
@@ -91,6 +97,15 @@ def _acquire(key: str, path: Path, readonly: bool, create: bool, map_size: int):
             raise FormatError(f"{path}: metadata store lacks its tables ({e})") from e
         _ENVS[key] = [env, dbs, 1]
         return env, dbs
+
+
+def _check_not_empty(path: Path) -> None:
+    """LMDB takes a data.mdb too short for its two meta pages for a new environment and initialises it (writing
+    into what it was asked to open): an existing store that short was truncated."""
+    size = (path / "data.mdb").stat().st_size
+    if size < 2 * LMDB_MIN_PAGE:
+        raise TruncatedError(path / "data.mdb", f"file has {size} bytes, less than the two {LMDB_MIN_PAGE}-byte "
+                                                f"meta pages every LMDB environment starts with")
 
 
 def _check_size(path: Path, env) -> None:
@@ -117,10 +132,44 @@ def _encode_array(a: np.ndarray) -> bytes:
     return _U32.pack(zlib.crc32(body)) + body
 
 
+
+def _mapping_start(path: Path) -> int:
+    """Where this process maps `path` (the lowest address of its mappings in /proc/self/maps), 0 if unknown."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as f:
+            starts = [int(line.split("-", 1)[0], 16) for line in f if line.rstrip().endswith(" " + target)]
+    except OSError:
+        return 0
+    return min(starts, default=0)
+
+
+def _names_damage(method):
+    """A read of a damaged tree page raises LMDB's own error, which names no file: say which store it was."""
+    import functools
+    import inspect
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def walk(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except LMDB_DAMAGE as e:
+                raise self._corrupt(f"a page of the metadata store is damaged: {e}") from e
+        return walk
+
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except LMDB_DAMAGE as e:
+            raise self._corrupt(f"a page of the metadata store is damaged: {e}") from e
+    return read
+
 class MetaStore:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, create: bool = False,
                  map_size: int = DEFAULT_MAP_SIZE):
         self.path = Path(path)
+        self._map_start: int | None = None  # found on the first checked read (see _mapped_end)
         if not create and not (self.path / "data.mdb").exists():
             raise FormatError(f"{self.path}: no metadata store here (missing data.mdb); is this a vdb directory?")
         self._key = os.path.realpath(self.path)
@@ -136,6 +185,7 @@ class MetaStore:
         return CorruptionError(self.path / "data.mdb", detail)
 
     # -- reads ------------------------------------------------------------------------------------------
+    @_names_damage
     def manifest(self) -> dict:
         with self.env.begin(db=self._db[b"manifest"]) as txn:
             raw = txn.get(b"manifest")
@@ -154,6 +204,7 @@ class MetaStore:
             raise self._corrupt("the manifest is not a JSON object")
         return manifest
 
+    @_names_damage
     def get_array(self, name: str) -> np.ndarray | None:
         with self.env.begin(db=self._db[b"arrays"], buffers=False) as txn:
             raw = txn.get(name.encode())
@@ -166,6 +217,7 @@ class MetaStore:
                                   length=len(body))
         return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
 
+    @_names_damage
     def lookup(self, ext_ids: np.ndarray) -> np.ndarray:
         """Internal row id of each external id, -1 where unknown; every entry found is checked."""
         out = np.full(len(ext_ids), -1, np.int64)
@@ -204,17 +256,43 @@ class MetaStore:
         except ValueError as e:
             raise self._corrupt(f"payload of id {struct.unpack('>Q', key)[0]} is not valid JSON ({e})") from e
 
+    @_names_damage
     def payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
         keys = encode_ids(ext_ids)
-        with self.env.begin(db=self._db[b"payloads"]) as txn:
-            raws = [txn.get(k) for k in keys]
+        with self.env.begin(db=self._db[b"payloads"], buffers=True) as txn:
+            end = self._mapped_end()
+            raws = [self._in_file(txn.get(k), end, k) for k in keys]
         return [self._payload(k, r) if r is not None else None for k, r in zip(keys, raws)]
 
+    @_names_damage
     def iter_payloads(self) -> Iterator[tuple[int, dict]]:
-        with self.env.begin(db=self._db[b"payloads"]) as txn:
+        with self.env.begin(db=self._db[b"payloads"], buffers=True) as txn:
+            end = self._mapped_end()
             for k, v in txn.cursor():
-                yield struct.unpack(">Q", k)[0], self._payload(k, v)
+                k = bytes(k)
+                yield struct.unpack(">Q", k)[0], self._payload(k, self._in_file(v, end, k))
 
+    def _mapped_end(self) -> tuple[int, int] | None:
+        """(start of LMDB's mapping of data.mdb, the address one past the file's last byte in it): pages past
+        that are not backed by the file. None where /proc/self/maps cannot say (the check is then skipped)."""
+        if self._map_start is None:
+            self._map_start = _mapping_start(self.path / "data.mdb")
+        if not self._map_start:
+            return None
+        return self._map_start, self._map_start + os.path.getsize(self.path / "data.mdb")
+
+    def _in_file(self, view, mapping: tuple[int, int] | None, key: bytes):
+        """A value LMDB hands out as a view of its mapping, refused if it runs past the end of the file: a damaged
+        size field would otherwise make the copy read unbacked pages and kill the process with SIGBUS. (A
+        read transaction only ever sees pages of the mapping.)"""
+        if view is None or not len(view) or mapping is None:
+            return view
+        start, (lo, end) = np.frombuffer(view, np.uint8).ctypes.data, mapping
+        if not lo <= start <= start + len(view) <= end:
+            raise self._corrupt(f"the value of key {key.hex()} ({len(view)} bytes) runs past the end of the file")
+        return view
+
+    @_names_damage
     def iter_ids(self, chunk: int = 65536) -> Iterator[tuple[int, int]]:
         """Every (external id, row) entry, ascending by id, each checked."""
         with self.env.begin(db=self._db[b"ext2int"]) as txn:
@@ -241,14 +319,20 @@ class MetaStore:
         """Read and check every record (manifest, arrays, id map, payloads): the violations found. Read-only."""
         problems: list[str] = []
         checks = [self.manifest, lambda: list(self.iter_ids()), lambda: sum(1 for _ in self.iter_payloads())]
-        with self.env.begin(db=self._db[b"arrays"]) as txn:
-            names = [bytes(k).decode() for k, _ in txn.cursor()]
+        try:
+            with self.env.begin(db=self._db[b"arrays"]) as txn:
+                names = [bytes(k).decode() for k, _ in txn.cursor()]
+        except LMDB_DAMAGE as e:
+            names = []
+            problems.append(f"{self.path / 'data.mdb'}: the table of arrays is damaged: {e}")
         checks += [lambda n=n: self.get_array(n) for n in names]
         for check in checks:
             try:
                 check()
             except (CorruptionError, FormatError) as e:
                 problems.append(str(e))
+            except LMDB_DAMAGE as e:
+                problems.append(f"{self.path / 'data.mdb'}: a page of the metadata store is damaged: {e}")
         return problems
 
     def count_ids(self) -> int:

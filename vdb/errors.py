@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 
 from index.errors import InvalidParameterError, InvalidVectorsError
+from storage.meta import LMDB_DAMAGE
 from storage.errors import (CorruptionError, FormatError, LockedError, MetaStoreError, StorageError,
                             TruncatedError)
 
@@ -80,10 +81,11 @@ class InternalError(VdbError):
 
 
 # Lower-layer error type -> public error type. First match wins, so subclasses come before their bases.
-TRANSLATION: tuple[tuple[type[BaseException], type[VdbError]], ...] = (
+TRANSLATION: tuple[tuple[type[BaseException] | tuple, type[VdbError]], ...] = (
     (InvalidVectorsError, InvalidArgumentError),
     (InvalidParameterError, InvalidArgumentError),
     (TruncatedError, DataLossError),
+    (LMDB_DAMAGE, DataLossError),
     (CorruptionError, DataLossError),
     (FormatError, FailedPreconditionError),
     (LockedError, UnavailableError),

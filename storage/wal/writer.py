@@ -396,20 +396,22 @@ class WriteAheadLog:
                 self._save({**self._consumers, name: start})
             return self._consumers[name]
 
-    def mark_applied(self, name: str, lsn: int) -> None:
-        """Record that consumer `name` no longer needs records with LSN <= lsn (persisted atomically).
-
-        The log is fsync'd up to `lsn` first, so an applied LSN never points past the durable end of the log."""
+    def mark_applied(self, name: str, lsn: int, *, back: bool = False) -> None:
+        """Record that consumer `name` no longer needs records with LSN <= lsn (persisted atomically). The log is
+        fsync'd up to `lsn` first, so an applied LSN never points past the durable end of the log.
+        `back` (repair only, logged): the mark claimed more than the consumer applied and goes back to `lsn`."""
         with self._meta_lock:
             if name not in self._consumers:
                 raise KeyError(f"unknown WAL consumer {name!r}; call register_consumer first")
             current, value = self._consumers[name], as_int(lsn)
-            if value is None or value < current or value > self.last_lsn:
+            if value is None or (value < current and not back) or value > self.last_lsn:
                 raise ValueError(f"applied LSN for {name!r} must be an int in [{current}, {self.last_lsn}] "
                                  f"(it cannot go back, nor past the last LSN), got {lsn!r}")
             lsn = value
             if lsn == current:
                 return
+            if lsn < current:
+                log.error("WAL REPAIR: %s: consumer %r set back from LSN %d to %d", self.directory, name, current, lsn)
             if lsn > self.durable_lsn:
                 self.sync()
             self._save({**self._consumers, name: lsn})

@@ -25,7 +25,7 @@ from index.mutable import MutableSpannIndex
 from index.rowstate import is_live
 from storage.errors import is_disk_full
 from storage.wal import WriteAheadLog
-from storage.wal.format import MAX_PAYLOAD as WAL_RECORD_LIMIT
+from storage.wal.format import CONSUMERS_FILE, MAX_PAYLOAD as WAL_RECORD_LIMIT
 from vdb.cache import SemanticCache
 from vdb.config import COLLECTION_SETTINGS
 from vdb.engine import walcodec
@@ -65,21 +65,45 @@ class Collection(ReadPath):
                                  batch_delay_ms=settings["batch_delay_ms"],
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
                                  repair=bool(settings.get("wal_repair", False)), covered_lsn=self.checkpoint_lsn)
-        self.wal.register_consumer(CONSUMER)
+        applied = self.wal.register_consumer(CONSUMER)
         self.text = textsearch.open_text_index(self.path, settings)  # text index: vdb/engine/textsearch.py
-        self._recover()
+        try:
+            self._check_log(applied)
+            self._recover()
+        except BaseException:
+            self.wal.close()
+            raise
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
         self.maintainer.start()
 
     # -- recovery ---------------------------------------------------------------------------------------
+    def _check_log(self, applied: int) -> None:
+        """The log must hold every record after the checkpoint, and its consumer mark (what the log may purge)
+        must not claim more than the checkpoint covers: either one failing means a damaged consumers file or a
+        metadata store older than its log (restored from a copy), and guessing would lose acknowledged writes."""
+        meta, marks, first = self.path / "meta" / "data.mdb", self.path / "wal" / CONSUMERS_FILE, \
+            self.wal.stats()["first_lsn"]
+        if self.wal.last_lsn < self.checkpoint_lsn:
+            raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
+                                f"{self.checkpoint_lsn}; WAL files were removed or replaced")
+        if first > self.checkpoint_lsn + 1:
+            raise DataLossError(f"{self.path / 'wal'}: the log starts at LSN {first} but the checkpoint in {meta} "
+                                f"covers only LSN {self.checkpoint_lsn}: records {self.checkpoint_lsn + 1}.."
+                                f"{first - 1} were purged (is the metadata store older than its log?)")
+        if applied <= self.checkpoint_lsn:
+            return
+        if not self.settings.get("wal_repair", False):
+            raise DataLossError(f"{marks}: the index is marked as having applied LSN {applied}, but the checkpoint "
+                                f"in {meta} covers only LSN {self.checkpoint_lsn}: one of the two is damaged or was "
+                                f"restored from an older copy (`vdbctl repair` sets the mark back when the log "
+                                f"still holds every record after the checkpoint)")
+        self.wal.mark_applied(CONSUMER, self.checkpoint_lsn, back=True)
+
     def _recover(self) -> None:
         pending = self.index.committed_array("pending")
         if pending is not None and len(pending):
             self.memtable.add(pending.astype(np.int64), self.index.vectors_of(pending))
-        if self.wal.last_lsn < self.checkpoint_lsn:
-            raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
-                                f"{self.checkpoint_lsn}; WAL files were removed or replaced")
         textsearch.recover(self.text, self.index)  # text index: up to the checkpoint, before the replay
         replayed = 0
         for rec in self.wal.replay(self.checkpoint_lsn):
@@ -160,6 +184,8 @@ class Collection(ReadPath):
         with idx.lock:
             old = self.rows_of(op.ids)
             had = old >= 0
+            if isinstance(op, walcodec.Delete) and not had.all():
+                self.idmap.confirm_absent(op.ids[~had], idx.state)
             if had.any():
                 idx.delete_rows(old[had])
             n_old = int(had.sum())

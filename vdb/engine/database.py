@@ -329,7 +329,7 @@ def check_path(path: str | os.PathLike) -> list[dict]:
     from vdb.engine.check import check_stored
     path = Path(path)
     try:
-        if (path / CATALOG).exists():
+        if (path / CATALOG).exists() or (path / "collections").is_dir():  # a data directory
             with DirLock(path, exclusive=False):
                 catalog = Catalog.read(path)
                 return [check_stored(catalog.path_of(n), n) for n in catalog.names()]

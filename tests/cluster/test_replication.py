@@ -1,0 +1,186 @@
+"""The replication protocol in one process (LocalPeers, no Ray): acknowledgement rule, read-your-writes on
+any replica, catch-up of a restarted follower from the primary's log, failover that discards the records an
+old primary never got acknowledged, re-seeding on another node, and fencing by term."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from localcluster import LocalCluster
+from vdb.cluster.peer import StaleTerm
+from vdb.cluster.state import log_matches, term_at
+from vdb.errors import UnavailableError
+
+DIM = 8
+OPTIONS = dict(bootstrap_rows=100, head_ratio=0.1)
+
+
+def _vecs(ids, salt=0):
+    return np.stack([np.random.default_rng(int(i) * 7919 + salt).normal(size=DIM).astype(np.float32)
+                     for i in ids])
+
+
+def _digests(cluster, s, name="c"):
+    return {r: cluster.replica(s, r).digest(name) for r in range(cluster.spec.replicas)}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path, shards=1, replicas=2)
+    c.wait_in_sync()
+    yield c
+    c.close()
+
+
+def test_acknowledged_writes_are_on_every_in_sync_replica_and_read_back_anywhere(cluster):
+    router = cluster.router()
+    router.create_collection("c", DIM, **OPTIONS)
+    for s in range(0, 300, 30):
+        ids = np.arange(s, s + 30)
+        lsn = router.upsert("c", ids, _vecs(ids), [{"s": int(s)}] * 30)
+        # acknowledged: both replicas hold it now (no waiting), at the same LSN
+        positions = [cluster.replica(0, r).db.stats("c")["applied_lsn"] for r in range(2)]
+        assert positions == [lsn, lsn]
+        for _ in range(2):  # reads alternate between the replicas; each sees the write
+            assert router.get("c", [s + 29])[0].payload == {"s": int(s)}
+            assert router.search("c", _vecs([s + 5])[0], 1, use_cache=False).ids[0] == s + 5
+    router.delete("c", np.arange(0, 300, 3))
+    assert router.count("c") == 200
+    d = _digests(cluster, 0)
+    assert d[0] == d[1] and d[0]["count"] == 200
+
+
+def test_a_killed_follower_comes_back_from_the_primarys_log_and_ends_equal(cluster):
+    router = cluster.router()
+    router.create_collection("c", DIM, **OPTIONS)
+    router.upsert("c", np.arange(200), _vecs(np.arange(200)))
+    follower = 1 - cluster.primary_of(0)
+    link = cluster.replica(0, cluster.primary_of(0)).leader.links[follower]
+    seeded = link.sources["snapshots"]  # the create seeded the follower with the empty collection
+    cluster.kill(0, follower)
+    for s in range(200, 400, 20):  # acknowledged by the primary alone once the follower left the set
+        router.upsert("c", np.arange(s, s + 20), _vecs(np.arange(s, s + 20), 1))
+    router.delete("c", np.arange(0, 100))
+    cluster.start(0, follower)
+    cluster.wait_in_sync()
+    d = _digests(cluster, 0)
+    assert d[0] == d[1] and d[0]["count"] == 300
+    assert link.sources["snapshots"] == seeded and link.sources["wal"] + link.sources["backlog"] > 0
+
+
+def test_failover_keeps_acknowledged_writes_and_discards_what_the_old_primary_never_shipped(cluster):
+    router = cluster.router()
+    router.create_collection("c", DIM, **OPTIONS)
+    acked = router.upsert("c", np.arange(150), _vecs(np.arange(150)))
+    p = cluster.primary_of(0)
+    f = 1 - p
+    # the follower stops taking records; the primary logs one it will never ship (never acknowledged)
+    gate = threading.Event()
+    follower = cluster.replica(0, f)
+    real = follower.replicate
+    follower.replicate = lambda *a, **k: (gate.wait(), real(*a, **k))[1]
+    old = cluster.replica(0, p)
+    with old.writing():
+        stray = old.db.upsert("c", [10_000], _vecs([10_000]))
+    assert stray == acked + 1
+    cluster.kill(0, p)
+    gate.set()
+    cluster.wait(lambda: cluster.primary_of(0) == f, "failover to the follower")
+    assert router.count("c") == 150 and router.get("c", [10_000]) == []
+    lsn = router.upsert("c", [20_000], _vecs([20_000]))
+    assert lsn == acked + 1  # the new primary's LSN space continues from the acknowledged log
+    cluster.start(0, p)  # the old primary returns with LSN acked+1 holding another record: re-seeded
+    cluster.wait_in_sync()
+    d = _digests(cluster, 0)
+    assert d[0] == d[1] and d[0]["count"] == 151
+    assert cluster.replica(0, f).leader.links[p].sources["snapshots"] == 1  # the new leader's link
+    assert cluster.replica(0, p).db.get("c", [10_000]) == []
+
+
+def test_a_replica_lost_with_its_node_is_seeded_elsewhere_from_a_snapshot(cluster):
+    router = cluster.router()
+    router.create_collection("c", DIM, **OPTIONS)
+    router.create_collection("other", 4)
+    router.upsert("c", np.arange(300), _vecs(np.arange(300)), [{"i": int(i)} for i in range(300)])
+    f = 1 - cluster.primary_of(0)
+    cluster.kill(0, f)
+    router.delete("c", [1, 2, 3])
+    cluster.start(0, f, node="n-new")  # an empty directory on another node
+    cluster.wait_in_sync()
+    assert sorted(cluster.replica(0, f).db.list_collections()) == ["c", "other"]
+    d = _digests(cluster, 0)
+    assert d[0] == d[1] and d[0]["count"] == 297
+    assert cluster.replica(0, cluster.primary_of(0)).leader.links[f].sources["snapshots"] == 2 + 2  # creates
+    router.drop_collection("other")  # drops reach every in-sync replica before the acknowledgement
+    assert [cluster.replica(0, r).db.list_collections() for r in range(2)] == [["c"], ["c"]]
+
+
+def test_terms_fence_a_deposed_primary(cluster):
+    p = cluster.primary_of(0)
+    term = cluster.controller.shards[0]["term"]
+    follower = cluster.replica(0, 1 - p)
+    with pytest.raises(StaleTerm):
+        follower.replicate(term - 1, {}, True)
+    with pytest.raises(StaleTerm):
+        cluster.controller.drop_in_sync(0, 1 - p, term - 1)
+    with pytest.raises(UnavailableError, match="not the primary"):
+        with follower.writing():
+            pass
+
+
+def test_an_in_sync_report_that_beats_the_promotion_reply_is_kept(tmp_path):
+    """Regression: a new primary's link could report its follower in sync before become_primary returned to
+    the controller, which then reset the in-sync set (or refused the report: no primary recorded yet) and the
+    shard stayed without a readable follower, or its new primary stepped down."""
+    c = LocalCluster(tmp_path, shards=1, replicas=2, monitor=False)  # no monitor thread: we drive the ticks
+    try:
+        first = c.spec.first_primary(0)
+        rep = c.replica(0, first)
+        real = rep.become_primary
+
+        def promote_then_report(term, followers, hold_s=0.0):
+            out = real(term, followers, hold_s)
+            c.controller.set_in_sync(0, 1 - first, term, True)  # what the link does as soon as it can
+            return out
+
+        rep.become_primary = promote_then_report
+        c.controller.tick()
+        sh = c.controller.shards[0]
+        assert sh["primary"] == first and sh["in_sync"] == [1 - first]
+        assert rep.leader is not None and not rep.leader.deposed
+    finally:
+        c.close()
+
+
+def test_a_restarted_controller_resumes_and_still_fails_over(tmp_path):
+    from vdb.cluster.controller import Controller
+    c = LocalCluster(tmp_path, shards=1, replicas=2)
+    try:
+        c.wait_in_sync()
+        router = c.router()
+        router.create_collection("c", DIM, **OPTIONS)
+        router.upsert("c", np.arange(100), _vecs(np.arange(100)))
+        term = c.controller.shards[0]["term"]
+        c.controller.stop()
+        c.controller = c.cpeer.obj = Controller(c.spec.to_dict(), connect=c.peers.get)  # reads its state file
+        assert c.controller.shards[0]["term"] == term and c.controller.shards[0]["in_sync"]
+        router.upsert("c", np.arange(100, 200), _vecs(np.arange(100, 200)))
+        p = c.primary_of(0)
+        c.kill(0, p)
+        c.wait(lambda: c.primary_of(0) == 1 - p, "failover under the new controller")
+        assert router.count("c") == 200
+    finally:
+        c.close()
+
+
+def test_log_matching():
+    h = [[1, 1], [3, 11], [4, 20]]
+    assert term_at(h, 0) is None and term_at(h, 10) == 1 and term_at(h, 11) == 3 and term_at(h, 25) == 4
+    assert log_matches([[1, 1]], 10, h, 30)          # a prefix of term 1
+    assert not log_matches([[1, 1]], 11, h, 30)      # term 1 ended at 10: LSN 11 is another record here
+    assert log_matches([[1, 1], [3, 11]], 15, h, 30)
+    assert not log_matches([[1, 1], [2, 11]], 12, h, 30)  # a term the primary never had
+    assert not log_matches([[1, 1]], 5, h, 4)        # longer than the primary's log
+    assert log_matches([], 0, h, 30)

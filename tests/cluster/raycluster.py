@@ -1,55 +1,15 @@
-"""A multi-node Ray cluster simulated on this host (ray.cluster_utils.Cluster: one raylet per "node"), on
-loopback only, with its own Ray temp directory so that no other process's `ray.init()` finds it, and small
-object stores. Plus a load generator with a model of what the cluster must hold afterwards."""
+"""What the Ray tests share: the simulated cluster (vdb/cluster/simulate.py) and a load generator with a model
+of what the cluster must hold afterwards."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
 import vdb
+from vdb.cluster.simulate import simulated_ray  # noqa: F401 (re-exported for the test modules)
 from vdb.errors import VdbError
-
-STORE = 80 << 20  # object store per node (Ray's floor is ~75 MB)
-
-
-@contextmanager
-def simulated_ray(nodes: int = 3, cpus: int = 2, head_cpus: int | None = None):
-    """Yield (cluster, worker nodes): a head (`head_cpus`, default `cpus` logical CPUs) and nodes - 1 workers
-    with `cpus` each."""
-    import ray
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    tmp = tempfile.mkdtemp(prefix="vdbray-", dir="/tmp")  # short: Ray's socket paths live below it
-    os.environ["RAY_TMPDIR"] = tmp  # Ray's address file and sessions: no other process's ray.init() finds us
-    # Loopback: Ray then takes 127.0.0.1 as every node's address. Its processes read the variable when they
-    # start; this one read it when it imported ray, hence the constant too (restored afterwards).
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    enabled, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=cpus if head_cpus is None else head_cpus,
-                                                                object_store_memory=STORE,
-                                                                include_dashboard=False))
-    try:
-        workers = [cluster.add_node(num_cpus=cpus, object_store_memory=STORE) for _ in range(nodes - 1)]
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        cluster.wait_for_nodes()
-        yield cluster, workers
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        ray_constants.ENABLE_RAY_CLUSTER = enabled
-        shutil.rmtree(tmp, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def vector(i: int, version: int, dim: int) -> np.ndarray:

@@ -99,6 +99,31 @@ def test_failover_keeps_acknowledged_writes_and_discards_what_the_old_primary_ne
     assert cluster.replica(0, p).db.get("c", [10_000]) == []
 
 
+def test_a_follower_behind_a_purged_wal_is_reseeded_from_a_snapshot(tmp_path):
+    c = LocalCluster(tmp_path, shards=1, replicas=2, backlog_mb=0.01)  # a 10 KB backlog: the WAL must serve
+    try:
+        c.wait_in_sync()
+        router = c.router()
+        router.create_collection("c", 256, wal_segment_mb=1, **OPTIONS)  # 1 KB records per vector
+        x = np.random.default_rng(0).normal(size=(3100, 256)).astype(np.float32)
+        router.upsert("c", np.arange(100), x[:100])
+        p = c.primary_of(0)
+        c.kill(0, 1 - p)
+        for s in range(100, 3100, 250):  # ~3 MB of WAL: three 1 MB segments
+            router.upsert("c", np.arange(s, s + 250), x[s: s + 250])
+        router.flush("c")  # checkpoint: the primary purges the segments the follower would need
+        primary = c.replica(0, p)
+        assert primary.db.stats("c")["wal"]["first_lsn"] > 2
+        seeded = primary.leader.links[1 - p].sources["snapshots"]
+        c.start(0, 1 - p)
+        c.wait_in_sync(timeout=60)
+        assert primary.leader.links[1 - p].sources["snapshots"] == seeded + 1
+        d = _digests(c, 0)
+        assert d[0] == d[1] and d[0]["count"] == 3100
+    finally:
+        c.close()
+
+
 def test_a_replica_lost_with_its_node_is_seeded_elsewhere_from_a_snapshot(cluster):
     router = cluster.router()
     router.create_collection("c", DIM, **OPTIONS)
@@ -115,6 +140,22 @@ def test_a_replica_lost_with_its_node_is_seeded_elsewhere_from_a_snapshot(cluste
     assert cluster.replica(0, cluster.primary_of(0)).leader.links[f].sources["snapshots"] == 2 + 2  # creates
     router.drop_collection("other")  # drops reach every in-sync replica before the acknowledgement
     assert [cluster.replica(0, r).db.list_collections() for r in range(2)] == [["c"], ["c"]]
+
+
+def test_a_follower_that_keeps_failing_leaves_the_set_once_its_lease_ran_out(cluster):
+    """Regression: a follower that answered every call with an error (a full disk, say) stayed in the in-sync
+    set, and every write of the shard waited for it until its deadline."""
+    router = cluster.router()
+    router.create_collection("c", DIM, **OPTIONS)
+    f = 1 - cluster.primary_of(0)
+    follower = cluster.replica(0, f)
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+    follower.replicate = broken
+    router.upsert("c", [1], _vecs([1]))  # acknowledged once the follower is out (after its read lease)
+    assert cluster.controller.shards[0]["in_sync"] == [] and not follower.readable()
+    assert router.get("c", [1])[0].id == 1
 
 
 def test_terms_fence_a_deposed_primary(cluster):
@@ -173,6 +214,18 @@ def test_a_restarted_controller_resumes_and_still_fails_over(tmp_path):
         assert router.count("c") == 200
     finally:
         c.close()
+
+
+def test_the_backlog_serves_only_runs_it_holds():
+    from vdb.cluster.backlog import Backlog
+    b = Backlog(100)
+    for lsn in range(1, 6):
+        b.add(lsn, 1, b"x" * 30)  # 150 bytes: the oldest go
+    assert b.after(0, 1000) is None  # evicted: the WAL must serve it
+    assert [r[0] for r in b.after(2, 1000)] == [3, 4, 5] and [r[0] for r in b.after(2, 1)] == [3]
+    assert b.after(5, 1000) is None  # not held (yet): never "nothing newer" while the caller is behind
+    b.add(9, 1, b"y")  # a gap (records it never saw): it starts over
+    assert b.after(4, 1000) is None and [r[0] for r in b.after(8, 1000)] == [9]
 
 
 def test_log_matching():

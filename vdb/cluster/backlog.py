@@ -32,14 +32,12 @@ class Backlog:
             self.on_new()
 
     def after(self, lsn: int, max_bytes: int) -> list | None:
-        """Records with LSN > lsn, oldest first, about max_bytes of them (at least one); [] if none is newer;
-        None if the backlog no longer (or not yet) holds LSN lsn + 1."""
+        """Records with LSN > lsn, oldest first, about max_bytes of them (at least one); None if the backlog
+        does not hold LSN lsn + 1 (no longer, or not: records it missed, e.g. replayed by a reopen)."""
         with self._lock:
-            if not self._records or lsn + 1 < self._records[0][0]:
+            if not self._records or not self._records[0][0] <= lsn + 1 <= self._records[-1][0]:
                 return None
             start = lsn + 1 - self._records[0][0]
-            if start >= len(self._records):
-                return []
             out, size = [], 0
             for i in range(start, len(self._records)):
                 rec = self._records[i]

@@ -51,7 +51,8 @@ def up(spec: ClusterSpec, *, routers: int = 0, router_port: int = 50050, wait_s:
             down(spec)
             raise UnavailableError(f"cannot place {spec.replicas} replicas of {spec.replica_cpus} CPU each "
                                    f"({spec.spread} spread) on this Ray cluster: {len(ray.nodes())} node(s), "
-                                   f"{ray.available_resources().get('CPU', 0)} CPUs free") from None
+                                   f"{ray.available_resources().get('CPU', 0)} CPUs free (on one node: "
+                                   f"--spread soft or --replicas 1)") from None
         for r in range(spec.replicas):
             strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)
             ray.remote(Replica).options(**rayside.actor_options(
@@ -60,10 +61,15 @@ def up(spec: ClusterSpec, *, routers: int = 0, router_port: int = 50050, wait_s:
     wait_ready(spec, wait_s)
     addresses = []
     for i in range(routers):
+        port = router_port + i if router_port else 0
         h = ray.remote(RouterServer).options(**rayside.actor_options(spec.router_name(i), spec.namespace,
                                                                      num_cpus=0, resources=HEAD)
-                                             ).remote(spec.to_dict(), router_port + i if router_port else 0)
-        addresses.append(ray.get(h.address.remote(), timeout=wait_s))
+                                             ).remote(spec.to_dict(), port)
+        try:
+            addresses.append(ray.get(h.address.remote(), timeout=wait_s))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+            ray.kill(h, no_restart=True)  # a port in use would fail every restart the same way
+            raise UnavailableError(f"router {i} did not start on port {port} (in use?): {e}") from None
     return {**status(spec), "routers": addresses}
 
 

@@ -99,7 +99,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         return
     from index.distributed.driver import OBJECT_STORE_BYTES
     if address:
-        ray.init(address=address, namespace=None, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 object_store_memory=OBJECT_STORE_BYTES)
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:  # "local": a new instance, never one some other process started on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, object_store_memory=OBJECT_STORE_BYTES)

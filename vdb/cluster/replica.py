@@ -248,9 +248,12 @@ class Replica:
             out = {}
             for name, e in self.state.collections.items():
                 try:
-                    out[name] = CollectionView(e["uuid"], [list(h) for h in e["history"]], self.db.collection(name))
+                    c = self.db.collection(name)
                 except NotFoundError:
                     continue
+                if c.on_logged is None and name in self.backlogs:  # the Database reopened it after a failure
+                    c.on_logged = self.backlogs[name].add
+                out[name] = CollectionView(e["uuid"], [list(h) for h in e["history"]], c)
             return out
 
     # -- what the primary calls on its followers ----------------------------------------------------------

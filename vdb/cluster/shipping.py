@@ -136,7 +136,8 @@ class FollowerLink:
         self.catalog_acked = -1
         self.in_sync = False
         self.reported = False                # the controller knows about in_sync
-        self.last_ok = self.last_sent = 0.0  # monotonic times of the last answer / the last call
+        self.last_sent = 0.0                 # monotonic time of the last replicate call
+        self.renewed = 0.0                   # ... and of its last answer: the follower's lease may run that long
         self.wake = threading.Event()
         self.sources = Counter()             # records shipped from "backlog" / "wal", "snapshots" installed
         self._wal: dict[str, list] = {}      # name -> [replay iterator, next LSN]
@@ -183,8 +184,7 @@ class FollowerLink:
                 self._lost(gone=None)
             except Exception as e:  # the follower answered with an error (a gap, another incarnation, ...)
                 log.warning("%s -> r%d: %r; re-attaching", self.replica.key, self.slot, e)
-                self.attached = False
-                self._close_wal()
+                self._lost(gone=False)  # it is alive; if it keeps failing, it leaves the set when its lease ends
             self._stop.wait(delay)
             delay = min(delay * 2, RETRY_S[1])
         self._close_wal()
@@ -198,9 +198,7 @@ class FollowerLink:
             self._send({})  # heartbeat: keeps the follower's read lease and tells us it is alive
 
     def _call(self, method: str, *args):
-        out = self.peer.call(method, *args, timeout=self.spec.call_timeout_s)
-        self.last_ok = time.monotonic()
-        return out
+        return self.peer.call(method, *args, timeout=self.spec.call_timeout_s)
 
     def _attach(self) -> None:
         """Learn what the follower holds; keep what is a prefix of our log, the rest gets re-seeded."""
@@ -252,6 +250,7 @@ class FollowerLink:
     def _send(self, batch: dict) -> None:
         self.last_sent = time.monotonic()
         positions = self._call("replicate", self.term, batch, self.in_sync)
+        self.renewed = time.monotonic()
         with self.leader.cond:
             for name, lsn in positions.items():
                 if name in self.known:
@@ -267,17 +266,18 @@ class FollowerLink:
         it = self._wal.get(name)
         if it is None or it[1] != acked + 1:
             self._close_wal(name)
-            try:
-                it = self._wal[name] = [view.collection.wal.replay(acked), acked + 1]
-            except ValueError:  # purged below what the follower holds: only a snapshot can bring it up
-                self._seed(name)
-                return []
+            it = self._wal[name] = [view.collection.wal.replay(acked), acked + 1]
         out, size = [], 0
-        for rec in it[0]:
-            out.append((rec.lsn, rec.rtype, rec.payload))
-            size += len(rec.payload)
-            if size >= BATCH_BYTES:
-                break
+        try:
+            for rec in it[0]:
+                out.append((rec.lsn, rec.rtype, rec.payload))
+                size += len(rec.payload)
+                if size >= BATCH_BYTES:
+                    break
+        except ValueError:  # (raised by the replay's first step) purged below what the follower holds
+            self._close_wal(name)
+            self._seed(name)  # only a snapshot can bring it up
+            return []
         if out:
             it[1] = out[-1][0] + 1
             self.sources["wal"] += len(out)
@@ -290,7 +290,6 @@ class FollowerLink:
         with self.replica.local_snapshot(name) as (snap, uuid, history):
             lsn = transfer.push(self.peer, snap, int(self.spec.chunk_mb * (1 << 20)), self.spec.transfer_timeout_s,
                                 begin=(self.term, name, uuid, history))
-        self.last_ok = time.monotonic()
         self._close_wal(name)
         with self.leader.cond:
             self.known[name] = [uuid, lsn]
@@ -332,7 +331,7 @@ class FollowerLink:
             return
         if gone is None:
             gone = self.peer.gone()
-        if gone or time.monotonic() - self.last_ok >= self.spec.follower_lease_s:
+        if gone or time.monotonic() - self.renewed >= self.spec.follower_lease_s:
             self._drop("its process is gone" if gone else "its read lease ran out")
 
     def _drop(self, why: str) -> None:

@@ -40,7 +40,8 @@ class Member:
     status: dict = field(default_factory=dict)
     ok: bool = False          # the last ping was answered
     gone: bool = False        # Ray says the incarnation we knew ended
-    last_ok: float = 0.0
+    last_ok: float = 0.0      # when a ping was last answered
+    lease_bound: float = 0.0  # (a primary) its lease surely ended by then, from the renewing pings we sent
 
 
 class Controller:
@@ -58,6 +59,7 @@ class Controller:
         self.members: dict[tuple[int, int], Member] = {}
         self._map = {"version": 0, "name": self.spec.name, "shards": []}
         self._stop, self._wake = threading.Event(), threading.Event()
+        self._ping_timeout = self.spec.lease_s / 2  # a ping older than this renews nothing (Replica.ping)
         self._pool = ThreadPoolExecutor(max_workers=max(4, len(self.spec.slots())), thread_name_prefix="vdb-ctl")
         self._thread = threading.Thread(target=self._monitor, daemon=True, name="vdb-controller")
         if monitor:
@@ -116,7 +118,7 @@ class Controller:
     def primary_slot(self, shard: int) -> int | None:
         """The slot leading `shard` now (None while it has none)."""
         pm = self.members.get((shard, self.shards[shard]["primary"]))
-        return self.shards[shard]["primary"] if pm is not None and pm.ok else None
+        return self.shards[shard]["primary"] if pm is not None and self._reachable(pm) else None
 
     def stop(self) -> None:
         """Stop the monitor (cluster down)."""
@@ -151,8 +153,14 @@ class Controller:
         with self._lock:
             sh = self.shards[key[0]]
             term, primary = sh["term"], sh["primary"]
+        # Only a primary that answered the last ping gets its lease renewed. A renewing ping whose answer never
+        # comes may still have renewed it, when it arrived up to ping_timeout after sending: hence the bound.
+        renew = key[1] == primary and m.ok
+        if renew:
+            m.lease_bound = time.monotonic() + self._ping_timeout + self.spec.lease_s
         try:
-            status = m.peer.call("ping", term, primary, timeout=max(1.0, 4 * self.spec.ping_s))
+            status = m.peer.call("ping", term, primary, time.time() if renew else None,
+                                 timeout=self._ping_timeout)
         except (PeerGone, PeerUnreachable) as e:
             m.ok = False
             m.gone = isinstance(e, PeerGone) or m.peer.gone() is True
@@ -168,7 +176,7 @@ class Controller:
             self._link_followers(s, sh, pm)
             return
         if pm is not None and not pm.ok and not pm.gone and pm.status.get("incarnation") == sh["incarnation"] \
-                and time.monotonic() - pm.last_ok < self.spec.lease_s:
+                and time.monotonic() < pm.lease_bound:
             return  # silent, maybe only slow: it stops serving when its lease runs out; wait for that
         self._elect(s, sh)
 
@@ -184,7 +192,7 @@ class Controller:
 
     def _elect(self, s: int, sh: dict) -> None:
         """Promote the best candidate of shard `s` in a new term (nothing if none is up)."""
-        alive = {r: m for (ss, r), m in self.members.items() if ss == s and m.ok}
+        alive = {r: m for (ss, r), m in self.members.items() if ss == s and self._reachable(m)}
         if sh["term"] == 0:  # a new cluster: every replica is empty; the designated slot leads
             first = self.spec.first_primary(s)
             candidates = [first] if first in alive else []
@@ -218,8 +226,13 @@ class Controller:
         with self._lock:
             sh.update(primary=best, incarnation=status["incarnation"])
             self._save()
-        alive[best].status = status
+        alive[best].status, alive[best].ok = status, True
+        self._wake.set()  # its lease comes with the next ping: send that one now
         log.warning("controller: shard %d is led by r%d in term %d (candidates %s)", s, best, term, candidates)
+
+    def _reachable(self, m: Member) -> bool:
+        """Answered lately and not known gone: may be promoted or routed to (a busy replica misses a ping)."""
+        return not m.gone and m.last_ok > 0 and time.monotonic() - m.last_ok < self.spec.follower_lease_s
 
     # -- state ------------------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -230,11 +243,12 @@ class Controller:
             shards = []
             for s, sh in enumerate(self.shards):
                 pm = self.members.get((s, sh["primary"])) if sh["primary"] is not None else None
-                primary_ok = pm is not None and pm.ok and pm.status.get("incarnation") == sh["incarnation"]
+                primary_ok = pm is not None and self._reachable(pm) and \
+                    pm.status.get("incarnation") == sh["incarnation"]
                 primary = pm.status["address"] if primary_ok else None
                 readers = ([primary] if primary else []) + [
                     self.members[(s, r)].status["address"] for r in sh["in_sync"]
-                    if (s, r) in self.members and self.members[(s, r)].ok]
+                    if (s, r) in self.members and self._reachable(self.members[(s, r)])]
                 shards.append({"shard": s, "term": sh["term"], "primary": primary, "readers": readers})
             if shards != self._map["shards"]:
                 self._map = {"version": self._map["version"] + 1, "name": self.spec.name, "shards": shards}

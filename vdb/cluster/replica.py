@@ -132,12 +132,14 @@ class Replica:
                 "positions": {n: v.collection.applied_lsn for n, v in self.collections_view().items()},
                 "links": leader.info() if leader is not None else {}}
 
-    def ping(self, term: int, primary_slot: int | None) -> dict:
-        """The controller's heartbeat: it carries the current term; a primary renews its lease with it."""
+    def ping(self, term: int, primary_slot: int | None, sent_at: float | None = None) -> dict:
+        """The controller's heartbeat: it carries the current term; the primary's lease is renewed by one sent
+        (wall clock `sent_at`) less than lease_s / 2 ago: the controller counts on no later arrival."""
         with self._lock:
             if term > self.term:
                 self._adopt(term)
-            if self.role == "primary" and term == self.term and primary_slot == self.slot:
+            fresh = sent_at is not None and time.time() - sent_at < self.spec.lease_s / 2
+            if self.role == "primary" and term == self.term and primary_slot == self.slot and fresh:
                 self.primary_lease_until = time.monotonic() + self.spec.lease_s
         return self.status()
 
@@ -150,8 +152,7 @@ class Replica:
             for name, v in self.collections_view().items():
                 self.state.set_collection(name, v.uuid, v.history + [[term, v.collection.applied_lsn + 1]])
             self.role = "primary"
-            self.follower_lease_until = 0.0
-            self.primary_lease_until = time.monotonic() + self.spec.lease_s
+            self.follower_lease_until = self.primary_lease_until = 0.0  # the controller's next ping grants it
             self.leader = leader = Leader(self, term, hold_until=time.monotonic() + hold_s)
         for slot, peer in followers.items():
             leader.follow(int(slot), peer)

@@ -25,8 +25,8 @@ class ClusterSpec:
     replica_cpus: float = 1.0       # Ray CPUs reserved per replica (its placement-group bundle)
     host: str = "127.0.0.1"         # address replicas and routers bind; "node": the Ray node's IP address
     settings: dict = field(default_factory=dict)  # vdb settings of every replica's Database (vdb/config.py)
-    lease_s: float = 2.0            # a primary serves only this long after the controller's last ping of it
-    follower_lease_s: float = 4.0   # a follower serves reads this long after its primary's last contact
+    lease_s: float = 3.0            # a primary serves only this long after the controller's last ping of it
+    follower_lease_s: float = 5.0   # a follower serves reads this long after its primary's last contact
     ping_s: float = 0.25            # controller -> replicas liveness pings; the primary's heartbeats likewise
     call_timeout_s: float = 10.0    # replication and control calls between actors
     transfer_timeout_s: float = 300.0  # each call of a snapshot transfer, and a restore's replication wait

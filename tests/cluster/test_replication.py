@@ -4,12 +4,13 @@ old primary never got acknowledged, re-seeding on another node, and fencing by t
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from localcluster import LocalCluster
-from vdb.cluster.peer import StaleTerm
+from vdb.cluster.peer import PeerUnreachable, StaleTerm
 from vdb.cluster.state import log_matches, term_at
 from vdb.errors import UnavailableError
 
@@ -226,6 +227,63 @@ def test_the_backlog_serves_only_runs_it_holds():
     assert b.after(5, 1000) is None  # not held (yet): never "nothing newer" while the caller is behind
     b.add(9, 1, b"y")  # a gap (records it never saw): it starts over
     assert b.after(4, 1000) is None and [r[0] for r in b.after(8, 1000)] == [9]
+
+
+def _drive(c, until, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        c.controller.tick()
+        time.sleep(0.02)
+
+
+def test_a_follower_that_missed_a_ping_can_still_take_over(tmp_path):
+    """Regression: candidates had to have answered the very last ping, so a busy follower missed the failover
+    and the shard waited for the dead primary's restart (14-17 s in bench_cluster under load)."""
+    c = LocalCluster(tmp_path, shards=1, replicas=2, monitor=False)
+    try:
+        _drive(c, lambda: c.controller.shards[0]["in_sync"], "a follower in sync")
+        p = c.primary_of(0)
+        f = 1 - p
+        peer = c.peers[c.name(0, f)]
+        real, missed = peer.call, []
+
+        def busy(method, *args, **kwargs):
+            if method == "ping" and not missed:
+                missed.append(1)
+                raise PeerUnreachable("busy")
+            return real(method, *args, **kwargs)
+        peer.call = busy
+        c.kill(0, p)
+        c.controller.tick()  # the follower misses this ping; the primary is gone
+        assert missed and c.controller.shards[0]["primary"] == f
+    finally:
+        c.close()
+
+
+def test_a_silent_primary_is_replaced_only_after_its_lease_ran_out(tmp_path):
+    """Pings still reach the primary (renewing its lease) but their answers are lost, and nothing else gets
+    through: the new primary must not start before the old one stopped serving."""
+    c = LocalCluster(tmp_path, shards=1, replicas=2, monitor=False)
+    try:
+        _drive(c, lambda: c.controller.shards[0]["in_sync"], "a follower in sync")
+        p = c.primary_of(0)
+        old, seen = c.replica(0, p), []
+        peer = c.peers[c.name(0, p)]
+        real = peer.call
+
+        def one_way(method, *args, **kwargs):
+            if method == "ping":
+                real(method, *args, **kwargs)
+            raise PeerUnreachable("answers lost")
+        peer.call = one_way
+        new = c.replica(0, 1 - p)
+        promote = new.become_primary
+        new.become_primary = lambda *a, **k: (seen.append(old.readable()), promote(*a, **k))[1]
+        _drive(c, lambda: c.controller.shards[0]["primary"] == 1 - p, "the failover")
+        assert seen == [False]  # the old primary had stopped serving when the new one was made
+    finally:
+        c.close()
 
 
 def test_log_matching():

@@ -54,7 +54,8 @@ class Controller:
         self._lock = threading.RLock()
         self._path = self.spec.controller_dir() / "state.json"
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = [{"term": 0, "primary": None, "incarnation": None, "in_sync": []} for _ in range(self.spec.shards)]
+        fresh = [{"term": 0, "primary": None, "incarnation": None, "in_sync": [], "in_sync_term": 0}
+                 for _ in range(self.spec.shards)]
         self.shards = json.loads(self._path.read_text())["shards"] if self._path.exists() else fresh
         self.members: dict[tuple[int, int], Member] = {}
         self._map = {"version": 0, "name": self.spec.name, "shards": []}
@@ -80,6 +81,8 @@ class Controller:
             sh = self.shards[shard]
             if term != sh["term"]:  # only the primary chosen for a term ever acts in it
                 raise StaleTerm(f"shard {shard} is in term {sh['term']}, not {term}")
+            if sh["in_sync_term"] != term:  # the first report of a term replaces the last term's set
+                sh["in_sync"], sh["in_sync_term"] = [], term
             members = set(sh["in_sync"]) | {slot} if in_sync else set(sh["in_sync"]) - {slot}
             if members != set(sh["in_sync"]):
                 sh["in_sync"] = sorted(members)
@@ -200,11 +203,10 @@ class Controller:
             candidates = [r for r in set(sh["in_sync"]) | {sh["primary"]} if r in alive]
         if not candidates:
             return
-        best = max(candidates, key=lambda r: (sum(alive[r].status.get("positions", {}).values()),
+        best = max(candidates, key=lambda r: (alive[r].ok, sum(alive[r].status.get("positions", {}).values()),
                                               r == sh["primary"], -r))
-        with self._lock:
+        with self._lock:  # the in-sync set of the last term stays: the candidates of a retry, if this fails
             sh["term"] += 1
-            sh["in_sync"] = []  # the new primary's links fill it again, possibly before it answers us
             term = sh["term"]
             self._save()  # a term is used at most once, even if this promotion fails half way
         hold = 0.0
@@ -223,8 +225,10 @@ class Controller:
         except (PeerGone, PeerUnreachable, StaleTerm) as e:
             log.warning("controller: promoting r%d of shard %d in term %d failed (%r)", best, s, term, e)
             return
-        with self._lock:
+        with self._lock:  # (its links may already have reported followers in sync in this term)
             sh.update(primary=best, incarnation=status["incarnation"])
+            if sh["in_sync_term"] != term:
+                sh["in_sync"], sh["in_sync_term"] = [], term
             self._save()
         alive[best].status, alive[best].ok = status, True
         self._wake.set()  # its lease comes with the next ping: send that one now

@@ -5,6 +5,8 @@ Same run, same data, same machine, interleaved rounds:
   one node     a Database served by the ordinary gRPC server in a Ray actor (one hop: client -> node)
   1x2 cluster  1 shard, R=2, a router actor on the head node (client -> router -> a replica; writes also
                primary -> follower before the acknowledgement)
+  1x2 primary, no router   the same cluster, the client talking to the shard's primary directly: separates
+               the router's hop from the replication's cost
   2x2 cluster  2 shards, R=2 (every search visits both shards and is merged)
 Measured per system: single-query search latency p50/p99 (one client thread, warm), search QPS with
 --clients client threads, upsert latency p50/p99 (--upsert-batch vectors), and the ingest rate of the load.
@@ -208,7 +210,13 @@ def main() -> None:
                                replica_cpus=0.5)
             out = deploy.up(spec, routers=1, router_port=0, wait_s=300)
             specs[label], targets[label] = spec, out["routers"][0]
+            if shards == 1:  # the same cluster without the router hop: the client talks to the primary itself
+                shard = out["shards"][0]
+                targets["1x2 primary, no router"] = shard["members"][shard["primary"]]["address"]
         for label, target in targets.items():
+            if label == "1x2 primary, no router":  # the 1x2 cluster's data, loaded through its router
+                report["systems"][label] = {}
+                continue
             rate = load_data(target, "bench", base, 2000)
             report["systems"][label] = {"ingest_vectors_per_s": rate}
             print(f"{label}: loaded {args.n} vectors at {rate}/s", flush=True)

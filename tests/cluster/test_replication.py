@@ -53,6 +53,19 @@ def test_acknowledged_writes_are_on_every_in_sync_replica_and_read_back_anywhere
     assert d[0] == d[1] and d[0]["count"] == 200
 
 
+def test_full_text_and_hybrid_search_answer_from_every_replica(cluster):
+    router = cluster.router()
+    router.create_collection("t", DIM, text_field="body", **OPTIONS)
+    words = ["apple", "banana", "cherry", "damson"]
+    router.upsert("t", np.arange(200), _vecs(np.arange(200)),
+                  [{"body": f"{words[i % 4]} pie number {i}"} for i in range(200)])
+    for _ in range(2):  # alternately on each replica: followers index the text of the records they apply
+        ids = router.hybrid_search("t", text="cherry", top_k=5).ids
+        assert len(ids) == 5 and all(i % 4 == 2 for i in ids)
+        both = router.hybrid_search("t", text="damson", vector=_vecs([3])[0], top_k=3).ids
+        assert both[0] == 3
+
+
 def test_a_killed_follower_comes_back_from_the_primarys_log_and_ends_equal(cluster):
     router = cluster.router()
     router.create_collection("c", DIM, **OPTIONS)

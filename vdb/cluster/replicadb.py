@@ -65,6 +65,16 @@ class ReplicaDB:
         return self._db.search(name, queries, top_k, filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps,
                                use_cache=use_cache, explain=explain, allow_partial=allow_partial)
 
+    def hybrid_search(self, name: str, text=None, vector=None, top_k: int = 10, *, fusion: str = "rrf",
+                      alpha: float = 0.5, rrf_k: int = 60, candidates: int | None = None, filter=None, nprobe=None,
+                      rerank_k=None, eps=None, use_cache: bool = True, explain: bool = False,
+                      allow_partial: bool = False) -> SearchResult:
+        """As Database.hybrid_search, here."""
+        self._replica.check_readable()
+        return self._db.hybrid_search(name, text, vector, top_k, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
+                                      candidates=candidates, filter=filter, nprobe=nprobe, rerank_k=rerank_k,
+                                      eps=eps, use_cache=use_cache, explain=explain, allow_partial=allow_partial)
+
     def count(self, name: str) -> int:
         """As Database.count, here."""
         self._replica.check_readable()

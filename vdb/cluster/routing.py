@@ -161,6 +161,9 @@ class ShardGroup:
     def search(self, name, queries, top_k=10, **kwargs):
         return self._read("search", name, queries, top_k, **kwargs)
 
+    def hybrid_search(self, name, text=None, vector=None, top_k=10, **kwargs):
+        return self._read("hybrid_search", name, text, vector, top_k, **kwargs)
+
     def count(self, name):
         return self._read("count", name)
 

@@ -259,6 +259,14 @@ class MetaStore:
     def disk_bytes(self) -> int:
         return (self.path / "data.mdb").stat().st_size
 
+    def copy_to(self, directory: str | os.PathLike) -> None:
+        """Write a consistent, compacted copy of the store (as of one read transaction) into the existing,
+        empty `directory` (snapshots: vdb/engine/snapshot.py)."""
+        try:
+            self.env.copy(os.fspath(directory), compact=True)
+        except lmdb.Error as e:
+            raise MetaStoreError(f"{self.path}: copying the metadata store to {directory} failed ({e})") from e
+
     # -- writes -----------------------------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator["MetaWriter"]:

@@ -340,6 +340,15 @@ def _register_evaluator() -> None:
 _register_evaluator()
 
 
+def _register_cluster() -> None:
+    from vdb.cluster.commands import cluster_group, restore_command, snapshot_command
+    for command in (cluster_group, snapshot_command, restore_command):
+        cli.add_command(command)
+
+
+_register_cluster()
+
+
 def main() -> None:
     cli(prog_name="vdbctl")
 

@@ -32,6 +32,10 @@ class WalFailedError(StorageError):
     hint = "fix the cause (disk full, I/O error), then reopen the log: recovery keeps every durable record"
 
 
+class LsnMismatchError(ValueError):
+    """An append that had to start at a given LSN (replication) found the log at another."""
+
+
 @dataclass(frozen=True, slots=True)
 class WalRecord:
     lsn: int

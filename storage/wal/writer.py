@@ -30,15 +30,14 @@ from storage.wal.encoding import check_record, put_record
 from storage.wal.format import (CONSUMERS_FILE, DEFAULT_SEGMENT_BYTES, NONE_BUFFER_BYTES, RECORD_HEADER_SIZE,
                                 SEGMENT_HEADER_SIZE, segment_name)
 from storage.wal.fs import File, FileSystem, RealFS
-from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _Segment, encode_segment_header,
-                                segment_records)
+from storage.wal.reader import (LsnMismatchError, WalCorruptionError, WalFailedError, WalRecord, _Segment,
+                                encode_segment_header, segment_records)
 from storage.wal.recovery import _recover
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("fsync", "batch", "none")
 RESERVE_CHUNK = 1 << 20  # a segment's blocks are allocated ahead in steps of this many bytes
-
 
 
 class WriteAheadLog:
@@ -132,9 +131,9 @@ class WriteAheadLog:
         """Append one record; return its LSN once it is durable under the policy."""
         return self.append_many([(rtype, payload)])[0]
 
-    def append_many(self, records: Iterable[tuple[int, bytes]]) -> list[int]:
+    def append_many(self, records: Iterable[tuple[int, bytes]], *, first_lsn: int | None = None) -> list[int]:
         """Append records with consecutive LSNs in one durable step (one write, one fsync under "fsync").
-
+        `first_lsn` (replication): the LSN the first must get, else LsnMismatchError and nothing is appended.
         Not atomic across a crash: if it has not returned, any prefix of the records may survive."""
         items = [check_record(rtype, payload) for rtype, payload in records]
         if not items:
@@ -155,6 +154,8 @@ class WriteAheadLog:
                     self._rotators -= 1
                     self._cond.notify_all()
             first = self._last_lsn + 1
+            if first_lsn is not None and first_lsn != first:
+                raise LsnMismatchError(f"{self.directory}: the next LSN is {first}, not {first_lsn}")
             for (rtype, payload), size in zip(items, sizes):
                 if self._rotation_needed([size]):
                     self._rotate()
@@ -423,9 +424,8 @@ class WriteAheadLog:
         self._consumers = consumers
 
     def purge(self) -> int:
-        """Delete the oldest whole segments whose records every consumer has applied; return bytes freed.
-
-        Never deletes the active segment nor one a running replay still reads; with no consumer, nothing."""
+        """Delete the oldest whole segments whose records every consumer has applied; return bytes freed. Never
+        deletes the active segment nor one a running replay still reads; with no consumer, nothing."""
         with self._meta_lock:  # held throughout: a consumer registered meanwhile must not start in a victim
             if not self._consumers:
                 return 0

@@ -24,7 +24,7 @@ from index.distance import as_matrix, prepare_base
 from index.mutable import MutableSpannIndex
 from index.rowstate import is_live
 from storage.errors import is_disk_full
-from storage.wal import WriteAheadLog
+from storage.wal import LsnMismatchError, WriteAheadLog
 from storage.wal.format import CONSUMERS_FILE, MAX_PAYLOAD as WAL_RECORD_LIMIT
 from vdb.cache import SemanticCache
 from vdb.config import COLLECTION_SETTINGS
@@ -58,6 +58,7 @@ class Collection(ReadPath):
         self._failed: BaseException | None = None
         self._closed = False
         self.changed_rows = 0                         # rows deleted or replaced since opening (only grows)
+        self.on_logged = None                         # replication (vdb/cluster): fn(lsn, rtype, data) per record
         self.applied_lsn = int(index.manifest.get("checkpoint_lsn", 0))
         self.checkpoint_lsn = self.applied_lsn
         self.live = int(is_live(index.state).sum())  # from the checksummed state array, not a manifest number
@@ -136,12 +137,25 @@ class Collection(ReadPath):
         """Log, then apply in LSN order. Everything that can fail for space is reserved before the append, so a
         full disk refuses the write before it is logged; anything else failing after the append marks the
         collection failed (the database reopens it from its files, which replays the logged write)."""
+        return self._log_and_apply_many([(rtype, data, op)], new_rows=new_rows)
+
+    def apply_replicated(self, records: list[tuple[int, int, bytes]]) -> int:
+        """Log (one durable step) and apply a primary's records (lsn, type, bytes; consecutive) at its LSNs
+        (vdb/cluster): the WAL refuses another next LSN, so a replica's log stays a copy. Returns the LSN applied."""
+        self._check_usable()
+        items = [(rtype, data, walcodec.decode(rtype, data)) for _, rtype, data in records]
+        new_rows = sum(len(op.ids) for _, _, op in items if isinstance(op, walcodec.Upsert))
+        return self._log_and_apply_many(items, new_rows=new_rows, first_lsn=records[0][0])
+
+    def _log_and_apply_many(self, items: list, *, new_rows: int = 0, first_lsn: int | None = None) -> int:
         with self._space:
             self._inflight_rows += new_rows
         try:
             try:
                 self.index.reserve_rows(self._inflight_rows)
-                lsn = self.wal.append(rtype, data)
+                lsns = self.wal.append_many([(rtype, data) for rtype, data, _ in items], first_lsn=first_lsn)
+            except LsnMismatchError:
+                raise  # nothing was appended: the replica's caller sent records from the wrong place
             except Exception as e:
                 if is_disk_full(e):
                     raise ResourceExhaustedError(f"collection {self.name!r}: the disk is full, so the write was not "
@@ -150,26 +164,32 @@ class Collection(ReadPath):
                 raise UnavailableError(f"collection {self.name!r}: the write-ahead log failed ({e}); the write "
                                        f"may have been logged; the collection reopens from its files on the next "
                                        f"call, and retrying is safe (upserts and deletes are idempotent)") from e
-            with self._seq:  # apply in LSN order, exactly the order recovery will replay
-                while self.applied_lsn != lsn - 1 and self.failed is None:
-                    self._seq.wait(1.0)
-                if self.failed is not None:
-                    raise UnavailableError(f"collection {self.name!r} failed before this write was applied; the "
-                                           f"write is logged (LSN {lsn}) and is applied as the collection reopens")
-                try:
-                    self._apply(op)
-                except Exception as e:
-                    self._fail(e, f"applying LSN {lsn}")
-                    raise UnavailableError(f"collection {self.name!r}: applying the logged write (LSN {lsn}) "
-                                           f"failed; it is applied again as the collection reopens") from e
-                finally:
-                    if self.failed is None:
-                        self.applied_lsn = lsn
-                    self._seq.notify_all()
-            return lsn
+            for lsn, (rtype, data, op) in zip(lsns, items):
+                self._apply_in_order(lsn, rtype, data, op)
+            return lsns[-1]
         finally:
             with self._space:
                 self._inflight_rows -= new_rows
+
+    def _apply_in_order(self, lsn: int, rtype: int, data: bytes, op) -> None:
+        with self._seq:  # apply in LSN order, exactly the order recovery will replay
+            while self.applied_lsn != lsn - 1 and self.failed is None:
+                self._seq.wait(1.0)
+            if self.failed is not None:
+                raise UnavailableError(f"collection {self.name!r} failed before this write was applied; the "
+                                       f"write is logged (LSN {lsn}) and is applied as the collection reopens")
+            try:
+                self._apply(op)
+            except Exception as e:
+                self._fail(e, f"applying LSN {lsn}")
+                raise UnavailableError(f"collection {self.name!r}: applying the logged write (LSN {lsn}) "
+                                       f"failed; it is applied again as the collection reopens") from e
+            finally:
+                if self.failed is None:
+                    self.applied_lsn = lsn
+                self._seq.notify_all()
+            if self.on_logged is not None:  # still under _seq: listeners see every record in LSN order
+                self.on_logged(lsn, rtype, data)
 
     def _fail(self, exc: BaseException, doing: str) -> None:
         if self._failed is None:
@@ -243,7 +263,7 @@ class Collection(ReadPath):
         """Persist everything applied so far; then let the WAL drop what it covers. Returns the LSN covered."""
         idx = self.index
         with idx.maint_lock:
-            with idx.lock:
+            with self._seq, idx.lock:  # _seq: no apply is between its effects and its applied_lsn
                 fields, arrays = idx.snapshot()
                 lsn = self.applied_lsn
                 arrays["pending"] = self.memtable.rows()

@@ -92,7 +92,7 @@ class MetaStore:
         if not create and not (self.path / "data.mdb").exists():
             raise FormatError(f"{self.path}: no metadata store here (missing data.mdb); is this a vdb directory?")
         self._key = os.path.realpath(self.path)
-        self.env, self._db = acquire(self._key, self.path, readonly, create, map_size)
+        self.env, self._db, self._guard = acquire(self._key, self.path, readonly, create, map_size)
         self._closed = False
 
     def close(self) -> None:
@@ -100,13 +100,18 @@ class MetaStore:
             self._closed = True
             release(self._key)
 
+    def _read(self, **kwargs):
+        """A read transaction, begun once the zero tail is in place (lmdbenv.TailGuard)."""
+        self._guard.ready.wait()
+        return self.env.begin(**kwargs)
+
     def _corrupt(self, detail: str) -> CorruptionError:
         return CorruptionError(self.path / "data.mdb", detail)
 
     # -- reads ------------------------------------------------------------------------------------------
     @names_damage
     def manifest(self) -> dict:
-        with self.env.begin(db=self._db[b"manifest"]) as txn:
+        with self._read(db=self._db[b"manifest"]) as txn:
             raw = txn.get(b"manifest")
         if raw is None:
             raise FormatError(f"{self.path}: metadata store has no manifest (interrupted build?)")
@@ -133,7 +138,7 @@ class MetaStore:
     def read_array(self, name: str, use):
         """use(array) on the stored array `name` read in place from LMDB's mapping, without a copy (the array
         is valid only during the call); returns use's result, or None if there is no such array."""
-        with self.env.begin(db=self._db[b"arrays"], buffers=True) as txn:
+        with self._read(db=self._db[b"arrays"], buffers=True) as txn:
             raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb",
                                 name.encode())
             if raw is None:
@@ -151,7 +156,7 @@ class MetaStore:
         out = np.full(len(ext_ids), -1, np.int64)
         checks = np.zeros(len(ext_ids), np.int64)
         legacy = np.zeros(len(ext_ids), bool)
-        with self.env.begin(db=self._db[b"ext2int"], buffers=True) as txn:
+        with self._read(db=self._db[b"ext2int"], buffers=True) as txn:
             for i, key in enumerate(encode_ids(ext_ids)):
                 v = txn.get(key)
                 if v is None:
@@ -187,14 +192,14 @@ class MetaStore:
     @names_damage
     def payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
         keys = encode_ids(ext_ids)
-        with self.env.begin(db=self._db[b"payloads"], buffers=True) as txn:
+        with self._read(db=self._db[b"payloads"], buffers=True) as txn:
             end = self._mapped_end()
             raws = [value_in_file(txn.get(k), end, self.path / "data.mdb", k) for k in keys]
         return [self._payload(k, r) if r is not None else None for k, r in zip(keys, raws)]
 
     @names_damage
     def iter_payloads(self) -> Iterator[tuple[int, dict]]:
-        with self.env.begin(db=self._db[b"payloads"], buffers=True) as txn:
+        with self._read(db=self._db[b"payloads"], buffers=True) as txn:
             end = self._mapped_end()
             for k, v in txn.cursor():
                 k = bytes(k)
@@ -212,7 +217,7 @@ class MetaStore:
     @names_damage
     def iter_ids(self, chunk: int = 65536) -> Iterator[tuple[int, int]]:
         """Every (external id, row) entry, ascending by id, each checked."""
-        with self.env.begin(db=self._db[b"ext2int"]) as txn:
+        with self._read(db=self._db[b"ext2int"]) as txn:
             cur = txn.cursor()
             more = cur.first()
             while more:
@@ -237,7 +242,7 @@ class MetaStore:
         problems: list[str] = []
         checks = [self.manifest, lambda: list(self.iter_ids()), lambda: sum(1 for _ in self.iter_payloads())]
         try:
-            with self.env.begin(db=self._db[b"arrays"]) as txn:
+            with self._read(db=self._db[b"arrays"]) as txn:
                 names = [bytes(k).decode() for k, _ in txn.cursor()]
         except LMDB_DAMAGE as e:
             names = []
@@ -253,7 +258,7 @@ class MetaStore:
         return problems
 
     def count_ids(self) -> int:
-        with self.env.begin(db=self._db[b"ext2int"]) as txn:
+        with self._read(db=self._db[b"ext2int"]) as txn:
             return txn.stat(self._db[b"ext2int"])["entries"]
 
     def disk_bytes(self) -> int:
@@ -272,8 +277,14 @@ class MetaStore:
     def write(self) -> Iterator["MetaWriter"]:
         """One atomic, durable write transaction."""
         try:
-            with self.env.begin(write=True) as txn:
-                yield MetaWriter(txn, self._db)
+            with self._guard.writer:
+                txn = self.env.begin(write=True)
+                try:
+                    yield MetaWriter(txn, self._db)
+                except BaseException:
+                    txn.abort()
+                    raise
+                self._guard.commit(txn)
         except lmdb.MapFullError as e:
             raise MetaStoreError(f"{self.path}: metadata store is full ({e})",
                                  hint="open with a larger map_size") from e

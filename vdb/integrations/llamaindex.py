@@ -258,8 +258,9 @@ class VdbLlamaVectorStore(BasePydanticVectorStore):
         return None if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """The nodes nearest the query, by its mode (module docstring), restricted to query.node_ids and
-        query.doc_ids (an empty list: nothing) and query.filters."""
+        """The nodes nearest the query, by its mode (module docstring), restricted to query.filters, query.doc_ids
+        (an empty list: nothing) and query.node_ids (an empty list: no restriction, as the qdrant and chroma stores:
+        VectorStoreIndex.as_retriever passes the index's node list, which is empty over a store that keeps text)."""
         mode = Mode(query.mode)
         if mode not in MODES:
             raise vdb.InvalidArgumentError(f"query mode {mode.value!r} is not supported; use one of "
@@ -270,9 +271,9 @@ class VdbLlamaVectorStore(BasePydanticVectorStore):
         if mode in TEXT_MODES + (Mode.HYBRID,) and not text:
             raise vdb.InvalidArgumentError(f"mode {mode.value!r} needs query_str")
         empty = VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-        if query.node_ids == [] or query.doc_ids == [] or not self._exists():
+        if query.doc_ids == [] or not self._exists():
             return empty
-        f = self._filter(query.filters, query.node_ids, query.doc_ids)
+        f = self._filter(query.filters, query.node_ids or None, query.doc_ids)
         k = query.similarity_top_k
         q = None if vector is None else np.asarray(vector, np.float32)
         if mode == Mode.MMR:

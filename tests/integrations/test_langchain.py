@@ -81,6 +81,7 @@ def test_a_hash_collision_is_refused(store, monkeypatch):
     with pytest.raises(vdb.AlreadyExistsError, match="first"):
         store.add_texts(["two"], ids=["second"])
     assert [d.page_content for d in store.get_by_ids(["first"])] == ["one"]
+    assert [d.id for d in store.get_by_ids(["first", "second"])] == ["first"]   # "second" never answers as "first"
 
 
 def test_delete_everything_and_a_store_over_a_server(tmp_path):

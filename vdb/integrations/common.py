@@ -47,11 +47,11 @@ def check_collisions(db, collection: str, rids: np.ndarray, keys: list[str], fie
 
 
 def owned_records(db, collection: str, keys: list[str], field: str) -> list:
-    """The records of these string ids (payload[field] checked, so a colliding id never answers for another), in
-    the order asked; missing ones are left out."""
-    wanted = set(keys)
-    records = db.get(collection, np.array([record_id(k) for k in keys], np.int64))
-    return [r for r in records if (r.payload or {}).get(field) in wanted]
+    """The records of these string ids, in the order asked; missing ones are left out. A record answers only for
+    the id in its payload[field]: two ids that collide on one vdb id never both get it."""
+    records = db.get(collection, np.unique(np.array([record_id(k) for k in keys], np.int64)))
+    by_key = {(r.payload or {}).get(field): r for r in records}
+    return [by_key[k] for k in keys if k in by_key]
 
 
 def to_vdb_filter(spec: dict | None) -> dict | None:

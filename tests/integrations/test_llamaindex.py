@@ -513,6 +513,49 @@ def test_mmr_prefers_diverse_nodes(store):
     assert plain == ["a2", "a"] and mmr == ["a2", "b"]     # "a" is nearly "a2": MMR takes "b" instead
 
 
+def test_get_nodes_by_ids_and_filters(filled):
+    c = MetadataFilters(filters=[F(key="rank", value="c")])
+    assert [n.node_id for n in filled.get_nodes([C, "missing", A])] == [C, A]       # the order asked
+    assert [n.node_id for n in filled.get_nodes([A, B], filters=c)] == [B]
+    assert sorted(n.node_id for n in filled.get_nodes(filters=c)) == sorted([B, C])
+    assert filled.get_nodes([]) == []
+
+
+def test_deletes_and_reads_by_filter_cover_every_page(make_store, monkeypatch):
+    # vdb has no scan: filtered deletes are filtered searches, a page (common.SCAN_PAGE) at a time
+    monkeypatch.setattr(common, "SCAN_PAGE", 40)
+    store = make_store()
+    n = 2 * common.SCAN_PAGE * 4 + 50           # the document "big" has three pages and a bit
+    nodes = [TextNode(text=f"t{i}", id_=f"n{i}", embedding=[1.0, i / n], metadata={"i": i},
+                      relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="big" if i % 4 else "small")})
+             for i in range(n)]
+    store.add(nodes)
+    assert len(store.get_nodes()) == n
+    store.delete("big")
+    left = store.get_nodes()
+    assert sorted(x.node_id for x in left) == sorted(f"n{i}" for i in range(0, n, 4))
+    store.delete_nodes(filters=MetadataFilters(filters=[F(key="i", operator=Op.LT, value=n // 2)]))
+    assert sorted(x.node_id for x in store.get_nodes()) == sorted(f"n{i}" for i in range(0, n, 4) if i >= n // 2)
+
+
+@pytest.mark.slow
+def test_delete_by_document_past_the_exact_filter_path(tmp_path):
+    # more matches than exact_filter_rows (4000) over a built index: the filtered search goes through the ANN index
+    # (and its exact fallback); delete by document must still remove every node of it
+    import numpy as np
+    rng = np.random.default_rng(5)
+    store = VdbLlamaVectorStore(path=str(tmp_path / "big"))
+    vecs = rng.normal(size=(9000, 16))
+    store.add([TextNode(text=f"t{i}", id_=f"n{i}", embedding=vecs[i].tolist(),
+                        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="big" if i % 3 else "small")})
+               for i in range(len(vecs))])
+    store.client.flush(store.collection)
+    store.delete("big")
+    assert store.client.count(store.collection) == 3000
+    assert {n.ref_doc_id for n in store.get_nodes()} == {"small"}
+    store.close()
+
+
 def test_a_hash_collision_is_refused(store, monkeypatch):
     monkeypatch.setattr(common, "record_id", lambda s: 12345)
     store.add([TextNode(text="one", id_="first", embedding=[1.0, 0.0])])

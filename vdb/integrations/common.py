@@ -81,12 +81,13 @@ def found_records(db, collection: str, result) -> list[tuple[Any, float]]:
     return [(found[i], d) for i, d in hits if i in found]
 
 
-def matching_ids(db, collection: str, vdb_filter: dict, *, limit: int = SCAN_PAGE) -> list[int]:
+def matching_ids(db, collection: str, vdb_filter: dict, *, limit: int | None = None) -> list[int]:
     """Up to `limit` ids of live records passing a filter. vdb has no scan: this is a filtered search around an
     arbitrary probe, which is exhaustive because a filtered search returns min(top_k, matches) hits (it finishes
     exactly when the index comes up short: vdb/engine/reads.py)."""
     dim = db.describe_collection(collection)["dim"]
-    res = db.search(collection, np.ones(dim, np.float32), top_k=limit, filter=vdb_filter, use_cache=False)
+    res = db.search(collection, np.ones(dim, np.float32), top_k=limit or SCAN_PAGE, filter=vdb_filter,
+                    use_cache=False)
     return [int(i) for i in res.ids if i >= 0]
 
 

@@ -222,7 +222,8 @@ class VdbLlamaVectorStore(BasePydanticVectorStore):
     def get_nodes(self, node_ids: Optional[List[str]] = None,
                   filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
         """The nodes among node_ids (in the order asked, missing ones left out) that pass filters; with neither,
-        every node (as many as one search may return: the server's max_top_k)."""
+        every node. Without node_ids this is one filtered search of top_k = the collection's count: over more
+        nodes than the server's max_top_k (10,000 by default) vdb refuses it (InvalidArgumentError)."""
         if not self._exists() or node_ids == []:
             return []
         if filters is None and node_ids is not None:

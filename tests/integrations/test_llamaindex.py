@@ -192,6 +192,8 @@ def test_delete_nodes_with_filters_and_ids(filled):
     assert ids(filled) == [A]
     filled.delete_nodes([])                              # an empty list deletes nothing
     assert ids(filled) == [A]
+    filled.delete_nodes()                                # no ids and no filters: every node, as upstream
+    assert ids(filled) == [] and filled.get_nodes() == []
 
 
 # -- vector_stores/test_metadata_filters_logic.py (its _METADATA_BY_ID, evaluated by the store) -----------------

@@ -437,6 +437,20 @@ def test_simple_check_ids(store):
     assert top[0].node.node_id == "node3" and [n.node_id for n in store.get_nodes(["node3"])] == ["node3"]
 
 
+def test_an_index_reopens_from_the_store(tmp_path, server):
+    # upstream test_simple_insert_save / vector_stores test_from_persist_dir: what was indexed is there after the
+    # store is closed and opened again (embedded: the same directory; a server: the same collection, a new client)
+    for kw in ({"path": str(tmp_path / "reopen")}, {"address": server.target, "collection": "reopen"}):
+        first = VdbLlamaVectorStore(**kw)
+        _index(first, [Document(text="\n".join(LINES), id_="doc")])
+        first.close()
+        again = VdbLlamaVectorStore(**kw)
+        top = VectorStoreIndex.from_vector_store(again, embed_model=MockEmbedding()).as_retriever(
+            similarity_top_k=1).retrieve("What?")
+        assert [n.node.get_content() for n in top] == ["This is another test."] and top[0].node.ref_doc_id == "doc"
+        again.close()
+
+
 def test_query_image_node(store):
     # upstream test_retrievers.py test_query_image_node: an ImageNode comes back as an ImageNode
     index = VectorStoreIndex.from_vector_store(store, embed_model=MockEmbedding())
@@ -492,6 +506,12 @@ def test_end_to_end_retrievers_with_filters_and_modes(rag, store):
                                                 filters=not_sea).retrieve("sea fish"))
     sparse = store.query(VectorStoreQuery(query_str="quick fox", mode=Mode.SPARSE, similarity_top_k=1))
     assert [n.ref_doc_id for n in sparse.nodes] == ["d2"]
+    # hybrid_top_k is how many a hybrid query returns, sparse_top_k how many a text query does (LlamaIndex's fields)
+    emb = HashingEmbedding(64).get_query_embedding("night stars")
+    assert len(store.query(VectorStoreQuery(query_str="night stars", query_embedding=emb, mode=Mode.HYBRID,
+                                            similarity_top_k=4, hybrid_top_k=1)).ids) == 1
+    assert len(store.query(VectorStoreQuery(query_str="the", mode=Mode.TEXT_SEARCH, similarity_top_k=1,
+                                            sparse_top_k=3)).ids) == 3
 
 
 def test_async_store_methods(filled):

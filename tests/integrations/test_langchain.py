@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import vdb
-from vdb.integrations import langchain as lc
+from vdb.integrations import common
 from vdb.integrations.langchain import HashingEmbeddings, VdbVectorStore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
@@ -76,11 +76,12 @@ def test_mmr_prefers_diverse_documents(store):
 
 
 def test_a_hash_collision_is_refused(store, monkeypatch):
-    monkeypatch.setattr(lc, "record_id", lambda s: 12345)
+    monkeypatch.setattr(common, "record_id", lambda s: 12345)
     store.add_texts(["one"], ids=["first"])
     with pytest.raises(vdb.AlreadyExistsError, match="first"):
         store.add_texts(["two"], ids=["second"])
     assert [d.page_content for d in store.get_by_ids(["first"])] == ["one"]
+    assert [d.id for d in store.get_by_ids(["first", "second"])] == ["first"]   # "second" never answers as "first"
 
 
 def test_delete_everything_and_a_store_over_a_server(tmp_path):

@@ -20,7 +20,6 @@ Async methods are LangChain's defaults (the sync call in an executor): vdb's API
 """
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any, Iterable, Sequence
 
@@ -31,33 +30,10 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 import vdb
+from vdb.integrations import common
+from vdb.integrations.common import ADD_BATCH, check_collisions, found_records, open_db, owned_records, to_vdb_filter
 
-ADD_BATCH = 1000
 MODES = ("dense", "bm25", "hybrid")
-
-
-def record_id(lc_id: str) -> int:
-    """vdb's integer id of a LangChain string id (stable across processes)."""
-    return int.from_bytes(hashlib.blake2b(lc_id.encode(), digest_size=8).digest(), "little") & ((1 << 63) - 1)
-
-
-def to_vdb_filter(spec: dict | None) -> dict | None:
-    """A LangChain metadata filter in vdb's language: every field name is looked up under `metadata.`."""
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        raise vdb.InvalidArgumentError(f"filter must be a dict in vdb's filter language, got {spec!r}")
-    out = {}
-    for key, value in spec.items():
-        if key in ("$and", "$or"):
-            out[key] = [to_vdb_filter(v) for v in value] if isinstance(value, list) else value
-        elif key == "$not":
-            out[key] = to_vdb_filter(value)
-        elif key.startswith("$"):
-            out[key] = value  # vdb names the unknown operator in its error
-        else:
-            out[f"metadata.{key}"] = value
-    return out
 
 
 class HashingEmbeddings(Embeddings):
@@ -83,12 +59,8 @@ class VdbVectorStore(VectorStore):
     def __init__(self, embedding: Embeddings, *, collection: str = "langchain", path: str | None = None,
                  address: str | None = None, api_key: str | None = None, db: Any = None, metric: str = "cosine",
                  **collection_options: Any):
-        if sum(x is not None for x in (path, address, db)) != 1:
-            raise vdb.InvalidArgumentError("give exactly one of path= (embedded), address= (a server), db=")
+        self.db, self._owned = open_db(path, address, api_key, db)
         self._embedding, self.collection, self.metric = embedding, collection, metric
-        self._owned = db is None
-        self.db = db if db is not None else (vdb.connect(path) if path is not None else
-                                             vdb.Client(address, api_key=api_key))
         self._options = {"text_field": "text", **collection_options}
 
     @property
@@ -123,21 +95,12 @@ class VdbVectorStore(VectorStore):
         keep = sorted(last.values())
         for s in range(0, len(keep), ADD_BATCH):
             part = keep[s: s + ADD_BATCH]
-            rids = np.array([record_id(lc_ids[i]) for i in part], np.int64)
-            self._check_collisions(rids, [lc_ids[i] for i in part])
+            rids = np.array([common.record_id(lc_ids[i]) for i in part], np.int64)
+            check_collisions(self.db, self.collection, rids, [lc_ids[i] for i in part], "lc_id")
             payloads = [{"text": documents[i].page_content, "metadata": dict(documents[i].metadata),
                          "lc_id": lc_ids[i]} for i in part]
             self.db.upsert(self.collection, rids, vectors[part], payloads)
         return lc_ids
-
-    def _check_collisions(self, rids: np.ndarray, lc_ids: list[str]) -> None:
-        if len(set(rids.tolist())) != len(rids):
-            raise vdb.AlreadyExistsError("two ids of one batch hash to the same vdb id; rename one")
-        want = dict(zip(rids.tolist(), lc_ids))
-        for r in self.db.get(self.collection, rids):
-            have = (r.payload or {}).get("lc_id")
-            if have != want[r.id]:
-                raise vdb.AlreadyExistsError(f"id {want[r.id]!r} hashes to vdb id {r.id}, which holds {have!r}")
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
                   **kwargs: Any) -> list[str]:
@@ -156,8 +119,7 @@ class VdbVectorStore(VectorStore):
         if ids is None:
             self.db.drop_collection(self.collection)
             return True
-        rids = np.array([record_id(str(i)) for i in ids], np.int64)
-        mine = [r.id for r in self.db.get(self.collection, rids) if (r.payload or {}).get("lc_id") in set(map(str, ids))]
+        mine = [r.id for r in owned_records(self.db, self.collection, [str(i) for i in ids], "lc_id")]
         if mine:
             self.db.delete(self.collection, np.array(mine, np.int64))
         return True
@@ -167,9 +129,8 @@ class VdbVectorStore(VectorStore):
         """The documents found among `ids`, in the order asked (missing ids are left out)."""
         if not ids or not self._exists():
             return []
-        wanted = [str(i) for i in ids]
-        records = self.db.get(self.collection, np.array([record_id(i) for i in wanted], np.int64))
-        return [self._document(r.payload) for r in records if (r.payload or {}).get("lc_id") in wanted]
+        return [self._document(r.payload) for r in owned_records(self.db, self.collection, [str(i) for i in ids],
+                                                                 "lc_id")]
 
     @staticmethod
     def _document(payload: dict) -> Document:
@@ -187,9 +148,7 @@ class VdbVectorStore(VectorStore):
         else:
             res = self.db.hybrid_search(self.collection, text=query, top_k=k, filter=f,
                                         vector=None if mode == "bm25" else np.asarray(vector, np.float32), **kwargs)
-        keep = [(int(i), float(d)) for i, d in zip(res.ids, res.distances) if i >= 0]
-        found = {r.id: r.payload for r in self.db.get(self.collection, [i for i, _ in keep])} if keep else {}
-        return [(self._document(found[i]), d) for i, d in keep if i in found]
+        return [(self._document(r.payload), d) for r, d in found_records(self.db, self.collection, res)]
 
     def _query_vector(self, query: str, mode: str):
         return None if mode == "bm25" else self._embedding.embed_query(query)

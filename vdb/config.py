@@ -41,7 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("maintenance_batch", 4096, "vectors moved from RAM into postings per maintenance step", _positive),
     Setting("sweep_deleted_fraction", 0.05, "garbage-collect / merge postings after this fraction of rows was "
             "deleted or replaced", _positive),
-    Setting("compact_min_mb", 4.0, "posting-file garbage (old extents) below this never triggers a compaction, "
+    Setting("compact_min_mb", 1.0, "posting-file garbage (old extents) below this never triggers a compaction, "
             "whatever its fraction (a floor, so that small collections do not rewrite their postings over and "
             "over)", _positive),
     Setting("compact_garbage_fraction", 0.3, "rewrite the posting file once its garbage is this fraction of the "

@@ -6,7 +6,9 @@ distribution the index sees drifts as the runbook goes: group g is inserted, the
 vectors under the same ids). After every phase a search step runs the query set and its recall@10 is measured
 against the exact ground truth of the live set at that moment (FlatIndex over exactly the live vectors). The
 writer is the collection's own path (WAL fsync policy, batches of --batch); searches see everything acknowledged
-(no flush before a search step: the unindexed rows are scanned exactly, as a production reader would see them).
+(no flush before a search step: the unindexed rows are scanned exactly, as a production reader would see them;
+--flush-before-search waits until every write is in postings and checkpointed first, so that the recall is the
+index's own, and one maintenance step then reclaims what the checkpoint committed dead).
 
 Reports per phase: the operation, the rows, its wall time, live vectors, recall@10, single-query p50/p99 and the
 collection's disk; and the mean recall over search steps (the track's score), the final recall and total time.
@@ -59,6 +61,7 @@ def main():
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--flush-before-search", action="store_true")
     ap.add_argument("--scratch", default="bench-data/streaming")
     ap.add_argument("--out", default="bench-results/streaming.json")
     args = ap.parse_args()
@@ -101,6 +104,9 @@ def main():
             current[ids] = current[ids] + rng.normal(0, 0.05, (len(ids), args.dim)).astype(np.float32)
             write(ids, current[ids])
         op_s = time.perf_counter() - t
+        if args.flush_before_search:
+            db.flush("s")
+            db.maintain("s")
         # -- search step: recall against the exact answer over exactly the live set
         ids_live = np.flatnonzero(live)
         truth, _ = FlatIndex(current[ids_live], "l2", ids=ids_live).search(q, 10)
@@ -132,6 +138,7 @@ def main():
     result = {
         "benchmark": "bench_streaming", "n": args.n, "dim": args.dim, "groups": args.groups, "batch": args.batch,
         "nprobe": args.nprobe, "durability": "fsync", "queries": args.queries,
+        "flush_before_search": args.flush_before_search,
         "runbook": "clustered: insert group g, delete %.0f%% of group g-2, replace %.0f%% of the live set every "
                    "%d groups" % (100 * args.delete_fraction, 100 * args.replace_fraction, args.replace_every),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},

@@ -23,7 +23,9 @@ import vdb  # noqa: E402
 
 
 def allocated(path: Path) -> dict:
-    """Allocated bytes per top-level entry of the collection directory (directories summed), and the total."""
+    """Allocated bytes per top-level entry of the collection directory (directories summed), and the total.
+    Computed here rather than with storage.fileio.allocated_bytes so that the script also measures main, the
+    peer, which predates it."""
     out = {}
     for entry in sorted(path.iterdir()):
         files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]

@@ -304,6 +304,11 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
             self.stats.extra["rows_reclaimed_bytes"] = self.stats.extra.get("rows_reclaimed_bytes", 0) + freed
             return freed
 
+    def copy_committed(self, dest) -> list[str]:
+        """Copy the files of the last commit into the new directory `dest` (see IndexDir.copy_committed); call
+        under maint_lock right after a commit. Returns the paths written, relative to `dest`."""
+        return self.files.copy_committed(dest)
+
     def repair_postings(self, pending: np.ndarray) -> dict:
         """Operator repair: retire every posting that fails its checksum and put the live rows left in no posting
         (and not `pending` in the caller's memtable) back into postings from their full-precision rows.

@@ -43,6 +43,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def copy_prefix(src: str | os.PathLike, dst: str | os.PathLike, nbytes: int, chunk: int = 8 << 20) -> None:
+    """Copy the first `nbytes` of `src` into the new file `dst` and fsync it (a writer may be appending past
+    `nbytes` meanwhile); OSError if `src` is shorter."""
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        left = nbytes
+        while left > 0:
+            data = fin.read(min(chunk, left))
+            if not data:
+                raise OSError(f"{src}: {nbytes - left} bytes where {nbytes} were expected")
+            fout.write(data)
+            left -= len(data)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
 def fsync_tree(root: str | os.PathLike) -> None:
     """fsync every file and directory below `root` (used before publishing a built directory)."""
     for dirpath, _dirnames, filenames in os.walk(root):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from storage.crashpoints import crashpoint
 from storage.errors import FormatError, InUseError, LockedError
-from storage.fileio import allocated_bytes, fsync_dir
+from storage.fileheader import HEADER_SIZE
+from storage.fileio import allocated_bytes, copy_prefix, fsync_dir
 from storage.lock import DirLock
 from storage.wal.format import SEGMENT_HEADER_SIZE
 from storage.meta import MetaStore
@@ -140,6 +141,27 @@ class IndexDir:
         """Re-read the manifest after a writer that wrote it through the metadata store directly (a build)."""
         self.manifest = self.meta.manifest()
         return self.manifest
+
+    def copy_committed(self, dest: str | os.PathLike) -> list[str]:
+        """Copy what the last commit references into the new directory `dest`: a consistent copy of LMDB, the
+        vector and head rows the manifest counts, the posting file up to its last extent. Returns the paths
+        written, relative to `dest`.
+
+        The caller excludes commits and posting / head writes meanwhile (the index's maint_lock); rows
+        appended to the vector file past the committed count may go on: they are not copied."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=False)
+        if self.manifest.get("postings_file", POSTINGS) != self.postings.path.name:
+            raise FormatError(f"{self.path}: the posting file in use is not the committed one; checkpoint first")
+        (dest / META).mkdir()
+        self.meta.copy_to(dest / META)
+        out = [f"{META}/{p.name}" for p in sorted((dest / META).iterdir())]
+        for src, nbytes in ((self.vectors.path, HEADER_SIZE + self.manifest["n_rows"] * self.vectors.row_size),
+                            (self.heads.path, HEADER_SIZE + self.manifest["n_heads"] * self.heads.row_size),
+                            (self.postings.path, self.postings.file_bytes)):
+            copy_prefix(src, dest / src.name, nbytes)
+            out.append(src.name)
+        return out
 
     def disk_bytes(self) -> dict[str, int]:
         """Logical bytes per file (sparse growth tails excluded)."""

@@ -5,7 +5,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from storage.errors import LockedError
+from storage.errors import CorruptionError, LockedError
 
 LOCK_NAME = "LOCK"
 
@@ -22,6 +22,8 @@ class DirLock:
             if exclusive:
                 raise
             self._fd = os.open(self.path, os.O_RDONLY)  # read-only media: shared locks still work
+        except IsADirectoryError:
+            raise CorruptionError(self.path, "is a directory, not the directory's lock file") from None
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
             fcntl.flock(self._fd, mode | fcntl.LOCK_NB)

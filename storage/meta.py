@@ -14,7 +14,8 @@ numpy pass; it covers the key too, so an entry moved to another key fails. Recor
 (a raw manifest, 4-byte rows, bare JSON payloads) are still read.
 
 Every change of a checkpoint is one LMDB write transaction, so a crash leaves the previous checkpoint whole.
-A data.mdb shorter than its own last page (a truncated file) is refused at open: LMDB would SIGBUS on it.
+A data.mdb shorter than its own last page (a truncated file) is refused at open: LMDB would SIGBUS on it; one too
+short to hold LMDB's two meta pages is refused too (LMDB would take it for a new environment and initialise it).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import io
 import json
 import os
 import struct
-import threading
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,10 +31,10 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from storage.errors import CorruptionError, FormatError, MetaStoreError, TruncatedError
+from storage.errors import CorruptionError, FormatError, MetaStoreError
+from storage.lmdbenv import LMDB_DAMAGE, acquire, mapping_start, names_damage, release, value_in_file
 
 DEFAULT_MAP_SIZE = 256 << 30  # virtual reservation only; the file grows with what is stored
-_SUBDBS = (b"manifest", b"arrays", b"ext2int", b"payloads")
 _U32 = struct.Struct("<I")
 _ROW = struct.Struct("<II")       # row, check
 MANIFEST_MAGIC = b"VDBM1"
@@ -61,55 +61,6 @@ def _payload_record(key: bytes, payload: dict) -> bytes:
 def encode_ids(ids: np.ndarray) -> list[bytes]:
     raw = np.asarray(ids, dtype=np.uint64).astype(">u8").tobytes()
     return [raw[i: i + 8] for i in range(0, len(raw), 8)]
-
-
-# py-lmdb allows one Environment per path and process, so readers of the same directory share it.
-_ENVS: dict[str, list] = {}  # realpath -> [env, dbs, refcount]
-_ENVS_LOCK = threading.Lock()
-
-
-def _acquire(key: str, path: Path, readonly: bool, create: bool, map_size: int):
-    with _ENVS_LOCK:
-        if key in _ENVS:
-            entry = _ENVS[key]
-            entry[2] += 1
-            return entry[0], entry[1]
-        try:
-            # The directory lock (storage.lock) already excludes a concurrent writer, so read-only opens can
-            # skip LMDB's own lock file and work on read-only media.
-            env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_SUBDBS), readonly=readonly,
-                            lock=not readonly, subdir=True, create=create, readahead=False)
-        except lmdb.Error as e:
-            raise CorruptionError(path, f"cannot open LMDB environment: {e}") from e
-        try:
-            _check_size(path, env)
-        except BaseException:
-            env.close()
-            raise
-        try:
-            dbs = {name: env.open_db(name, create=not readonly) for name in _SUBDBS}
-        except lmdb.Error as e:
-            env.close()
-            raise FormatError(f"{path}: metadata store lacks its tables ({e})") from e
-        _ENVS[key] = [env, dbs, 1]
-        return env, dbs
-
-
-def _check_size(path: Path, env) -> None:
-    """LMDB maps data.mdb and would die of SIGBUS reading a page past the end of a truncated file: refuse it."""
-    need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
-    size = (path / "data.mdb").stat().st_size
-    if size < need:
-        raise TruncatedError(path / "data.mdb", f"file has {size} bytes but its pages run to byte {need}")
-
-
-def _release(key: str) -> None:
-    with _ENVS_LOCK:
-        entry = _ENVS[key]
-        entry[2] -= 1
-        if entry[2] == 0:
-            entry[0].close()
-            del _ENVS[key]
 
 
 def _encode_array(a: np.ndarray) -> bytes:
@@ -142,27 +93,35 @@ def _read_npy(body: memoryview) -> np.ndarray:
     return a.reshape(shape, order="F" if fortran else "C")
 
 
+
 class MetaStore:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, create: bool = False,
                  map_size: int = DEFAULT_MAP_SIZE):
         self.path = Path(path)
+        self._map_start: int | None = None  # found on the first checked read (see _mapped_end)
         if not create and not (self.path / "data.mdb").exists():
             raise FormatError(f"{self.path}: no metadata store here (missing data.mdb); is this a vdb directory?")
         self._key = os.path.realpath(self.path)
-        self.env, self._db = _acquire(self._key, self.path, readonly, create, map_size)
+        self.env, self._db, self._guard = acquire(self._key, self.path, readonly, create, map_size)
         self._closed = False
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _release(self._key)
+            release(self._key)
+
+    def _read(self, **kwargs):
+        """A read transaction, begun once the zero tail is in place (lmdbenv.TailGuard)."""
+        self._guard.ready.wait()
+        return self.env.begin(**kwargs)
 
     def _corrupt(self, detail: str) -> CorruptionError:
         return CorruptionError(self.path / "data.mdb", detail)
 
     # -- reads ------------------------------------------------------------------------------------------
+    @names_damage
     def manifest(self) -> dict:
-        with self.env.begin(db=self._db[b"manifest"]) as txn:
+        with self._read(db=self._db[b"manifest"]) as txn:
             raw = txn.get(b"manifest")
         if raw is None:
             raise FormatError(f"{self.path}: metadata store has no manifest (interrupted build?)")
@@ -179,16 +138,19 @@ class MetaStore:
             raise self._corrupt("the manifest is not a JSON object")
         return manifest
 
+    @names_damage
     def get_array(self, name: str) -> np.ndarray | None:
         # Decoded inside the transaction from LMDB's own mapping, so the array is copied once (bytes + slice +
         # read_array made three copies: a 150 MB head index peaked at 450 MB while opening).
         return self.read_array(name, lambda a: a.copy(order="K"))
 
+    @names_damage
     def read_array(self, name: str, use):
         """use(array) on the stored array `name` read in place from LMDB's mapping, without a copy (the array
         is valid only during the call); returns use's result, or None if there is no such array."""
-        with self.env.begin(db=self._db[b"arrays"], buffers=True) as txn:
-            raw = txn.get(name.encode())
+        with self._read(db=self._db[b"arrays"], buffers=True) as txn:
+            raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb",
+                                name.encode())
             if raw is None:
                 return None
             (crc,) = _U32.unpack_from(raw)
@@ -200,12 +162,13 @@ class MetaStore:
                 body = memoryview(zlib.decompress(body[len(ZLIB_MAGIC):]))
             return use(_read_npy(body))
 
+    @names_damage
     def lookup(self, ext_ids: np.ndarray) -> np.ndarray:
         """Internal row id of each external id, -1 where unknown; every entry found is checked."""
         out = np.full(len(ext_ids), -1, np.int64)
         checks = np.zeros(len(ext_ids), np.int64)
         legacy = np.zeros(len(ext_ids), bool)
-        with self.env.begin(db=self._db[b"ext2int"], buffers=True) as txn:
+        with self._read(db=self._db[b"ext2int"], buffers=True) as txn:
             for i, key in enumerate(encode_ids(ext_ids)):
                 v = txn.get(key)
                 if v is None:
@@ -238,20 +201,35 @@ class MetaStore:
         except ValueError as e:
             raise self._corrupt(f"payload of id {struct.unpack('>Q', key)[0]} is not valid JSON ({e})") from e
 
+    @names_damage
     def payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
         keys = encode_ids(ext_ids)
-        with self.env.begin(db=self._db[b"payloads"]) as txn:
-            raws = [txn.get(k) for k in keys]
+        with self._read(db=self._db[b"payloads"], buffers=True) as txn:
+            end = self._mapped_end()
+            raws = [value_in_file(txn.get(k), end, self.path / "data.mdb", k) for k in keys]
         return [self._payload(k, r) if r is not None else None for k, r in zip(keys, raws)]
 
+    @names_damage
     def iter_payloads(self) -> Iterator[tuple[int, dict]]:
-        with self.env.begin(db=self._db[b"payloads"]) as txn:
+        with self._read(db=self._db[b"payloads"], buffers=True) as txn:
+            end = self._mapped_end()
             for k, v in txn.cursor():
-                yield struct.unpack(">Q", k)[0], self._payload(k, v)
+                k = bytes(k)
+                yield struct.unpack(">Q", k)[0], self._payload(k, value_in_file(v, end, self.path / "data.mdb", k))
 
+    def _mapped_end(self) -> tuple[int, int] | None:
+        """(start of LMDB's mapping of data.mdb, the address one past the file's last byte in it): pages past
+        that are not backed by the file. None where /proc/self/maps cannot say (the check is then skipped)."""
+        if self._map_start is None:
+            self._map_start = mapping_start(self.path / "data.mdb")
+        if not self._map_start:
+            return None
+        return self._map_start, self._map_start + os.path.getsize(self.path / "data.mdb")
+
+    @names_damage
     def iter_ids(self, chunk: int = 65536) -> Iterator[tuple[int, int]]:
         """Every (external id, row) entry, ascending by id, each checked."""
-        with self.env.begin(db=self._db[b"ext2int"]) as txn:
+        with self._read(db=self._db[b"ext2int"]) as txn:
             cur = txn.cursor()
             more = cur.first()
             while more:
@@ -275,30 +253,50 @@ class MetaStore:
         """Read and check every record (manifest, arrays, id map, payloads): the violations found. Read-only."""
         problems: list[str] = []
         checks = [self.manifest, lambda: list(self.iter_ids()), lambda: sum(1 for _ in self.iter_payloads())]
-        with self.env.begin(db=self._db[b"arrays"]) as txn:
-            names = [bytes(k).decode() for k, _ in txn.cursor()]
+        try:
+            with self._read(db=self._db[b"arrays"]) as txn:
+                names = [bytes(k).decode() for k, _ in txn.cursor()]
+        except LMDB_DAMAGE as e:
+            names = []
+            problems.append(f"{self.path / 'data.mdb'}: the table of arrays is damaged: {e}")
         checks += [lambda n=n: self.get_array(n) for n in names]
         for check in checks:
             try:
                 check()
             except (CorruptionError, FormatError) as e:
                 problems.append(str(e))
+            except LMDB_DAMAGE as e:
+                problems.append(f"{self.path / 'data.mdb'}: a page of the metadata store is damaged: {e}")
         return problems
 
     def count_ids(self) -> int:
-        with self.env.begin(db=self._db[b"ext2int"]) as txn:
+        with self._read(db=self._db[b"ext2int"]) as txn:
             return txn.stat(self._db[b"ext2int"])["entries"]
 
     def disk_bytes(self) -> int:
         return (self.path / "data.mdb").stat().st_size
+
+    def copy_to(self, directory: str | os.PathLike) -> None:
+        """Write a consistent, compacted copy of the store (as of one read transaction) into the existing,
+        empty `directory` (snapshots: vdb/engine/snapshot.py)."""
+        try:
+            self.env.copy(os.fspath(directory), compact=True)
+        except lmdb.Error as e:
+            raise MetaStoreError(f"{self.path}: copying the metadata store to {directory} failed ({e})") from e
 
     # -- writes -----------------------------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator["MetaWriter"]:
         """One atomic, durable write transaction."""
         try:
-            with self.env.begin(write=True) as txn:
-                yield MetaWriter(txn, self._db)
+            with self._guard.writer:
+                txn = self.env.begin(write=True)
+                try:
+                    yield MetaWriter(txn, self._db)
+                except BaseException:
+                    txn.abort()
+                    raise
+                self._guard.commit(txn)
         except lmdb.MapFullError as e:
             raise MetaStoreError(f"{self.path}: metadata store is full ({e})",
                                  hint="open with a larger map_size") from e

@@ -21,13 +21,14 @@ LONG_MODULES = {
 FORBIDDEN = {
     "storage": {"index", "vdb"},
     "index": {"vdb"},
-    "vdb.query": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli"},
-    "vdb.cache": {"vdb.engine", "vdb.service", "vdb.eval", "vdb.cli"},
-    "vdb.engine": {"vdb.service", "vdb.eval", "vdb.cli"},
-    "vdb.service": {"vdb.engine", "vdb.eval", "vdb.cli"},  # the service works on the VectorDB interface only
-    "vdb.inputs": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli"},
-    "vdb.text": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli", "vdb.integrations"},
-    "vdb.integrations": {"vdb.engine", "vdb.service", "vdb.eval", "vdb.cli"},  # the public API only
+    "vdb.query": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli", "vdb.cluster"},
+    "vdb.cache": {"vdb.engine", "vdb.service", "vdb.eval", "vdb.cli", "vdb.cluster"},
+    "vdb.engine": {"vdb.service", "vdb.eval", "vdb.cli", "vdb.cluster"},
+    "vdb.service": {"vdb.engine", "vdb.eval", "vdb.cli", "vdb.cluster"},  # the VectorDB interface only
+    "vdb.inputs": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli", "vdb.cluster"},
+    "vdb.text": {"vdb.engine", "vdb.cache", "vdb.service", "vdb.eval", "vdb.cli", "vdb.integrations", "vdb.cluster"},
+    "vdb.integrations": {"vdb.engine", "vdb.service", "vdb.eval", "vdb.cli", "vdb.cluster"},  # the public API only
+    "vdb.cluster": {"vdb.eval", "vdb.cli", "vdb.integrations"},  # on top of engine and service, beside eval
 }
 GRPC_ALLOWED = ("vdb/service/", "vdb/v1/", "vdb/errors.py")  # vdb/errors.py: the status codes errors carry
 

@@ -155,7 +155,10 @@ def build(input_path, out_dir, metric, ids_path, dataset, head_ratio, max_replic
 @click.option("--out", "out_prefix", help="Write PREFIX.ids.npy (int64 [nq, k]) and PREFIX.dist.npy.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads searching the batch.")
 @click.option("--latency", is_flag=True, help="Also time each query alone (p50 / p99 / mean; after one warm-up).")
-def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_prefix, threads, latency):
+@click.option("--memory-budget-mb", "budget_mb", type=float,
+              help=f"Serve from disk within this much RAM (O_DIRECT batch reads, a posting cache; "
+                   f"default {SETTING['memory_budget_mb'].default}: mmap and the page cache).")
+def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_prefix, threads, latency, budget_mb):
     """Search an index with a file of queries; write the answers, print a JSON summary.
 
     All queries run as one batch (QPS in the summary); --latency also runs each alone. Benchmarks against peers
@@ -171,12 +174,15 @@ def search(index_dir, queries_path, top_k, nprobe, eps, rerank_k, dataset, out_p
     queries = np.asarray(open_vectors(queries_path, dataset=dataset), dtype=np.float32)
     knobs = {k: v for k, v in (("nprobe", nprobe), ("eps", eps), ("rerank_k", rerank_k)) if v is not None}
     report: dict = {"queries": len(queries), "top_k": top_k, "threads": threads}
-    with SpannIndex.open(index_dir) as idx:
+    budget_mb = SETTING["memory_budget_mb"].default if budget_mb is None else budget_mb
+    with SpannIndex.open(index_dir, memory_budget_mb=budget_mb or None) as idx:
         t = time.perf_counter()
         ids, dists = idx.search(queries, top_k, threads=threads, **knobs)
         report["batch_qps"] = round(len(queries) / (time.perf_counter() - t), 1)
         if latency:
             report.update(_latency(idx, queries, top_k, knobs))
+        if idx.disk is not None:
+            report["device_reads"] = idx.disk.io_stats()
     if out_prefix:
         np.save(f"{out_prefix}.ids.npy", ids)
         np.save(f"{out_prefix}.dist.npy", dists)
@@ -338,6 +344,15 @@ def _register_evaluator() -> None:
 
 
 _register_evaluator()
+
+
+def _register_cluster() -> None:
+    from vdb.cluster.commands import cluster_group, restore_command, snapshot_command
+    for command in (cluster_group, snapshot_command, restore_command):
+        cli.add_command(command)
+
+
+_register_cluster()
 
 
 def main() -> None:

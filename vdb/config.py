@@ -59,9 +59,10 @@ SETTINGS: tuple[Setting, ...] = (
             "hybrid_search; empty: no text index", lambda v: v == "" or all(p for p in v.split("."))),
     Setting("text_commit_interval_s", 1.0, "how often new texts move from RAM into the on-disk text index "
             "(they are searchable at once either way)", _positive),
-    Setting("memory_budget_mb", 0.0, "RAM an index served from disk may use: its resident structures plus a cache "
-            "of the postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query "
-            "(SpannIndex.open(memory_budget_mb=...)). 0: read through mmap and the kernel's page cache",
+    Setting("memory_budget_mb", 0.0, "RAM a built index served read-only from disk may use (vdbctl search "
+            "--memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident structures plus a cache of the "
+            "postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query. 0: read "
+            "through mmap and the kernel's page cache. Collections (which change) always read through mmap",
             lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),

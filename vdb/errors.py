@@ -9,6 +9,7 @@ import grpc
 from index.errors import InvalidParameterError, InvalidVectorsError
 from storage.errors import (CorruptionError, DiskFullError, FormatError, InUseError, LockedError, MetaStoreError,
                             StorageError, TruncatedError, is_disk_full)
+from storage.lmdbenv import LMDB_DAMAGE
 
 
 class VdbError(Exception):
@@ -80,10 +81,11 @@ class InternalError(VdbError):
 
 
 # Lower-layer error type -> public error type. First match wins, so subclasses come before their bases.
-TRANSLATION: tuple[tuple[type[BaseException], type[VdbError]], ...] = (
+TRANSLATION: tuple[tuple[type[BaseException] | tuple, type[VdbError]], ...] = (
     (InvalidVectorsError, InvalidArgumentError),
     (InvalidParameterError, InvalidArgumentError),
     (TruncatedError, DataLossError),
+    (LMDB_DAMAGE, DataLossError),
     (CorruptionError, DataLossError),
     (FormatError, FailedPreconditionError),
     (LockedError, UnavailableError),

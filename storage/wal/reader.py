@@ -32,6 +32,10 @@ class WalFailedError(StorageError):
     hint = "fix the cause (disk full, I/O error), then reopen the log: recovery keeps every durable record"
 
 
+class LsnMismatchError(ValueError):
+    """An append that had to start at a given LSN (replication) found the log at another."""
+
+
 @dataclass(frozen=True, slots=True)
 class WalRecord:
     lsn: int
@@ -49,11 +53,13 @@ class _Segment:
 
 class _Damage(Exception):
     """Bytes that do not form a valid record or header. `kind` drives recovery:
-    "record" may be a torn write, "header" may be a torn segment creation, "hard" and "gap" never are."""
+    "record" may be a torn write, "header" may be a torn segment creation, "hard" and "gap" never are.
+    `cut_short`: the file ends inside the record or header, so bytes that were there may be gone."""
 
-    def __init__(self, offset: int, length: int, reason: str, kind: str = "record"):
+    def __init__(self, offset: int, length: int, reason: str, kind: str = "record", *, cut_short: bool = False):
         super().__init__(reason)
         self.offset, self.length, self.reason, self.kind = offset, length, reason, kind
+        self.cut_short = cut_short
 
 
 def encode_segment_header(first_lsn: int) -> bytes:
@@ -64,7 +70,8 @@ def encode_segment_header(first_lsn: int) -> bytes:
 def _parse_segment_header(path: str, head: bytes) -> int:
     """First LSN of a segment; `_Damage` for a short or unreadable header, FormatError for a newer version."""
     if len(head) < SEGMENT_HEADER_SIZE:
-        raise _Damage(0, len(head), f"segment header is {len(head)} of {SEGMENT_HEADER_SIZE} bytes", "header")
+        raise _Damage(0, len(head), f"segment header is {len(head)} of {SEGMENT_HEADER_SIZE} bytes", "header",
+                      cut_short=True)
     body = head[:SEGMENT_HEADER.size]
     (crc,) = RECORD_CRC.unpack_from(head, SEGMENT_HEADER.size)
     if crc != zlib.crc32(body):
@@ -105,7 +112,8 @@ def _iter_records(fs: FileSystem, path: str, start: int, end: int) -> Iterator[t
     while pos < end:
         left = end - pos
         if left < RECORD_HEADER_SIZE:
-            raise _Damage(pos, left, f"incomplete record header ({left} of {RECORD_HEADER_SIZE} bytes)")
+            raise _Damage(pos, left, f"incomplete record header ({left} of {RECORD_HEADER_SIZE} bytes)",
+                          cut_short=True)
         head = reader.get(pos, RECORD_HEADER_SIZE)
         (crc,) = RECORD_CRC.unpack_from(head)
         length, lsn, rtype = RECORD_BODY.unpack_from(head, RECORD_CRC.size)
@@ -113,7 +121,8 @@ def _iter_records(fs: FileSystem, path: str, start: int, end: int) -> Iterator[t
             raise _Damage(pos, left, f"record length {length} exceeds the {MAX_PAYLOAD}-byte limit")
         total = RECORD_HEADER_SIZE + length
         if total > left:
-            raise _Damage(pos, left, f"record of {total} bytes runs past the end of the file ({left} bytes left)")
+            raise _Damage(pos, left, f"record of {total} bytes runs past the end of the file ({left} bytes left)",
+                          cut_short=True)
         rec = reader.get(pos, total)
         if zlib.crc32(rec[RECORD_CRC.size:]) != crc:
             raise _Damage(pos, total, "record checksum mismatch")

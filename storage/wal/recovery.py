@@ -6,7 +6,9 @@ Covered damage: the caller says which LSNs its checkpoint covers (`covered_lsn`)
 affected LSN is <= covered_lsn costs nothing: the damaged segment and those before it are dropped (their records
 are all in the checkpoint), or, inside the segment that also holds needed records, the valid records after the
 damage are copied into a fresh segment first. The bound on the affected LSNs is exact: a damaged region of B bytes
-holds at most B // RECORD_HEADER_SIZE records, and a later segment's name says where its records begin.
+holds at most B // RECORD_HEADER_SIZE records, and a later segment's name says where its records begin. A last
+segment that ends inside a covered record was cut short: the bytes it lost cannot be counted, so that is never
+covered damage.
 """
 from __future__ import annotations
 
@@ -172,6 +174,11 @@ def _covered_damage(fs: FileSystem, directory: str, seg: _Segment, damage: _Dama
                     damage.offset, later[0][0] - 1, covered_lsn, len(older))
         _drop(fs, directory, older + [seg.path])
         return _Segment("", later[0][0], later[0][0] - 1, 0)  # the caller scans the next segment next
+    if damage.cut_short:
+        # The file ends inside a record (or header) the checkpoint covers, which was durable (a checkpoint syncs
+        # the log first): the file was cut short, and what followed, records the checkpoint may not cover, left
+        # no bytes to count. Never a torn write: reported, or repaired on request.
+        return None
     tail = _valid_tail(fs, seg, damage) if damage.kind == "record" else None
     lost_up_to = tail[1] - 1 if tail else seg.last_lsn + (fs.size(seg.path) - damage.offset) // RECORD_HEADER_SIZE
     if lost_up_to > covered_lsn:

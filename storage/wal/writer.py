@@ -30,13 +30,12 @@ from storage.wal.encoding import check_record, put_record
 from storage.wal.format import (CONSUMERS_FILE, DEFAULT_SEGMENT_BYTES, NONE_BUFFER_BYTES, RECORD_HEADER_SIZE,
                                 SEGMENT_HEADER_SIZE, segment_name)
 from storage.wal.fs import File, FileSystem, RealFS
-from storage.wal.reader import (WalCorruptionError, WalFailedError, WalRecord, _Segment, encode_segment_header,
-                                segment_records)
+from storage.wal.reader import (LsnMismatchError, WalCorruptionError, WalFailedError, WalRecord, _Segment,
+                                encode_segment_header, segment_records)
 from storage.wal.recovery import _recover
 from storage.wal.rolling import RollingLog
 
 log = logging.getLogger(__name__)
-
 POLICIES = ("fsync", "batch", "none")
 RESERVE_CHUNK = 1 << 20  # a segment's blocks are allocated ahead in steps of this many bytes
 
@@ -132,9 +131,9 @@ class WriteAheadLog(RollingLog):
         """Append one record; return its LSN once it is durable under the policy."""
         return self.append_many([(rtype, payload)])[0]
 
-    def append_many(self, records: Iterable[tuple[int, bytes]]) -> list[int]:
+    def append_many(self, records: Iterable[tuple[int, bytes]], *, first_lsn: int | None = None) -> list[int]:
         """Append records with consecutive LSNs in one durable step (one write, one fsync under "fsync").
-
+        `first_lsn` (replication): the LSN the first must get, else LsnMismatchError and nothing is appended.
         Not atomic across a crash: if it has not returned, any prefix of the records may survive."""
         items = [check_record(rtype, payload) for rtype, payload in records]
         if not items:
@@ -155,6 +154,8 @@ class WriteAheadLog(RollingLog):
                     self._rotators -= 1
                     self._cond.notify_all()
             first = self._last_lsn + 1
+            if first_lsn is not None and first_lsn != first:
+                raise LsnMismatchError(f"{self.directory}: the next LSN is {first}, not {first_lsn}")
             for (rtype, payload), size in zip(items, sizes):
                 if self._rotation_needed([size]):
                     self._rotate()
@@ -396,20 +397,22 @@ class WriteAheadLog(RollingLog):
                 self._save({**self._consumers, name: start})
             return self._consumers[name]
 
-    def mark_applied(self, name: str, lsn: int) -> None:
-        """Record that consumer `name` no longer needs records with LSN <= lsn (persisted atomically).
-
-        The log is fsync'd up to `lsn` first, so an applied LSN never points past the durable end of the log."""
+    def mark_applied(self, name: str, lsn: int, *, back: bool = False) -> None:
+        """Record that consumer `name` no longer needs records with LSN <= lsn (persisted atomically). The log is
+        fsync'd up to `lsn` first, so an applied LSN never points past the durable end of the log.
+        `back` (repair only, logged): the mark claimed more than the consumer applied and goes back to `lsn`."""
         with self._meta_lock:
             if name not in self._consumers:
                 raise KeyError(f"unknown WAL consumer {name!r}; call register_consumer first")
             current, value = self._consumers[name], as_int(lsn)
-            if value is None or value < current or value > self.last_lsn:
+            if value is None or (value < current and not back) or value > self.last_lsn:
                 raise ValueError(f"applied LSN for {name!r} must be an int in [{current}, {self.last_lsn}] "
                                  f"(it cannot go back, nor past the last LSN), got {lsn!r}")
             lsn = value
             if lsn == current:
                 return
+            if lsn < current:
+                log.error("WAL REPAIR: %s: consumer %r set back from LSN %d to %d", self.directory, name, current, lsn)
             if lsn > self.durable_lsn:
                 self.sync()
             self._save({**self._consumers, name: lsn})
@@ -421,9 +424,8 @@ class WriteAheadLog(RollingLog):
         self._consumers = consumers
 
     def purge(self) -> int:
-        """Delete the oldest whole segments whose records every consumer has applied; return bytes freed.
-
-        Never deletes the active segment nor one a running replay still reads; with no consumer, nothing."""
+        """Delete the oldest whole segments whose records every consumer has applied; return bytes freed. Never
+        deletes the active segment nor one a running replay still reads; with no consumer, nothing."""
         with self._meta_lock:  # held throughout: a consumer registered meanwhile must not start in a victim
             if not self._consumers:
                 return 0

@@ -68,6 +68,13 @@ def test_search_writes_ids_and_distances_and_prints_latency(data):
     ids, dist = np.load(tmp / "res.ids.npy"), np.load(tmp / "res.dist.npy")
     assert ids.shape == (7, 3) and ids.dtype == np.int64 and dist.dtype == np.float32
     assert (ids[:, 0] == np.arange(7)).all()  # each query is a base vector: it finds itself first
+    # the same search served from disk within a memory budget reads the device and finds the same nearest
+    code, out = _run("search", tmp / "s", "--queries", tmp / "q.npy", "--top-k", 3, "--out", tmp / "disk",
+                     "--memory-budget-mb", 32)
+    assert code == 0, out
+    reads = json.loads(out)["device_reads"]
+    assert reads["postings"]["reads"] > 0 and reads["rows"]["reads"] > 0
+    assert (np.load(tmp / "disk.ids.npy")[:, 0] == np.arange(7)).all()
 
 
 def test_info_prints_counts_sizes_and_parameters(data):
@@ -112,6 +119,7 @@ def _bad(tmp, x):
     (["build", "{t}/b.npy", "--out", "{t}/o8", "--set", "nonsense=1"], "unknown build parameter"),
     (["search", "{t}/s", "--queries", "{t}/q_wrong_dim.npy"], "dimension 5"),
     (["search", "{t}/s", "--queries", "{t}/q.npy", "--top-k", "0"], "k must be"),
+    (["search", "{t}/s", "--queries", "{t}/q.npy", "--memory-budget-mb", "-1"], "memory_budget_mb must be"),
     (["search", "{t}/nowhere", "--queries", "{t}/q.npy"], "no such index directory"),
     (["info", "{t}"], "no metadata store"),
 ])

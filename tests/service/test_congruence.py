@@ -61,10 +61,12 @@ def test_every_implementation_has_the_protocols_exact_signatures():
     """The embedded Database, the gRPC Client and the Router take the same arguments, with the same names,
     kinds and defaults, for every method of vdb.api.VectorDB."""
     import inspect
+    from vdb.cluster.replicadb import ReplicaDB
+    from vdb.cluster.routing import ReplicatedRouter
     from vdb.service.router import Router
     methods = _protocol_methods()
     assert {"upsert", "delete", "search", "get", "create_collection", "flush", "close"} <= set(methods)
-    for cls in (vdb.Database, vdb.Client, Router):
+    for cls in (vdb.Database, vdb.Client, Router, ReplicatedRouter, ReplicaDB):
         for name, want in methods.items():
             got = list(inspect.signature(getattr(cls, name)).parameters.values())
             expect = list(want.parameters.values())

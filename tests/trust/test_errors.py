@@ -98,7 +98,7 @@ def test_searching_a_new_empty_collection_returns_no_results(server):
 
 
 @pytest.mark.parametrize("knobs", [dict(eps=float("nan")), dict(nprobe=True), dict(nprobe=2.5), dict(eps="wide"),
-                                   dict(rerank_k=-1), dict(nprobe=0)])
+                                   dict(rerank_k=-1), dict(nprobe=-1)])
 def test_bad_knobs_are_invalid_argument_embedded_and_remote(server, knobs):
     with server.client() as c:
         with pytest.raises(vdb.InvalidArgumentError):

@@ -18,9 +18,10 @@ import uuid
 import zlib
 from pathlib import Path
 
-from storage.errors import CorruptionError
+from storage.errors import CorruptionError, InUseError
 from storage.fileio import atomic_write_bytes, fsync_dir
-from vdb.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from storage.indexdir import check_replaceable
+from vdb.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CATALOG = "catalog.json"
@@ -52,12 +53,25 @@ def _load(path: Path) -> dict[str, dict]:
     return entries
 
 
+def _check_none_lost(root: Path) -> None:
+    """A data directory without a catalog is new, or was left by a crash in its first create_collection: its
+    collections/ holds no collection that was ever served (served ones have a write-ahead log). Anything else
+    means the catalog was lost, and opening would show no collections where there are some."""
+    served = sorted(p.parent.name for p in (root / "collections").glob("*/wal") if p.is_dir())
+    if served:
+        raise CorruptionError(root / CATALOG, f"missing, but {root / 'collections'} holds {len(served)} "
+                                              f"collection(s) that were served ({', '.join(served[:5])}): restore "
+                                              f"the catalog from a backup; nothing was changed")
+
+
 class Catalog:
     def __init__(self, root: Path, *, create: bool = True):
         self.root = root
         if create:
             (root / "collections").mkdir(parents=True, exist_ok=True)
         path = root / CATALOG
+        if not path.exists():
+            _check_none_lost(root)
         self._entries: dict[str, dict] = _load(path) if path.exists() else {}
 
     @classmethod
@@ -84,6 +98,12 @@ class Catalog:
             raise AlreadyExistsError(f"collection {name!r} already exists")
         path = self.root / "collections" / name
         if path.exists():  # left over by a crash between directory creation and catalog update
+            try:
+                check_replaceable(path)
+            except InUseError:
+                raise FailedPreconditionError(f"{path} holds a collection's data (its write-ahead log has records) "
+                                              f"that the catalog does not list: nothing was deleted; move it away, "
+                                              f"or restore the catalog that lists it") from None
             self._trash(path)
         return path
 

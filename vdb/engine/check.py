@@ -39,15 +39,33 @@ def check_collection(c) -> dict:
     postings_ok = checked.pop("postings_ok")
     with idx.maint_lock, idx.lock:
         state, int2ext = idx.state.copy(), idx.int2ext.copy()
-        reached = idx.reachable_rows(state) if postings_ok else np.zeros(len(state), bool)
-        reached[c.memtable.rows()] = True
-        violations += _row_invariants(state, int2ext, reached, c.meta_ids(), c.live)
-        mapped = c.rows_of(int2ext[is_live(state)].astype(np.int64)) if is_live(state).any() else np.zeros(0)
-        wrong = np.nonzero(is_live(state))[0][mapped != np.nonzero(is_live(state))[0]]
-        if len(wrong):
-            violations.append(f"{len(wrong)} ids map to a row other than their live row (first row {wrong[0]})")
+        reached = _reached(idx, state, postings_ok, c.memtable.rows())
+        live = is_live(state)
+        try:  # a damaged id-map entry stops the walk: it is reported (verify() named it), never raised
+            violations += _row_invariants(state, int2ext, reached, c.meta_ids(), c.live)
+            mapped = c.rows_of(int2ext[live].astype(np.int64)) if live.any() else np.zeros(0)
+        except Exception as e:  # noqa: BLE001 - whatever stops the walk is a finding
+            violations.append(translate(e).message)
+        else:
+            wrong = np.nonzero(live)[0][mapped != np.nonzero(live)[0]]
+            if len(wrong):
+                violations.append(f"{len(wrong)} ids map to a row other than their live row (first row {wrong[0]})")
         checked.update(_counts(state, reached, len(c.memtable)))
-    return {"collection": c.name, "ok": not violations, "violations": violations, "checked": checked}
+    return {"collection": c.name, "ok": not violations, "violations": _unique(violations), "checked": checked}
+
+
+def _reached(idx, state, postings_ok: bool, pending) -> np.ndarray | None:
+    """Rows with a valid posting record or pending; None when a posting fails its checksum (its records cannot
+    be trusted to say which rows it holds, so reachability is not judged)."""
+    if not postings_ok:
+        return None
+    reached = idx.reachable_rows(state)
+    reached[np.asarray(pending, np.int64)] = True
+    return reached
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 def check_stored(path, name: str | None = None) -> dict:
@@ -64,16 +82,15 @@ def check_stored(path, name: str | None = None) -> dict:
         violations, checked = idx.verify()
         postings_ok = checked.pop("postings_ok")
         state, int2ext = idx.state, idx.int2ext
-        reached = idx.reachable_rows(state) if postings_ok else np.zeros(len(state), bool)
-        pending = idx.committed_array("pending")
-        if pending is not None and len(pending):
-            reached[pending.astype(np.int64)] = True
-        try:
+        try:  # every walk below stops at damage verify() already named: reported, never raised
+            pending = idx.committed_array("pending")
+            pending = np.zeros(0, np.int64) if pending is None else pending.astype(np.int64)
             ids = list(idx.iter_committed_ids())
             payload_ids = [e for e, _ in idx.iter_committed_payloads()]
-        except Exception as e:  # noqa: BLE001 - already reported by verify(); the walk cannot go on
-            ids, payload_ids = None, []
+        except Exception as e:  # noqa: BLE001 - whatever stops the walk is a finding
+            pending, ids, payload_ids = None, None, []
             violations.append(translate(e).message)
+        reached = _reached(idx, state, postings_ok and pending is not None, pending)
         if ids is not None:
             violations += _row_invariants(state, int2ext, reached, ids, int(is_live(state).sum()))
             violations += _stored_id_map(state, int2ext, ids, payload_ids)
@@ -83,14 +100,14 @@ def check_stored(path, name: str | None = None) -> dict:
                        violations)
     finally:
         idx.close()
-    report.update(violations=violations, checked=checked, ok=not violations)
+    report.update(violations=_unique(violations), checked=checked, ok=not violations)
     return report
 
 
 def _row_invariants(state, int2ext, reached, id_items, live_count: int) -> list[str]:
     out = []
     live = is_live(state)
-    unreachable = np.nonzero(live & ~reached)[0]
+    unreachable = np.nonzero(live & ~reached)[0] if reached is not None else []
     if len(unreachable):
         out.append(f"{len(unreachable)} live rows are in no posting and not pending (first: "
                    f"{unreachable[:5].tolist()})")
@@ -126,7 +143,7 @@ def _stored_id_map(state, int2ext, ids, payload_ids) -> list[str]:
 def _counts(state, reached, pending: int) -> dict:
     live = is_live(state)
     return {"live_rows": int(live.sum()), "rows": len(state), "pending": int(pending),
-            "reachable_live": int((live & reached).sum())}
+            "reachable_live": int((live & reached).sum()) if reached is not None else None}
 
 
 def _check_wal(wal_dir: Path, checkpoint_lsn: int, dim: int, report: dict, checked: dict,
@@ -140,10 +157,16 @@ def _check_wal(wal_dir: Path, checkpoint_lsn: int, dim: int, report: dict, check
     if last < checkpoint_lsn:
         violations.append(f"{wal_dir}: the log ends at LSN {last} but the checkpoint covers {checkpoint_lsn}: "
                           f"log files were removed or replaced")
-    consumers = load_consumers(RealFS(), os.path.join(wal_dir, CONSUMERS_FILE))
+    path = os.path.join(wal_dir, CONSUMERS_FILE)
+    try:
+        consumers = load_consumers(RealFS(), path)
+    except Exception as e:  # noqa: BLE001 - a damaged consumers file is a finding, the rest is still checked
+        consumers = {}
+        violations.append(translate(e).message)
     if consumers.get(WAL_CONSUMER, 0) > checkpoint_lsn:
-        violations.append(f"{wal_dir}: the log was purged up to LSN {consumers[WAL_CONSUMER]}, beyond the "
-                          f"checkpoint at {checkpoint_lsn}: records the checkpoint does not cover are gone")
+        violations.append(f"{path}: the index consumer is marked as having applied LSN {consumers[WAL_CONSUMER]}, "
+                          f"beyond the checkpoint at {checkpoint_lsn}: the file is damaged, or the metadata store "
+                          f"is older than the log, and records up to that LSN may have been purged")
     if not info.get("records_readable"):
         report["notes"].append("records after the checkpoint were not decoded (recovery would rewrite the log)")
         return

@@ -24,8 +24,8 @@ from index.distance import as_matrix, prepare_base
 from index.mutable import MutableSpannIndex
 from index.rowstate import is_live
 from storage.errors import is_disk_full
-from storage.wal import WriteAheadLog
-from storage.wal.format import MAX_PAYLOAD as WAL_RECORD_LIMIT
+from storage.wal import LsnMismatchError, WriteAheadLog
+from storage.wal.format import CONSUMERS_FILE, MAX_PAYLOAD as WAL_RECORD_LIMIT
 from vdb.cache import SemanticCache
 from vdb.config import COLLECTION_SETTINGS
 from vdb.engine import walcodec
@@ -58,6 +58,7 @@ class Collection(ReadPath):
         self._failed: BaseException | None = None
         self._closed = False
         self.changed_rows = 0                         # rows deleted or replaced since opening (only grows)
+        self.on_logged = None                         # replication (vdb/cluster): fn(lsn, rtype, data) per record
         self.applied_lsn = int(index.manifest.get("checkpoint_lsn", 0))
         self.checkpoint_lsn = self.applied_lsn
         self.live = int(is_live(index.state).sum())  # from the checksummed state array, not a manifest number
@@ -65,21 +66,45 @@ class Collection(ReadPath):
                                  batch_delay_ms=settings["batch_delay_ms"],
                                  segment_bytes=int(settings["wal_segment_mb"]) << 20,
                                  repair=bool(settings.get("wal_repair", False)), covered_lsn=self.checkpoint_lsn)
-        self.wal.register_consumer(CONSUMER)
+        applied = self.wal.register_consumer(CONSUMER)
         self.text = textsearch.open_text_index(self.path, settings)  # text index: vdb/engine/textsearch.py
-        self._recover()
+        try:
+            self._check_log(applied)
+            self._recover()
+        except BaseException:
+            self.wal.close()
+            raise
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
         self.maintainer.start()
 
     # -- recovery ---------------------------------------------------------------------------------------
+    def _check_log(self, applied: int) -> None:
+        """The log must hold every record after the checkpoint, and its consumer mark (what the log may purge)
+        must not claim more than the checkpoint covers: either one failing means a damaged consumers file or a
+        metadata store older than its log (restored from a copy), and guessing would lose acknowledged writes."""
+        meta, marks, first = self.path / "meta" / "data.mdb", self.path / "wal" / CONSUMERS_FILE, \
+            self.wal.stats()["first_lsn"]
+        if self.wal.last_lsn < self.checkpoint_lsn:
+            raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
+                                f"{self.checkpoint_lsn}; WAL files were removed or replaced")
+        if first > self.checkpoint_lsn + 1:
+            raise DataLossError(f"{self.path / 'wal'}: the log starts at LSN {first} but the checkpoint in {meta} "
+                                f"covers only LSN {self.checkpoint_lsn}: records {self.checkpoint_lsn + 1}.."
+                                f"{first - 1} were purged (is the metadata store older than its log?)")
+        if applied <= self.checkpoint_lsn:
+            return
+        if not self.settings.get("wal_repair", False):
+            raise DataLossError(f"{marks}: the index is marked as having applied LSN {applied}, but the checkpoint "
+                                f"in {meta} covers only LSN {self.checkpoint_lsn}: one of the two is damaged or was "
+                                f"restored from an older copy (`vdbctl repair` sets the mark back when the log "
+                                f"still holds every record after the checkpoint)")
+        self.wal.mark_applied(CONSUMER, self.checkpoint_lsn, back=True)
+
     def _recover(self) -> None:
         pending = self.index.committed_array("pending")
         if pending is not None and len(pending):
             self.memtable.add(pending.astype(np.int64), self.index.vectors_of(pending))
-        if self.wal.last_lsn < self.checkpoint_lsn:
-            raise DataLossError(f"{self.path}: the WAL ends at LSN {self.wal.last_lsn} but the checkpoint covers "
-                                f"{self.checkpoint_lsn}; WAL files were removed or replaced")
         textsearch.recover(self.text, self.index)  # text index: up to the checkpoint, before the replay
         replayed = 0
         for rec in self.wal.replay(self.checkpoint_lsn):
@@ -112,12 +137,25 @@ class Collection(ReadPath):
         """Log, then apply in LSN order. Everything that can fail for space is reserved before the append, so a
         full disk refuses the write before it is logged; anything else failing after the append marks the
         collection failed (the database reopens it from its files, which replays the logged write)."""
+        return self._log_and_apply_many([(rtype, data, op)], new_rows=new_rows)
+
+    def apply_replicated(self, records: list[tuple[int, int, bytes]]) -> int:
+        """Log (one durable step) and apply a primary's records (lsn, type, bytes; consecutive) at its LSNs
+        (vdb/cluster): the WAL refuses another next LSN, so a replica's log stays a copy. Returns the LSN applied."""
+        self._check_usable()
+        items = [(rtype, data, walcodec.decode(rtype, data)) for _, rtype, data in records]
+        new_rows = sum(len(op.ids) for _, _, op in items if isinstance(op, walcodec.Upsert))
+        return self._log_and_apply_many(items, new_rows=new_rows, first_lsn=records[0][0])
+
+    def _log_and_apply_many(self, items: list, *, new_rows: int = 0, first_lsn: int | None = None) -> int:
         with self._space:
             self._inflight_rows += new_rows
         try:
             try:
                 self.index.reserve_rows(self._inflight_rows)
-                lsn = self.wal.append(rtype, data)
+                lsns = self.wal.append_many([(rtype, data) for rtype, data, _ in items], first_lsn=first_lsn)
+            except LsnMismatchError:
+                raise  # nothing was appended: the replica's caller sent records from the wrong place
             except Exception as e:
                 if is_disk_full(e):
                     raise ResourceExhaustedError(f"collection {self.name!r}: the disk is full, so the write was not "
@@ -126,26 +164,32 @@ class Collection(ReadPath):
                 raise UnavailableError(f"collection {self.name!r}: the write-ahead log failed ({e}); the write "
                                        f"may have been logged; the collection reopens from its files on the next "
                                        f"call, and retrying is safe (upserts and deletes are idempotent)") from e
-            with self._seq:  # apply in LSN order, exactly the order recovery will replay
-                while self.applied_lsn != lsn - 1 and self.failed is None:
-                    self._seq.wait(1.0)
-                if self.failed is not None:
-                    raise UnavailableError(f"collection {self.name!r} failed before this write was applied; the "
-                                           f"write is logged (LSN {lsn}) and is applied as the collection reopens")
-                try:
-                    self._apply(op)
-                except Exception as e:
-                    self._fail(e, f"applying LSN {lsn}")
-                    raise UnavailableError(f"collection {self.name!r}: applying the logged write (LSN {lsn}) "
-                                           f"failed; it is applied again as the collection reopens") from e
-                finally:
-                    if self.failed is None:
-                        self.applied_lsn = lsn
-                    self._seq.notify_all()
-            return lsn
+            for lsn, (rtype, data, op) in zip(lsns, items):
+                self._apply_in_order(lsn, rtype, data, op)
+            return lsns[-1]
         finally:
             with self._space:
                 self._inflight_rows -= new_rows
+
+    def _apply_in_order(self, lsn: int, rtype: int, data: bytes, op) -> None:
+        with self._seq:  # apply in LSN order, exactly the order recovery will replay
+            while self.applied_lsn != lsn - 1 and self.failed is None:
+                self._seq.wait(1.0)
+            if self.failed is not None:
+                raise UnavailableError(f"collection {self.name!r} failed before this write was applied; the "
+                                       f"write is logged (LSN {lsn}) and is applied as the collection reopens")
+            try:
+                self._apply(op)
+            except Exception as e:
+                self._fail(e, f"applying LSN {lsn}")
+                raise UnavailableError(f"collection {self.name!r}: applying the logged write (LSN {lsn}) "
+                                       f"failed; it is applied again as the collection reopens") from e
+            finally:
+                if self.failed is None:
+                    self.applied_lsn = lsn
+                self._seq.notify_all()
+            if self.on_logged is not None:  # still under _seq: listeners see every record in LSN order
+                self.on_logged(lsn, rtype, data)
 
     def _fail(self, exc: BaseException, doing: str) -> None:
         if self._failed is None:
@@ -160,6 +204,8 @@ class Collection(ReadPath):
         with idx.lock:
             old = self.rows_of(op.ids)
             had = old >= 0
+            if isinstance(op, walcodec.Delete) and not had.all():
+                self.idmap.confirm_absent(op.ids[~had], idx.state)
             if had.any():
                 idx.delete_rows(old[had])
             n_old = int(had.sum())
@@ -217,7 +263,7 @@ class Collection(ReadPath):
         """Persist everything applied so far; then let the WAL drop what it covers. Returns the LSN covered."""
         idx = self.index
         with idx.maint_lock:
-            with idx.lock:
+            with self._seq, idx.lock:  # _seq: no apply is between its effects and its applied_lsn
                 fields, arrays = idx.snapshot()
                 lsn = self.applied_lsn
                 arrays["pending"] = self.memtable.rows()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -166,6 +167,33 @@ class Database:
             self.catalog.add(name, Path(index_path).resolve())
             self._collections[name] = self._open_collection(name)
             return self.describe_collection(name)
+
+    @public
+    def adopt_collection(self, name: str, fill) -> dict:
+        """Create collection `name` from files: `fill(path)` writes a complete collection directory (index files
+        and a WAL: a restored snapshot, vdb/engine/snapshot.py) at the new path; then it is opened and served."""
+        check_name(name)
+        with self._mutex:
+            if name in self.catalog:
+                raise AlreadyExistsError(f"collection {name!r} already exists")
+            path = self.catalog.new_path(name)
+            try:
+                fill(path)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+            self.catalog.add(name, path)
+            try:
+                self._collections[name] = self._open_collection(name)
+            except BaseException:
+                self.catalog.remove(name)  # and its files: a directory that does not open is not served
+                raise
+            return self.describe_collection(name)
+
+    @public
+    def collection(self, name: str) -> Collection:
+        """The open Collection object, for engine-level tools (snapshots, replication in vdb/cluster)."""
+        return self._get(name)
 
     @public
     def list_collections(self) -> list[str]:
@@ -329,7 +357,7 @@ def check_path(path: str | os.PathLike) -> list[dict]:
     from vdb.engine.check import check_stored
     path = Path(path)
     try:
-        if (path / CATALOG).exists():
+        if (path / CATALOG).exists() or (path / "collections").is_dir():  # a data directory
             with DirLock(path, exclusive=False):
                 catalog = Catalog.read(path)
                 return [check_stored(catalog.path_of(n), n) for n in catalog.names()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from index.rowstate import is_live
 from storage.errors import CorruptionError
 
 _MISSING = object()
@@ -39,6 +40,18 @@ class IdMap:
             self._cross_check(ext_ids[miss], committed)
             out[miss] = committed
         return out
+
+    def confirm_absent(self, ext_ids: np.ndarray, state: np.ndarray) -> None:
+        """Ids the map does not know must be on no live row. LMDB pages carry no checksum: a damaged key can hide
+        an entry, and a delete that trusted the miss would leave the id live. Costs one pass over the rows, paid
+        only by deletes of unknown ids."""
+        int2ext = self._index.int2ext
+        live = np.nonzero(is_live(state))[0]
+        hidden = live[np.isin(np.asarray(int2ext[live], np.int64), ext_ids)]
+        if len(hidden):
+            raise CorruptionError(self._index.path / "meta" / "data.mdb",
+                                  f"id {int(int2ext[hidden[0]])} is on live row {int(hidden[0])} but the id map "
+                                  f"has no entry for it ({len(hidden)} such ids): the id map is damaged")
 
     def _cross_check(self, ext_ids: np.ndarray, rows: np.ndarray) -> None:
         """A committed entry must point at a row that carries the same external id (the per-row id array is

@@ -128,7 +128,7 @@ def search_params(top_k, nprobe=None, rerank_k=None, eps=None, filter=None, use_
     for name, v in (("top_k", top_k), ("nprobe", nprobe), ("rerank_k", rerank_k)):
         if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))):
             raise InvalidArgumentError(f"{name} must be an integer, got {v!r}")
-        low = 0 if name == "rerank_k" else 1  # 0 would travel as "not set": the engine's default
+        low = 0 if name in ("rerank_k", "nprobe") else 1  # 0 is "automatic" in the engine and on the wire alike
         if v is not None and not low <= int(v) < (1 << 32):
             raise InvalidArgumentError(f"{name} must be an integer in [{low}, 2**32), got {v!r}")
     if eps is not None and (isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.number))):

@@ -71,13 +71,16 @@ class ClusterConfig:
 
 
 class Router:
-    """The VectorDB interface over shard servers. Stateless: any number of routers may front the same shards."""
+    """The VectorDB interface over shard servers. Stateless: any number of routers may front the same shards.
 
-    def __init__(self, config: ClusterConfig):
+    `shards`: one object per shard with the VectorDB methods, instead of a Client per address in the config
+    (vdb/cluster/routing.py passes replica groups that fail over; config.shards then only names them)."""
+
+    def __init__(self, config: ClusterConfig, shards: list | None = None):
         self.config = config
         # No client-side retries: a shard that is down is reported at once (and searched around if allowed).
-        self._shards = [Client(a, api_key=config.api_key or None, timeout=config.timeout_s, retries=0)
-                        for a in config.shards]
+        self._shards = shards if shards is not None else [
+            Client(a, api_key=config.api_key or None, timeout=config.timeout_s, retries=0) for a in config.shards]
         self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(config.shards)), thread_name_prefix="vdb-route")
 
     # -- plumbing ---------------------------------------------------------------------------------------

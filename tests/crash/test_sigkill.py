@@ -161,7 +161,7 @@ def test_two_hundred_kills_lose_no_acknowledged_write(zygote, tmp_path):
     assert seen["crash_points"] >= 30
 
 
-CHURN_POINTS = ["compact-written:1", "compact:1", "reclaim-rows:1", "reclaim-rows:3", "wal-roll:1", "wal-roll:4",
+CHURN_POINTS = ["compact-written:1", "compact:1", "reclaim-rows:1", "reclaim-rows:3", "wal-roll:1", "wal-roll:2",
                 "checkpoint-after-meta:3"]
 
 

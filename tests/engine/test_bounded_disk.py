@@ -72,9 +72,9 @@ def test_an_idle_log_is_rolled_and_purged_once_checkpointed(tmp_path):
     db = vdb.connect(tmp_path / "d", **CHURN)
     try:
         db.create_collection("c", dim=DIM, **OPTIONS)
-        _round(db, np.random.default_rng(1), np.arange(1500))  # ~0.4 MB of records: the active segment only
+        _round(db, np.random.default_rng(1), np.arange(2500))  # ~0.65 MB of records: the active segment only
         wal = tmp_path / "d" / "collections" / "c" / "wal"
-        assert allocated_bytes(wal) > 300_000
+        assert allocated_bytes(wal) > 600_000
         db.flush("c")
         assert allocated_bytes(wal) < 64 << 10  # an empty active segment and the consumers file
         st = db.stats("c")

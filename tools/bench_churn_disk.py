@@ -70,7 +70,8 @@ def main():
         for s in range(0, args.ids, args.batch):
             db.upsert("c", ids[s: s + args.batch], x[s: s + args.batch])
         if r == args.rounds - 1:
-            db.delete("c", ids[::2])
+            for s in range(0, args.ids, 2 * args.batch):
+                db.delete("c", ids[s: s + 2 * args.batch: 2])
         db.flush("c")
         db.maintain("c")
         rounds.append({"round": r + 1, "disk": allocated(coll), "live": db.count("c")})

@@ -24,6 +24,7 @@ import numpy as np
 from index.assign import select_heads
 from index.centroids import HeadIndex
 from index.clustering import hierarchical_heads
+from index.epochs import ReadEpochs
 from index.distance import head_space
 from index.quantize import Int8Quantizer
 from index.rebalance import Rebalancing
@@ -68,6 +69,8 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         self._excluded = self._retired_mask()
         self._pending_file: tuple[str, int] | None = None   # a compacted posting file not yet checkpointed
         self._old_store: PostingStore | None = None         # the store a compaction replaced
+        self.epochs = ReadEpochs()                          # readers hold one while they may read a row
+        self._reclaimable: tuple[np.ndarray, int] | None = None  # (committed dead rows, epoch) for reclaim_rows
 
     @classmethod
     def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
@@ -221,6 +224,7 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
                     new.add_postings(lists, [max(len(r) + len(r) // 4 + 1, 1) for r in lists])
                 pid = run
             new.sync()
+            crashpoint("compact-written")  # the new file is complete but unnamed by any commit: it is removed
             self.files.sync_names()  # the new file's name is durable before any commit names it
             before, after = old.file_bytes, new.file_bytes
             replaced = self.files.swap_postings(new)
@@ -277,7 +281,28 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         """Make a checkpoint durable: the data files are fsync'd, then one LMDB transaction stores the manifest,
         the arrays (those of snapshot() and any of the caller's own) and the caller's id map and payload changes.
         id_puts: (ext ids, rows); id_deletes: ext ids; payload_puts: (ext ids, list of dict or None)."""
+        epoch = self.epochs.advance()  # readers from now on see at least the snapshot's deletes
         self.files.commit(manifest, arrays, id_puts=id_puts, id_deletes=id_deletes, payload_puts=payload_puts)
+        if "state" in arrays:
+            dead = ~is_live(arrays["state"])
+            pending = arrays.get("pending")
+            if pending is not None and len(pending):
+                dead[np.asarray(pending, np.int64)] = False  # recovery reads pending rows back into RAM
+            self._reclaimable = (dead, epoch)
+
+    def reclaim_rows(self) -> int:
+        """Free the blocks of the vector file that hold only rows dead in the last commit, once no search that
+        could have seen them alive is still running (index/epochs.py). Row numbers do not change; returns the
+        bytes freed (0 if there is nothing to do yet). Maintenance thread, under maint_lock."""
+        with self.maint_lock:
+            if self._reclaimable is None or not self.epochs.quiet_since(self._reclaimable[1]):
+                return 0
+            dead, _ = self._reclaimable
+            self._reclaimable = None
+            crashpoint("reclaim-rows")
+            freed = self.files.vectors.reclaim(dead)
+            self.stats.extra["rows_reclaimed_bytes"] = self.stats.extra.get("rows_reclaimed_bytes", 0) + freed
+            return freed
 
     def copy_committed(self, dest) -> list[str]:
         """Copy the files of the last commit into the new directory `dest` (see IndexDir.copy_committed); call
@@ -300,10 +325,11 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
             log.warning("repair: retired %d damaged postings %s; re-indexed %d rows", len(bad), bad[:10], len(lost))
             return {"damaged_postings": bad, "rows_reindexed": int(len(lost))}
 
-    def compaction_due(self, min_bytes: float) -> bool:
-        """True when the posting file's garbage exceeds min_bytes and half the file (see compact_postings)."""
+    def compaction_due(self, min_bytes: float, fraction: float) -> bool:
+        """True when the posting file's garbage exceeds both min_bytes (a floor, so that small files do not
+        churn) and `fraction` of the file (see compact_postings)."""
         store = self.files.postings
-        return store.garbage_bytes() > max(min_bytes, store.file_bytes // 2)
+        return store.garbage_bytes() > max(min_bytes, fraction * store.file_bytes)
 
     def close(self) -> None:
         """Release the files (and the posting file a compaction replaced)."""
@@ -311,6 +337,13 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
             self._old_store.close()
             self._old_store = None
         super().close()
+
+    def disk_usage(self) -> dict:
+        """Allocated bytes per file of the directory (and "total"), and the garbage: dead rows (those whose
+        blocks are still allocated count in the vector file) and posting bytes no live extent uses."""
+        dead = int(len(self.state) - is_live(self.state).sum())
+        return {"files": self.files.allocated_bytes(),
+                "garbage": {"dead_rows": dead, "posting_bytes": self.files.postings.garbage_bytes()}}
 
     def maintenance_stats(self) -> dict:
         """Counters of the maintenance work (splits, merges, reassignments, ...) and posting-file garbage."""

@@ -67,6 +67,7 @@ def fsync_tree(root: str | os.PathLike) -> None:
 
 
 FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file size
+FALLOC_FL_PUNCH_HOLE = 2  # linux/falloc.h: free the blocks of a range (it reads as zeros); needs KEEP_SIZE
 _RENAME_EXCHANGE = 2
 _libc = None
 
@@ -111,6 +112,36 @@ def reserve_space(fd: int, offset: int, length: int, *, keep_size: bool = False)
             return False
         raise
     return True
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free the blocks of [offset, offset + length) (fallocate PUNCH_HOLE | KEEP_SIZE): the range reads as zeros
+    and the file keeps its size. False (nothing freed) where the file system cannot punch holes."""
+    global _libc
+    if length <= 0:
+        return True
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = _libc.fallocate
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if fn(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def allocated_bytes(path: str | os.PathLike) -> int:
+    """Bytes the file system really holds for `path` (st_blocks * 512: holes and sparse tails excluded); a
+    directory is the sum over the files below it; 0 if it does not exist."""
+    p = Path(path)
+    try:
+        if not p.is_dir():
+            return p.stat().st_blocks * 512
+        return sum(f.stat().st_blocks * 512 for f in p.rglob("*") if f.is_file())
+    except FileNotFoundError:
+        return 0
 
 
 def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, *, overwrite: bool = False) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from storage.crashpoints import crashpoint
 from storage.errors import FormatError, InUseError, LockedError
 from storage.fileheader import HEADER_SIZE
-from storage.fileio import copy_prefix, fsync_dir
+from storage.fileio import allocated_bytes, copy_prefix, fsync_dir
 from storage.lock import DirLock
 from storage.wal.format import SEGMENT_HEADER_SIZE
 from storage.meta import MetaStore
@@ -167,6 +167,13 @@ class IndexDir:
         """Logical bytes per file (sparse growth tails excluded)."""
         return {VECTORS: self.vectors.nbytes, HEADS: self.heads.nbytes, POSTINGS: self.postings.file_bytes,
                 META: self.meta.disk_bytes()}
+
+    def allocated_bytes(self) -> dict[str, int]:
+        """Bytes the device holds for each entry of the directory (st_blocks: holes of reclaimed rows and sparse
+        growth tails excluded; a directory such as meta/ or wal/ is the sum of its files), and their "total"."""
+        out = {f.name: allocated_bytes(f) for f in sorted(self.path.iterdir())}
+        out["total"] = sum(out.values())
+        return out
 
     def swap_postings(self, new: PostingStore) -> PostingStore:
         """Serve from `new` from now on; returns the old store (the caller closes it). The switch becomes

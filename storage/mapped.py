@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.fileio import reserve_space
+from storage.fileio import punch_hole, reserve_space
 
 GROW_CHUNK = 64 << 20  # grow files in 64 MiB sparse steps so appends rarely remap
 
@@ -60,6 +60,15 @@ class MappedFile:
         """Allocate real blocks for [offset, offset + length), growing the file if needed, so that writes there
         cannot fail for space (DiskFullError now instead). The mapping follows at the next ensure_size."""
         reserve_space(self.fd, offset, length)
+
+    def punch(self, offset: int, length: int) -> bool:
+        """Free the blocks of [offset, offset + length) (block-aligned: a partial block would be zeroed, not
+        freed); readers of the mapping see zeros there from now on. False if the file system cannot."""
+        return punch_hole(self.fd, offset, length)
+
+    def allocated_bytes(self) -> int:
+        """Bytes of real blocks the file holds (holes and the sparse growth tail excluded)."""
+        return os.fstat(self.fd).st_blocks * 512
 
     def pwrite(self, data, offset: int) -> None:
         view = memoryview(data).cast("B")

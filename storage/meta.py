@@ -38,6 +38,8 @@ DEFAULT_MAP_SIZE = 256 << 30  # virtual reservation only; the file grows with wh
 _U32 = struct.Struct("<I")
 _ROW = struct.Struct("<II")       # row, check
 MANIFEST_MAGIC = b"VDBM1"
+ZLIB_MAGIC = b"VDBZ"  # a compressed array's body (a .npy image starts with b"\x93NUMPY", never with this)
+ZLIB_MIN, ZLIB_PROBE = 256 << 10, 64 << 10  # arrays this large are probed; the probe is this many bytes
 PAYLOAD_MAGIC = b"\x01"
 _ID_WEIGHTS = np.array([1, 3, 5], np.uint64)  # odd weights: any change of one word changes the sum
 _ID_SALT = np.uint64(0x85EBCA6B)
@@ -62,9 +64,17 @@ def encode_ids(ids: np.ndarray) -> list[bytes]:
 
 
 def _encode_array(a: np.ndarray) -> bytes:
+    """CRC-32 + the .npy image, or, for a large array that compresses to under half (the per-row state and id
+    arrays of a collection whose rows are mostly dead: long runs of -1 and of the deleted bit), CRC-32 +
+    ZLIB_MAGIC + zlib(.npy image). Without this the arrays of rows ever written, rewritten by every checkpoint,
+    made LMDB the largest file of a collection under overwrite churn (issue 13)."""
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
     body = buf.getvalue()
+    if len(body) >= ZLIB_MIN and len(zlib.compress(body[:ZLIB_PROBE], 1)) < ZLIB_PROBE // 2:
+        packed = zlib.compress(body, 1)  # zlib releases the GIL while it works
+        if len(packed) < len(body) // 2:
+            body = ZLIB_MAGIC + packed
     return _U32.pack(zlib.crc32(body)) + body
 
 
@@ -148,6 +158,8 @@ class MetaStore:
             if zlib.crc32(body) != crc:
                 raise CorruptionError(self.path / "data.mdb", f"stored array {name!r} fails its checksum",
                                       length=len(body))
+            if body[: len(ZLIB_MAGIC)] == ZLIB_MAGIC:
+                body = memoryview(zlib.decompress(body[len(ZLIB_MAGIC):]))
             return use(_read_npy(body))
 
     @names_damage

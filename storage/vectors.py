@@ -24,6 +24,7 @@ VERSION = 1
 ROW_SALT = 0x9E3779B1  # the row-index term of the checksum (also used by index/kernels.py)
 _MASK32 = np.uint64(0xFFFFFFFF)
 RESERVE_ROWS_BYTES = 4 << 20  # rows are allocated ahead of the writes in steps of about this many bytes
+BLOCK = 4096  # the file system block a hole is punched in: only blocks holding dead rows alone are freed
 
 
 def row_bytes(dim: int) -> int:
@@ -50,6 +51,7 @@ class VectorFile:
         self.path = mapped.path
         self.row_size = row_bytes(dim)
         self._reserved_rows = rows  # rows whose blocks are known to be allocated (see reserve)
+        self._punched = np.zeros(0, bool)  # per file block: freed by reclaim (this process; a reopen redoes it)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     @classmethod
@@ -109,6 +111,39 @@ class VectorFile:
             ahead = rows
         self._reserved_rows = ahead
 
+    def reclaim(self, dead: np.ndarray) -> int:
+        """Free the blocks that hold only rows marked in `dead` (bool per row [0, len(dead))), by punching holes
+        (the file keeps its size and every row its number). Returns the bytes newly freed.
+
+        The caller guarantees that no dead row is read again (a punched row reads as zeros and fails its
+        checksum), and that `dead` is committed: a crash must never bring a punched row back to life. Blocks
+        that also hold a live row, or a row past len(dead), are kept."""
+        n = min(len(dead), self.rows)
+        end_block = (HEADER_SIZE + n * self.row_size) // BLOCK
+        if end_block <= HEADER_SIZE // BLOCK:
+            return 0
+        b = np.arange(HEADER_SIZE // BLOCK, end_block, dtype=np.int64)
+        first = (b * BLOCK - HEADER_SIZE) // self.row_size
+        last = ((b + 1) * BLOCK - 1 - HEADER_SIZE) // self.row_size
+        live_before = np.concatenate([[0], np.cumsum(~np.asarray(dead[:n], bool), dtype=np.int64)])
+        free = live_before[last + 1] == live_before[first]
+        if len(self._punched) < end_block:
+            self._punched = np.concatenate([self._punched, np.zeros(end_block - len(self._punched), bool)])
+        todo = np.zeros(end_block + 1, bool)
+        todo[b] = free & ~self._punched[b]
+        edges = np.flatnonzero(np.diff(todo.astype(np.int8)))  # run starts (0 -> 1) and ends (1 -> 0)
+        freed = 0
+        for start, stop in zip(edges[0::2] + 1, edges[1::2] + 1):
+            if not self._file.punch(int(start) * BLOCK, int(stop - start) * BLOCK):
+                return freed  # the file system cannot punch holes: keep the rows
+            self._punched[start:stop] = True
+            freed += int(stop - start) * BLOCK
+        return freed
+
+    def allocated_bytes(self) -> int:
+        """Bytes of real blocks on the device (holes of reclaimed rows and the growth tail excluded)."""
+        return self._file.allocated_bytes()
+
     def set_rows(self, rows: int) -> None:
         """Declare the number of valid rows (recovery rolls back to the manifest's count)."""
         self.rows = rows
@@ -149,8 +184,11 @@ class VectorFile:
         raise CorruptionError(self.path, f"checksum mismatch in vector row {row}",
                               offset=HEADER_SIZE + row * self.row_size, length=self.row_size)
 
-    def verify(self, chunk: int = 65536) -> list[int]:
-        """Return every row whose checksum fails (used by `vdbctl check`)."""
+    def verify(self, chunk: int = 65536, skip: np.ndarray | None = None) -> list[int]:
+        """Return every row whose checksum fails (used by `vdbctl check`), except rows marked in `skip` (bool per
+        row: dead rows, whose blocks reclaim may have freed)."""
+        if skip is not None:
+            return [r for r in self.verify(chunk) if not (r < len(skip) and skip[r])]
         bad: list[int] = []
         m = self.matrix()
         for start in range(0, self.rows, chunk):

@@ -7,6 +7,10 @@ insert throughput, search p50/p99 idle vs during the updates, recall@10 after th
 build of the same final data (same search parameters), posting-length distribution before and after.
 
     python tools/bench_updates.py --n 1000000 --out bench-results/updates-1m.json
+
+--rate paces the writer (vectors/s, 0: as fast as it goes), the way a production writer arrives; the report
+then says whether the acknowledged rate was held and whether indexing kept up (the backlog it left).
+--gil-switch-ms overrides the process-wide setting of that name.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import vdb  # noqa: E402
 
 vdb.tune_process()  # process-wide settings, as `vdbctl serve` applies them
 from index import BuildParams, FlatIndex, SpannIndex, build_index, recall_at_k  # noqa: E402
+from vdb.config import load_settings  # noqa: E402
 from vdb.inputs.synthetic import clustered, clustered_queries  # noqa: E402
 
 
@@ -43,7 +48,7 @@ def latencies(db, name, queries, nprobe, stop=None, limit=None):
 
 def pct(a):
     return {"p50_ms": round(float(np.percentile(a, 50)) * 1e3, 3), "p99_ms": round(float(np.percentile(a, 99)) * 1e3, 3),
-            "n": int(len(a))}
+            "p999_ms": round(float(np.percentile(a, 99.9)) * 1e3, 3), "n": int(len(a))}
 
 
 def main():
@@ -55,7 +60,13 @@ def main():
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--scratch", default="bench-data/updates")
     ap.add_argument("--out", default="bench-results/updates.json")
+    ap.add_argument("--rate", type=float, default=0.0, help="paced writer: vectors/s (0: unpaced)")
+    ap.add_argument("--gil-switch-ms", type=float, default=None)
+    ap.add_argument("--maintenance-batch", type=int, default=None)
     args = ap.parse_args()
+    if args.gil_switch_ms is not None:
+        vdb.tune_process(load_settings({"gil_switch_ms": args.gil_switch_ms}))
+    options = {"maintenance_batch": args.maintenance_batch} if args.maintenance_batch else {}
     scratch = Path(args.scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -69,7 +80,7 @@ def main():
     build_s = time.perf_counter() - t
     with SpannIndex.open(scratch / "bulk") as idx:
         before = idx.info()["posting_lengths"]
-    db = vdb.connect(scratch / "data", durability="fsync")
+    db = vdb.connect(scratch / "data", durability="fsync", **options)
     new_ids = np.arange(n0, args.n)
     ins_batches = np.array_split(new_ids, max(1, len(new_ids) // args.batch))
 
@@ -94,8 +105,13 @@ def main():
     searcher.start()
     del_batches = np.array_split(deleted, max(1, len(deleted) // args.batch))
     t = time.perf_counter()
-    backlog_max = 0
+    backlog_max, sent = 0, 0
     for i, ids in enumerate(ins_batches):
+        if args.rate:
+            wait = t + sent / args.rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        sent += len(ids)
         db.upsert("c", ids, x[ids])
         if i < len(del_batches):
             db.delete("c", del_batches[i])
@@ -124,7 +140,8 @@ def main():
         fresh_lengths = fresh.info()["posting_lengths"]
     result = {
         "benchmark": "bench_updates", "n": args.n, "dim": args.dim, "batch": args.batch, "nprobe": args.nprobe,
-        "durability": "fsync", "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+        "durability": "fsync", "target_rate_vps": args.rate, "gil_switch_interval_ms": sys.getswitchinterval() * 1e3,
+        "maintenance_batch": args.maintenance_batch, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "loadavg_end": os.getloadavg()},
         "bulk_build_s": round(build_s, 1),
         "inserted": int(len(new_ids)), "deleted": int(len(deleted)),
@@ -135,6 +152,7 @@ def main():
         "ops_wall_s": round(ack_s, 2), "drain_wall_s": round(drained_s, 2), "max_backlog_rows": backlog_max,
         "search_idle": pct(idle), "search_during_updates": pct(busy),
         "p99_ratio_busy_vs_idle": round(float(np.percentile(busy, 99) / np.percentile(idle, 99)), 2),
+        "p999_ratio_busy_vs_idle": round(float(np.percentile(busy, 99.9) / np.percentile(idle, 99.9)), 2),
         "recall_after_updates": round(online_recall, 4), "recall_fresh_build": round(fresh_recall, 4),
         "recall_gap_points": round(100 * (fresh_recall - online_recall), 2),
         "posting_lengths_before": before, "posting_lengths_after": after, "posting_lengths_fresh": fresh_lengths,

@@ -41,8 +41,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("maintenance_batch", 4096, "vectors moved from RAM into postings per maintenance step", _positive),
     Setting("sweep_deleted_fraction", 0.05, "garbage-collect / merge postings after this fraction of rows was "
             "deleted or replaced", _positive),
-    Setting("compact_min_mb", 64.0, "rewrite the posting file when its garbage (old extents) exceeds this and "
-            "half the file", _positive),
+    Setting("compact_min_mb", 1.0, "posting-file garbage (old extents) below this never triggers a compaction, "
+            "whatever its fraction (a floor, so that small collections do not rewrite their postings over and "
+            "over)", _positive),
+    Setting("compact_garbage_fraction", 0.3, "rewrite the posting file once its garbage is this fraction of the "
+            "file (and over compact_min_mb): the file stays within about 1 / (1 - fraction) of its live bytes",
+            lambda v: 0 < v < 1),
     Setting("write_timeout_s", 60.0, "how long a throttled writer waits before RESOURCE_EXHAUSTED", _positive),
     Setting("faiss_threads", 1, "OpenMP threads faiss may use for head search (process-wide: tune_process). 1: "
             "concurrency comes from parallel requests; OpenMP spin-waiting on a busy machine costs milliseconds per query",
@@ -96,7 +100,8 @@ BY_NAME = {s.name: s for s in SETTINGS}
 # Stored with each collection (its manifest) and changeable per collection at creation:
 COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
-                       "compact_min_mb", "write_timeout_s", "cache_mb", "cache_error_budget", "cache_shadow_rate",
+                       "compact_min_mb", "compact_garbage_fraction", "write_timeout_s", "cache_mb",
+                       "cache_error_budget", "cache_shadow_rate",
                        "text_field", "text_commit_interval_s")
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.

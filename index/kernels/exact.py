@@ -62,14 +62,18 @@ def merge_topk(r1, d1, r2, d2, k, out_r, out_d):
 
 @njit(nogil=True, cache=True, fastmath=True)
 def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d):
-    """Exact top-k of a few rows (the memtable between maintenance steps): kernel distances (squared L2 or
-    -dot) computed directly, dead rows skipped, ties to the earlier row. Fills out_r / out_d [nq, k]."""
+    """Exact top-k of the memtable rows for a few queries: kernel distances (squared L2 or -dot) computed
+    directly, dead rows skipped, ties to the earlier row. Fills out_r / out_d [nq, k]. One pass per query
+    keeping the k best in a sorted buffer (no [nq, n] distance matrix, no BLAS threads), without the GIL: a
+    search scanning tens of thousands of unindexed rows no longer stalls, or is stalled by, the writer and
+    the maintenance thread (issue 13)."""
     n, dim = vecs.shape
-    d = np.empty(n, np.float64)
+    best_d = np.empty(max(k, 1), np.float64)
+    best_i = np.empty(max(k, 1), np.int64)
     for q in range(qs.shape[0]):
+        filled = 0
         for i in range(n):
             if dead[i]:
-                d[i] = np.inf
                 continue
             acc = 0.0
             if is_l2:
@@ -79,11 +83,19 @@ def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d):
             else:
                 for j in range(dim):
                     acc -= vecs[i, j] * qs[q, j]
-            d[i] = acc
-        order = np.argsort(d, kind="mergesort")
+            if filled == k and acc >= best_d[k - 1]:
+                continue  # not better than the k-th (a tie keeps the earlier row)
+            pos = filled if filled < k else k - 1
+            while pos > 0 and best_d[pos - 1] > acc:
+                if pos < k:
+                    best_d[pos], best_i[pos] = best_d[pos - 1], best_i[pos - 1]
+                pos -= 1
+            best_d[pos], best_i[pos] = acc, i
+            if filled < k:
+                filled += 1
         for j in range(k):
-            if j < n and d[order[j]] < np.inf:
-                out_r[q, j], out_d[q, j] = rows[order[j]], d[order[j]]
+            if j < filled:
+                out_r[q, j], out_d[q, j] = rows[best_i[j]], best_d[j]
             else:
                 out_r[q, j], out_d[q, j] = -1, np.inf
 

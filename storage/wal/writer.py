@@ -33,14 +33,14 @@ from storage.wal.fs import File, FileSystem, RealFS
 from storage.wal.reader import (LsnMismatchError, WalCorruptionError, WalFailedError, WalRecord, _Segment,
                                 encode_segment_header, segment_records)
 from storage.wal.recovery import _recover
+from storage.wal.rolling import RollingLog
 
 log = logging.getLogger(__name__)
-
 POLICIES = ("fsync", "batch", "none")
 RESERVE_CHUNK = 1 << 20  # a segment's blocks are allocated ahead in steps of this many bytes
 
 
-class WriteAheadLog:
+class WriteAheadLog(RollingLog):
     """An append-only log of (LSN, type, payload) records in DIR/wal-<first LSN>.log segment files.
 
     `append`/`append_many` are thread-safe and return once their records are durable under `durability`:

@@ -159,3 +159,28 @@ def test_thirty_kills_lose_no_acknowledged_write(zygote, tmp_path):
 def test_two_hundred_kills_lose_no_acknowledged_write(zygote, tmp_path):
     seen = run_kills(zygote, tmp_path / "data", tmp_path, n_kills=200, seed=2)
     assert seen["crash_points"] >= 30
+
+
+CHURN_POINTS = ["compact-written:1", "compact:1", "reclaim-rows:1", "reclaim-rows:3", "wal-roll:1", "wal-roll:2",
+                "checkpoint-after-meta:3"]
+
+
+def test_kills_in_compaction_reclaim_and_wal_roll_lose_nothing(zygote, tmp_path):
+    """Issue 13's new steps: a kill while a compacted posting file is written or published, while dead vector
+    rows are reclaimed, or right after the WAL rolled: every acknowledged write survives, no acknowledged
+    delete comes back, and `check` passes (the punched rows are dead in the committed state)."""
+    data, model, fired = tmp_path / "data", {}, set()
+    for it, point in enumerate(CHURN_POINTS + [""]):
+        log = tmp_path / f"churn-{it}.jsonl"
+        pid = _spawn(zygote, dir=str(data), log=str(log), seed=50 + it, threads=1, crash_at=point, churn=True)
+        assert _wait_for(lambda: log.exists() and b"ready" in log.read_bytes(), 30), "child never got ready"
+        if point and _wait_for(lambda: _dead(pid), 20):
+            fired.add(point)
+        if not _dead(pid):
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+        _spawn_reap(zygote, pid)
+        acked, inflight = _read_log(log)
+        stats = _verify(data, model, acked, inflight)
+    assert fired == set(CHURN_POINTS)
+    assert stats["garbage"]["dead_rows"] > 0

@@ -2,7 +2,8 @@
 
 Protocol on stdin/stdout, one JSON object per line:
     {"dir": ..., "log": ..., "seed": ..., "threads": ..., "crash_at": "split:2" | "", "text": false}  ->  {"pid": ...}
-                       ("text": true: the collection has a full-text index and every upsert a text)
+                       ("text": true: the collection has a full-text index and every upsert a text;
+                        "churn": true: one writer that flushes and compacts often, see churn_writer)
     {"reap": pid}  ->  {"status": wait status}, once every thread of the child is gone (a killed process
                        shows as a zombie while its other threads still exit, holding its files and locks)
 The child opens the database, starts writer threads and logs every operation before and after it is
@@ -61,6 +62,29 @@ def writer(db, t: int, seed: int, fd: int, text: bool = False) -> None:
         os.write(fd, (json.dumps({"t": t, "ack": op, "lsn": lsn}) + "\n").encode())
 
 
+def churn_writer(db, seed: int, fd: int) -> None:
+    """One writer that overwrites and deletes the same ids, flushing every few operations (each flush's
+    checkpoint covers the whole log, so it rolls the WAL and lets maintenance reclaim the dead rows) and
+    forcing a posting compaction now and then: the crash points of issue 13 are all on its way."""
+    rng = np.random.default_rng([seed, 99])
+    step = 0
+    while True:
+        step += 1
+        ids = rng.choice(IDS_PER_THREAD, size=int(rng.integers(8, 40)), replace=False).tolist()
+        op = "upsert" if rng.random() < 0.75 else "delete"
+        vseed = int(seed * 1_000_000 + 90_000 + step)
+        os.write(fd, (json.dumps({"t": 0, "begin": op, "ids": ids, "vseed": vseed}) + "\n").encode())
+        if op == "upsert":
+            lsn = db.upsert("c", ids, np.stack([vector(vseed, i) for i in ids]))
+        else:
+            lsn = db.delete("c", ids)
+        os.write(fd, (json.dumps({"t": 0, "ack": op, "lsn": lsn}) + "\n").encode())
+        if step % 6 == 0:
+            db.flush("c")
+            db.maintain("c", compact=step % 18 == 0)
+            db.maintain("c")
+
+
 def child(req: dict) -> None:
     crashpoints.arm(req.get("crash_at", ""))
     fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -68,6 +92,9 @@ def child(req: dict) -> None:
     text = {"text_field": "text", "text_commit_interval_s": 0.1} if req.get("text") else {}
     db.create_collection("c", dim=DIM, exist_ok=True, **OPTIONS, **text)
     os.write(fd, b'{"ready": true}\n')
+    if req.get("churn"):
+        churn_writer(db, req["seed"], fd)
+        return
     threads = [threading.Thread(target=writer, args=(db, t, req["seed"], fd, bool(text)), daemon=True)
                for t in range(req["threads"])]
     for th in threads:

@@ -62,3 +62,30 @@ def test_search_exact_masks_deleted_rows(n):
     state[:] = DELETED  # nothing live: an empty answer, not deleted rows
     r, d = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None)
     assert r.shape == (3, 0)
+
+
+@pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
+def test_the_compiled_scan_and_the_matrix_product_agree_on_a_large_memtable(metric):
+    """A few queries take the compiled loop whatever the memtable's size, a batch the matrix product (issue
+    13): both give the brute-force answer, dead rows skipped; the compiled loop gives ties to the earlier row."""
+    rng = np.random.default_rng(3)
+    n, dim = 6000, 16
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs[10] = vecs[20]  # a tie: the earlier row wins
+    mt = Memtable()
+    mt.add(np.arange(n), vecs)
+    state = np.zeros(n, np.uint8)
+    state[rng.choice(n, 500, replace=False)] |= DELETED
+    state[[10, 20]] = 0
+    q = np.concatenate([vecs[20:21] + 1e-3, rng.standard_normal((11, dim)).astype(np.float32)])
+    few_r, few_d = search_exact(mt.snapshot(), q[:2], 7, metric, state, None)
+    many_r, many_d = search_exact(mt.snapshot(), q, 7, metric, state, None)
+    live = np.flatnonzero(state == 0)
+    for i in range(len(q)):
+        d = ((vecs[live] - q[i]) ** 2).sum(1) if metric is Metric.L2 else -(vecs[live] @ q[i])
+        want = live[np.argsort(d, kind="stable")[:7]]
+        assert set(many_r[i]) == set(want)  # (the matrix product breaks exact ties either way)
+        if i < 2:
+            assert np.array_equal(few_r[i], want)
+            assert np.allclose(few_d[i], many_d[i], rtol=1e-4, atol=1e-4)
+    assert 10 in few_r[0] and 20 in few_r[0] and list(few_r[0]).index(10) < list(few_r[0]).index(20)

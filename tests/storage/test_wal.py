@@ -866,3 +866,22 @@ def test_sigkill_loses_no_acknowledged_record(wal_dir):
     assert sorted(got) == list(range(1, len(got) + 1))
     for lsn in printed:
         assert got[lsn] == (rtype_for(lsn), payload_for(lsn)), f"acknowledged LSN {lsn} lost or wrong"
+
+
+def test_a_covered_active_segment_rolls_and_purges_and_an_uncovered_one_stays(tmp_path):
+    wal = WriteAheadLog(tmp_path / "w", segment_bytes=1 << 20)
+    wal.register_consumer("c")
+    for i in range(300):
+        wal.append(1, b"x" * 1000)
+    assert not wal.roll_if_covered(299)  # record 300 is not covered: the segment stays active
+    wal.mark_applied("c", 300)
+    assert wal.purge() == 0              # purge never deletes the active segment
+    assert not wal.roll_if_covered(300, min_bytes=1 << 20)  # covered, but smaller than min_bytes: it stays
+    assert wal.roll_if_covered(300) and not wal.roll_if_covered(300)  # an empty active segment never rolls
+    assert wal.purge() > 300_000
+    wal.append(1, b"after")
+    wal.close()
+    wal = WriteAheadLog(tmp_path / "w", segment_bytes=1 << 20)
+    assert [(r.lsn, r.payload) for r in wal.replay(300)] == [(301, b"after")]
+    assert wal.stats()["segments"] == 1
+    wal.close()

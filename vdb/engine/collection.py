@@ -284,6 +284,7 @@ class Collection(ReadPath):
             self.checkpoint_lsn = lsn
             self.maintainer.checkpointed()
         self.wal.mark_applied(CONSUMER, lsn)
+        self.wal.roll_if_covered(lsn)  # an idle log's active segment is covered too: seal it so purge frees it
         self.wal.purge()
         return lsn
 
@@ -320,11 +321,21 @@ class Collection(ReadPath):
             "rows": idx.n_rows, "pending_rows": len(self.memtable), "applied_lsn": self.applied_lsn,
             "checkpoint_lsn": self.checkpoint_lsn, "bootstrapped": idx.bootstrapped,
             "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
+            **self._disk_stats(wal),
             "index": idx.info() if idx.bootstrapped else {},
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
         }
+
+    def _disk_stats(self, wal: dict) -> dict:
+        """What an operator watches for bounded disk: bytes per file, garbage, backlog, the last compaction."""
+        usage = self.index.disk_usage()
+        m = self.maintainer
+        return {"disk": usage["files"], "garbage": usage["garbage"],
+                "backlog": {"pending_rows": len(self.memtable), "uncheckpointed_lsns": self.applied_lsn -
+                            self.checkpoint_lsn, "wal_bytes": wal.get("bytes", 0)},
+                "last_compaction": dict(m.last_compaction), "bytes_reclaimed": dict(m.bytes_reclaimed)}
 
     @property
     def failed(self) -> BaseException | None:

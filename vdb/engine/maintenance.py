@@ -32,6 +32,8 @@ class Maintainer:
         self._checkpoint_now = False          # a compaction asks for the next checkpoint at once
         self._wal_bytes_at_checkpoint = 0
         self.steps = self.errors = self.checkpoints = 0
+        self.last_compaction: dict = {}       # what the last compaction (postings or vector rows) reclaimed, when
+        self.bytes_reclaimed: dict[str, int] = {}  # per kind, since opening
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name=f"vdb-maint-{collection.name}", daemon=True)
 
@@ -125,8 +127,10 @@ class Maintainer:
                 idx.sweep()
                 self._index_changed = True
                 worked = True
-            if (compact and idx.bootstrapped) or idx.compaction_due(settings["compact_min_mb"] * (1 << 20)):
-                idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
+            if (compact and idx.bootstrapped) or idx.compaction_due(settings["compact_min_mb"] * (1 << 20),
+                                                                    settings["compact_garbage_fraction"]):
+                freed = idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
+                self._compacted("postings", freed)
                 self._index_changed = True
                 self._checkpoint_now = True  # until the next checkpoint both posting files are on disk
                 worked = True
@@ -137,7 +141,14 @@ class Maintainer:
             self._last_checkpoint = time.monotonic()
             self._checkpoint_now = False
             self._wal_bytes_at_checkpoint = c.wal.stats().get("bytes", 0)
+        freed = idx.reclaim_rows()  # rows the last checkpoint committed as dead, once no search can read them
+        if freed:
+            self._compacted("vector rows", freed)
         return worked
+
+    def _compacted(self, what: str, freed: int) -> None:
+        self.last_compaction = {"what": what, "bytes_reclaimed": int(freed), "unix_time": round(time.time(), 3)}
+        self.bytes_reclaimed[what] = self.bytes_reclaimed.get(what, 0) + int(freed)
 
     def _leave_memtable(self, n_chunks: int, vectors: np.ndarray) -> None:
         """Rows now in postings leave the memtable; cache entries they could change go first (vdb/cache/)."""
@@ -169,4 +180,5 @@ class Maintainer:
     def stats(self) -> dict:
         return {"backlog_rows": len(self.c.memtable), "steps": self.steps, "errors": self.errors,
                 "last_error": self.last_error, "checkpoints": self.checkpoints,
+                "last_compaction": dict(self.last_compaction), "bytes_reclaimed": dict(self.bytes_reclaimed),
                 "seconds_since_checkpoint": round(time.monotonic() - self._last_checkpoint, 1)}

@@ -19,6 +19,10 @@ from index.rowstate import DELETED
 from index.types import Metric
 
 SMALL = 4096  # rows x queries up to which the memtable is scanned by a compiled loop instead of numpy
+# Queries up to which the compiled loop scans the memtable whatever its size: it runs without the GIL and
+# without BLAS's threads, which on a busy machine cost a single search milliseconds (issue 13); BLAS's matrix
+# product wins only for batches of queries.
+KERNEL_QUERIES = 8
 
 
 class MemView(NamedTuple):
@@ -113,7 +117,7 @@ def search_exact(view: MemView, qs: np.ndarray, k: int, metric: Metric, state: n
     n_ok = len(rows) - int(dead.sum())
     if n_ok == 0:
         return np.full((nq, 0), -1, np.int64), np.full((nq, 0), np.inf, np.float32)
-    if len(rows) * nq <= SMALL:  # a few rows: one compiled loop beats a dozen numpy calls
+    if len(rows) * nq <= SMALL or nq <= KERNEL_QUERIES:  # one compiled loop beats a dozen numpy calls
         kk = min(k, n_ok)
         out_r, out_d = np.empty((nq, kk), np.int64), np.empty((nq, kk), np.float32)
         small_exact_topk(vecs, rows, dead, np.ascontiguousarray(qs, np.float32), kk, metric is Metric.L2,

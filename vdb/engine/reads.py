@@ -42,14 +42,20 @@ class ReadPath:
         p = p.with_nprobe(self.index.default_nprobe(p.target_recall))
         ex = explain if explain is not None else Explain()
         node = compile_filter(filter) if filter is not None else None
-        if use_cache and self.cache is not None:
-            return self.cache.search(self, qs, k, p, ex, node, filter)
-        rows, d = self.search_rows(qs, k, p, node, ex)
-        return self.to_ext(rows, d)
+        # A read epoch from the first row state read to the last vector read: the blocks of rows deleted
+        # meanwhile are not reclaimed under this search (index/epochs.py)
+        with self.index.epochs.reading():
+            if use_cache and self.cache is not None:
+                return self.cache.search(self, qs, k, p, ex, node, filter)
+            rows, d = self.search_rows(qs, k, p, node, ex)
+            return self.to_ext(rows, d)
 
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node=None, ex: Explain | None = None):
         """Uncached search with prepared queries; (rows, kernel distances) [nq, k]."""
-        ex = ex if ex is not None else Explain()
+        with self.index.epochs.reading():  # the cache and hybrid search call this directly
+            return self._search_rows(qs, k, p, node, ex if ex is not None else Explain())
+
+    def _search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
         mem = self.memtable.snapshot()  # before the index: see memtable.py
         idx = self.index
         state = idx.state
@@ -143,11 +149,12 @@ class ReadPath:
     def get(self, ids) -> list[Record]:
         self._check_usable()
         ids = check_ids(ids, self.settings["max_batch"], unique=False)
-        with self.index.lock:
-            rows = self.rows_of(ids)
-            found = rows >= 0
-            overlay = self.idmap.overlay_payloads(ids[found].tolist())
-        vecs = self.index.vectors_of(rows[found])
+        with self.index.epochs.reading():  # a row deleted after the lookup keeps its bytes until the read
+            with self.index.lock:
+                rows = self.rows_of(ids)
+                found = rows >= 0
+                overlay = self.idmap.overlay_payloads(ids[found].tolist())
+            vecs = self.index.vectors_of(rows[found])
         payloads = self.idmap.payloads_of(ids[found], overlay)
         return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
 

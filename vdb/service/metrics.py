@@ -50,7 +50,40 @@ class _CollectionGauges:
             cache = s.get("cache", {})
             for key in ("lookups", "hits", "near_hits", "misses", "invalidations", "false_hits"):
                 fams[f"cache_{key}"].add_metric([name], cache.get(key, 0))
+            _disk_metrics(fams, name, s)
         yield from fams.values()
+
+
+DISK_GAUGES = (("disk_bytes", "bytes the device holds for each file of the collection (holes excluded)",
+                ["collection", "file"]),
+               ("dead_rows", "rows of deleted or replaced vectors (their blocks are reclaimed once checkpointed)",
+                ["collection"]),
+               ("posting_garbage_bytes", "posting-file bytes no live posting uses (until the next compaction)",
+                ["collection"]),
+               ("uncheckpointed_lsns", "applied writes no checkpoint covers yet", ["collection"]),
+               ("reclaimed_bytes", "bytes reclaimed since the collection opened, by kind", ["collection", "kind"]),
+               ("last_compaction_unixtime", "when the last compaction (postings or vector rows) ran",
+                ["collection", "kind"]),
+               ("last_compaction_bytes", "bytes the last compaction reclaimed", ["collection", "kind"]))
+
+
+def _disk_metrics(fams: dict, name: str, s: dict) -> None:
+    """Disk per file, garbage, backlog and the last compaction (issue 13): what shows whether disk is bounded."""
+    for key, help_, labels in DISK_GAUGES:
+        fams.setdefault(key, GaugeMetricFamily(f"vdb_{key}", help_, labels=labels))
+    for file, nbytes in s.get("disk", {}).items():
+        if file != "total":
+            fams["disk_bytes"].add_metric([name, file], nbytes)
+    garbage, backlog = s.get("garbage", {}), s.get("backlog", {})
+    fams["dead_rows"].add_metric([name], garbage.get("dead_rows", 0))
+    fams["posting_garbage_bytes"].add_metric([name], garbage.get("posting_bytes", 0))
+    fams["uncheckpointed_lsns"].add_metric([name], backlog.get("uncheckpointed_lsns", 0))
+    for kind, nbytes in s.get("bytes_reclaimed", {}).items():
+        fams["reclaimed_bytes"].add_metric([name, kind], nbytes)
+    last = s.get("last_compaction", {})
+    if last:
+        fams["last_compaction_unixtime"].add_metric([name, last["what"]], last["unix_time"])
+        fams["last_compaction_bytes"].add_metric([name, last["what"]], last["bytes_reclaimed"])
 
 
 class _BudgetGauges:

@@ -136,3 +136,42 @@ def test_poison_between_acknowledged_writes_then_sigkill(tmp_path):
         assert set(hits.ids[0][hits.ids[0] >= 0].tolist()) <= set(acked) and (hits.ids[0] >= 0).sum() == 10
     finally:
         db.close()
+
+
+# ids, vectors, knobs and names: the same bad request through the embedded engine and the gRPC client gives the
+# same typed error, and changes nothing
+BAD_REQUESTS = [
+    ("negative-id", lambda a: a.upsert("p", [-1], np.ones((1, DIM), np.float32)), vdb.InvalidArgumentError),
+    ("id-beyond-63-bits", lambda a: a.upsert("p", [2 ** 63], np.ones((1, DIM), np.float32)),
+     vdb.InvalidArgumentError),
+    ("duplicate-ids", lambda a: a.upsert("p", [5, 5], np.ones((2, DIM), np.float32)), vdb.InvalidArgumentError),
+    ("ids-vectors-mismatch", lambda a: a.upsert("p", [5, 6], np.ones((1, DIM), np.float32)),
+     vdb.InvalidArgumentError),
+    ("nan-vector", lambda a: a.upsert("p", [5], np.full((1, DIM), np.nan, np.float32)), vdb.InvalidArgumentError),
+    ("inf-vector", lambda a: a.upsert("p", [5], np.full((1, DIM), np.inf, np.float32)), vdb.InvalidArgumentError),
+    ("wrong-dim", lambda a: a.upsert("p", [5], np.ones((1, DIM + 1), np.float32)), vdb.InvalidArgumentError),
+    ("nan-query", lambda a: a.search("p", np.full(DIM, np.nan), top_k=3), vdb.InvalidArgumentError),
+    ("top-k-zero", lambda a: a.search("p", np.ones(DIM), top_k=0), vdb.InvalidArgumentError),
+    ("nprobe-negative", lambda a: a.search("p", np.ones(DIM), top_k=3, nprobe=-1), vdb.InvalidArgumentError),
+    ("eps-nan", lambda a: a.search("p", np.ones(DIM), top_k=3, eps=float("nan")), vdb.InvalidArgumentError),
+    ("bad-filter", lambda a: a.search("p", np.ones(DIM), top_k=3, filter={"$bogus": 1}), vdb.InvalidArgumentError),
+    ("filter-number-beyond-64-bits", lambda a: a.search("p", np.ones(DIM), top_k=3, filter={"g": 2 ** 70}),
+     vdb.InvalidArgumentError),
+    ("name-with-slash", lambda a: a.create_collection("../etc", dim=DIM), vdb.InvalidArgumentError),
+    ("name-too-long", lambda a: a.create_collection("x" * 65, dim=DIM), vdb.InvalidArgumentError),
+    ("unknown-collection", lambda a: a.count("nope"), vdb.NotFoundError),
+    ("dim-zero", lambda a: a.create_collection("z", dim=0), vdb.InvalidArgumentError),
+]
+
+
+@pytest.mark.parametrize("call, error", [(c, e) for _, c, e in BAD_REQUESTS], ids=[n for n, _, _ in BAD_REQUESTS])
+def test_bad_ids_vectors_knobs_and_names_embedded_and_remote(served, call, error):
+    r, x = served
+    before, lsn = _answers(r.db, x), r.db.stats("p")["wal"]["last_lsn"]
+    with pytest.raises(error) as embedded:
+        call(r.db)
+    with r.client() as c, pytest.raises(error) as remote:
+        call(c)
+    assert embedded.value.code == remote.value.code and "\n" not in remote.value.message
+    assert _answers(r.db, x) == before and r.db.stats("p")["wal"]["last_lsn"] == lsn
+    assert r.db.list_collections() == ["p"]

@@ -24,7 +24,7 @@ SUBDBS = (b"manifest", b"arrays", b"ext2int", b"payloads")
 
 
 # py-lmdb allows one Environment per path and process, so readers of the same directory share it.
-_ENVS: dict[str, list] = {}  # realpath -> [env, dbs, refcount]
+_ENVS: dict[str, list] = {}  # realpath -> [env, dbs, refcount, TailGuard]
 _ENVS_LOCK = threading.Lock()
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import mmap
 import os
 import struct
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
-from storage.errors import CorruptionError, FormatError, TruncatedError
+from storage.errors import CorruptionError, FormatError, MetaStoreError, TruncatedError
+
+log = logging.getLogger(__name__)
 
 # LMDB's own structure checks (it keeps no page checksums): what a damaged tree page raises on a read
 LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadValsizeError)
@@ -89,46 +93,60 @@ ZERO_TAIL = (4 << 30) + (64 << 10)
 
 class TailGuard:
     """Keeps ZERO_TAIL bytes of LMDB's mapping past the end of data.mdb as anonymous zero pages (address space
-    only: reading them maps the kernel's zero page). A writable store's file grows with each commit: the commit
-    and the move of the zero pages past the new end happen while `ready` is clear, and every read transaction
-    waits for it, so no read ever sees zeros where the file has pages. (A read that began before the commit
-    reads only pages that existed before it.)"""
+    only: reading them maps the kernel's zero page) whenever no write transaction is open.
+
+    A write transaction may write pages past the old end (at commit, or mid-transaction when LMDB spills dirty
+    pages) and read them back through the mapping, so while one is open (`writing`) the whole tail is mapped
+    from the file again, as LMDB mapped it; after it ends the zero pages go past the new end. Readers never
+    wait: pages the file has are always mapped from the file (a damaged read past the end during a write can
+    still SIGBUS: the window is one transaction). The file ranges are mapped from one descriptor at contiguous
+    offsets, so the kernel merges them into one mapping however many commits grow the file."""
 
     def __init__(self, path: Path, env):
         self.file, self.env = path / "data.mdb", env
         self.start, self.end = mapping_range(self.file)
-        self.backed = 0             # bytes of the mapping the file backs (its size, page-rounded) at the last move
-        self.ready = threading.Event()
-        self.ready.set()
-        self.writer = threading.Lock()  # write transactions, begin to commit: see commit
+        self.backed = 0             # bytes from the start of the mapping that are mapped from the file
+        self.writer = threading.Lock()  # one write transaction at a time, from tail-to-file to zero tail
+        self._fd = os.open(self.file, os.O_RDONLY) if self.start else -1
         self.place()
 
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def place(self) -> None:
-        """Put the zero pages right past the file's current end (giving back to the file what it grew into)."""
+        """Put the zero pages right past the file's current end. A failure turns the guard off (logged): the
+        store then behaves as LMDB alone, and nothing it committed is affected."""
         if not self.start:
             return  # /proc/self/maps did not show the mapping: no guard (never seen on Linux)
         size = -(-os.path.getsize(self.file) // mmap.PAGESIZE) * mmap.PAGESIZE
-        if size == self.backed:
-            return
-        if self.backed and size > self.backed:
-            _map_file(self.file, self.start + self.backed, size - self.backed, self.backed)
         length = min(ZERO_TAIL, self.end - (self.start + size))  # only ever inside LMDB's own mapping
-        if length > 0:
-            _map_zeros(self.start + size, length)
+        try:
+            if length > 0:
+                _map_zeros(self.start + size, length)
+        except OSError as e:
+            log.error("%s: cannot map zero pages past the end (%s); reads past it are unguarded", self.file, e)
+            self.start = 0
+            return
         self.backed = size
 
-    def commit(self, txn) -> None:
-        """Commit a write transaction (begun under `writer`, still held: the next write transaction must not read
-        the new pages before the zero pages moved either); reads that begin meanwhile wait until the zero pages
-        moved past the new end of the file. The transaction's own work went on without holding readers up."""
-        self.ready.clear()
-        try:
-            txn.commit()
-        finally:
+    @contextmanager
+    def writing(self):
+        """Around a write transaction: the tail is mapped from the file while it is open (see the class)."""
+        with self.writer:
+            if self.start:
+                length = min(ZERO_TAIL, self.end - (self.start + self.backed))
+                try:
+                    if length > 0:
+                        _map_file(self._fd, self.start + self.backed, length, self.backed)
+                except OSError as e:  # before the transaction begins: nothing was written
+                    raise MetaStoreError(f"{self.file}: cannot map the file's tail for a write ({e}); nothing "
+                                         f"was written") from e
             try:
-                self.place()
+                yield
             finally:
-                self.ready.set()
+                self.place()
 
 
 def _libc_mmap():
@@ -149,13 +167,9 @@ def _map_zeros(addr: int, length: int) -> None:
         raise OSError(ctypes.get_errno(), "cannot map zero pages past the end of data.mdb")
 
 
-def _map_file(path: Path, addr: int, length: int, offset: int) -> None:
+def _map_file(fd: int, addr: int, length: int, offset: int) -> None:
     libc, ctypes = _libc_mmap()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        got = libc.mmap(addr, length, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, fd, offset)
-    finally:
-        os.close(fd)  # the mapping keeps the file
+    got = libc.mmap(addr, length, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, fd, offset)
     if got != addr:
         raise OSError(ctypes.get_errno(), "cannot map data.mdb back over its zero tail")
 
@@ -166,6 +180,7 @@ def release(key: str) -> None:
         entry[2] -= 1
         if entry[2] == 0:
             entry[0].close()
+            entry[3].close()
             del _ENVS[key]
 
 

@@ -110,17 +110,13 @@ class MetaStore:
             self._closed = True
             release(self._key)
 
-    def _read(self, **kwargs):
-        """A read transaction (one place, so that every read path is the same)."""
-        return self.env.begin(**kwargs)
-
     def _corrupt(self, detail: str) -> CorruptionError:
         return CorruptionError(self.path / "data.mdb", detail)
 
     # -- reads ------------------------------------------------------------------------------------------
     @names_damage
     def manifest(self) -> dict:
-        with self._read(db=self._db[b"manifest"]) as txn:
+        with self.env.begin(db=self._db[b"manifest"]) as txn:
             raw = txn.get(b"manifest")
         if raw is None:
             raise FormatError(f"{self.path}: metadata store has no manifest (interrupted build?)")
@@ -147,7 +143,7 @@ class MetaStore:
     def read_array(self, name: str, use):
         """use(array) on the stored array `name` read in place from LMDB's mapping, without a copy (the array
         is valid only during the call); returns use's result, or None if there is no such array."""
-        with self._read(db=self._db[b"arrays"], buffers=True) as txn:
+        with self.env.begin(db=self._db[b"arrays"], buffers=True) as txn:
             raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb",
                                 name.encode())
             if raw is None:
@@ -167,7 +163,7 @@ class MetaStore:
         out = np.full(len(ext_ids), -1, np.int64)
         checks = np.zeros(len(ext_ids), np.int64)
         legacy = np.zeros(len(ext_ids), bool)
-        with self._read(db=self._db[b"ext2int"], buffers=True) as txn:
+        with self.env.begin(db=self._db[b"ext2int"], buffers=True) as txn:
             for i, key in enumerate(encode_ids(ext_ids)):
                 v = txn.get(key)
                 if v is None:
@@ -203,14 +199,14 @@ class MetaStore:
     @names_damage
     def payloads(self, ext_ids: np.ndarray) -> list[dict | None]:
         keys = encode_ids(ext_ids)
-        with self._read(db=self._db[b"payloads"], buffers=True) as txn:
+        with self.env.begin(db=self._db[b"payloads"], buffers=True) as txn:
             end = self._mapped_end()
             raws = [value_in_file(txn.get(k), end, self.path / "data.mdb", k) for k in keys]
         return [self._payload(k, r) if r is not None else None for k, r in zip(keys, raws)]
 
     @names_damage
     def iter_payloads(self) -> Iterator[tuple[int, dict]]:
-        with self._read(db=self._db[b"payloads"], buffers=True) as txn:
+        with self.env.begin(db=self._db[b"payloads"], buffers=True) as txn:
             end = self._mapped_end()
             for k, v in txn.cursor():
                 k = bytes(k)
@@ -228,7 +224,7 @@ class MetaStore:
     @names_damage
     def iter_ids(self, chunk: int = 65536) -> Iterator[tuple[int, int]]:
         """Every (external id, row) entry, ascending by id, each checked."""
-        with self._read(db=self._db[b"ext2int"]) as txn:
+        with self.env.begin(db=self._db[b"ext2int"]) as txn:
             cur = txn.cursor()
             more = cur.first()
             while more:
@@ -253,7 +249,7 @@ class MetaStore:
         problems: list[str] = []
         checks = [self.manifest, lambda: list(self.iter_ids()), lambda: sum(1 for _ in self.iter_payloads())]
         try:
-            with self._read(db=self._db[b"arrays"]) as txn:
+            with self.env.begin(db=self._db[b"arrays"]) as txn:
                 names = [bytes(k).decode() for k, _ in txn.cursor()]
         except LMDB_DAMAGE as e:
             names = []
@@ -269,7 +265,7 @@ class MetaStore:
         return problems
 
     def count_ids(self) -> int:
-        with self._read(db=self._db[b"ext2int"]) as txn:
+        with self.env.begin(db=self._db[b"ext2int"]) as txn:
             return txn.stat(self._db[b"ext2int"])["entries"]
 
     def disk_bytes(self) -> int:

@@ -39,6 +39,7 @@ class SearchStats:
     postings_probed: int = 0
     records_scanned: int = 0
     bytes_read: int = 0           # posting pages + re-ranked rows, in whole pages as the kernel sees them
+    probes: np.ndarray | None = None  # the posting ids the last call scanned per query (-1: none)
 
     def as_dict(self) -> dict:
         return {"postings_probed": self.postings_probed, "records_scanned": self.records_scanned,
@@ -225,6 +226,7 @@ class SpannIndex(CommittedState):
             if bad >= 0:
                 self.files.vectors.raise_corrupt_row(int(bad))
         if stats is not None:
+            stats.probes = P
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += sum(store.bytes_of(row[row >= 0]) for row in P)
@@ -239,6 +241,7 @@ class SpannIndex(CommittedState):
         ids, d, scanned, read = self.disk.search(P, qs, kernel_queries(self.quantizer, qs, is_l2), is_l2, self.state, allow, k, p,
                                                  threads)
         if stats is not None:
+            stats.probes = P
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += int(read.sum())

@@ -200,7 +200,8 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         x = self.vectors_of(rows)
         hs = head_space(x, self.metric)
         sel, _, _ = select_heads(hs, self._heads_matrix(), self.head_index, self.params,
-                                 excluded if excluded is not None else self._excluded)
+                                 excluded if excluded is not None else self._excluded,
+                                 None if excluded is not None else self._retired_in_head_index)
         codes = self.quantizer.encode(x)
         owner, slot = np.nonzero(sel >= 0)
         pids = sel[owner, slot]

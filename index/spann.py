@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.assign import over_fetch
 from index.calibrate import nprobe_for
 from index.centroids import HeadIndex
 from index.diskread import DiskSearcher
@@ -168,7 +169,9 @@ class SpannIndex(CommittedState):
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
             return np.full((len(qs), 0), -1, np.int64)
-        extra = min(self._retired_in_head_index, 2 * p.nprobe)  # over-fetch so retired heads do not eat probes
+        # over-fetch so that retired heads do not eat probes (by their share: a fixed 2 x nprobe doubled the
+        # head search's cost once any head was retired, issue 13)
+        extra = over_fetch(p.nprobe, self._retired_in_head_index, head_index.size)
         hd, hids = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
         hids = np.where(hids < len(directory), hids, -1)  # heads added after the snapshot
         if extra:

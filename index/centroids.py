@@ -75,6 +75,9 @@ class HeadIndex:
         self.index, self.angular, self.kind = index, angular, kind
         self._rw = _ReadWriteLock()
         self._inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+        ids = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap2) else np.arange(index.ntotal)
+        # every head added after a search started has an id >= the next_id read before it (ids only grow)
+        self.next_id = int(ids.max()) + 1 if len(ids) else 0
 
     @classmethod
     def build(cls, heads: np.ndarray, *, angular: bool, kind: str = "auto", m: int = 32,
@@ -119,6 +122,8 @@ class HeadIndex:
         with self._rw.write():
             self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))
+            if len(ids):
+                self.next_id = max(self.next_id, int(np.max(ids)) + 1)
 
     def remove(self, ids: np.ndarray) -> bool:
         """Drop heads by posting id; True if this index kind supports it (flat does, faiss HNSW does not)."""

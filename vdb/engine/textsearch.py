@@ -44,6 +44,10 @@ class NoTextIndex:
         """The collection's stats say there is no text index."""
         return {"enabled": False}
 
+    def verify(self) -> list[str]:
+        """Nothing to check."""
+        return []
+
 
 def open_text_index(path: Path, settings):
     """The collection's TextIndex, or a NoTextIndex when it has no `text_field`."""
@@ -66,6 +70,30 @@ def recover(text, index) -> None:
                 yield rows, index.committed_payloads(index.int2ext[rows])
     text.recover(index.n_rows, live_payloads, lambda: np.nonzero(~is_live(index.state))[0])
     text.start()
+
+
+# -- check and repair ---------------------------------------------------------------------------------------
+def check(c) -> list[str]:
+    """`vdbctl check` of the text index: its committed files (while damaged, text searches fail with DATA_LOSS)."""
+    return [f"text index: {p}" for p in c.text.verify()]
+
+
+def repair(c) -> dict:
+    """`vdbctl repair`: a damaged text index is rebuilt from the live rows' payloads, writes held off meanwhile."""
+    if not c.text.verify():
+        return {}
+    with c.index.lock:  # the write path applies under this lock: no write falls between the rebuild's reads
+        c.text.rebuild(c.idmap.live_payload_rows(), c.index.n_rows)
+    return {"text_index_rebuilt": True}
+
+
+def stored_notes(path: Path) -> list[str]:
+    """`vdbctl check` of a stored collection: a damaged text index is derived data the next open rebuilds."""
+    if not (Path(path) / "text" / "state.json").exists():
+        return []
+    from vdb.text.verify import damage
+    return [f"text index damaged, the next open rebuilds it from the payloads: {p}"
+            for p in damage(Path(path) / "text" / "tantivy")]
 
 
 # -- queries ------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ commits it at each checkpoint and closes it. Everything else about text lives he
 
 Hybrid query (`hybrid_search`): the dense list is the collection's own search (filter, knobs and semantic cache
 as for `search`), the text list is BM25 over the same filter and the rows' live state; each list is cut to
-`candidates` entries and the two are fused (vdb/text/fusion.py: RRF or weighted). Text alone answers with BM25
-scores, a vector alone is a plain vector search. Answers carry "distances" that are smaller-is-better like every
+`candidates` entries (and those tied with the last one, up to TIE_SLACK more: which members of a tied group a
+search returns first is arbitrary) and the two are fused (vdb/text/fusion.py: RRF or weighted). Text alone
+answers with BM25 scores, a vector alone is a plain vector search. Answers carry "distances" that are smaller-is-better like every
 search of vdb: the vector distance for a vector alone, -BM25 for text alone, -fused score for both.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from index.rowstate import is_live
 from vdb.errors import FailedPreconditionError, InvalidArgumentError
 from vdb.query.filters import compile_filter
 from vdb.text import fusion
-from vdb.text.options import check_options, query_texts
+from vdb.text.options import TIE_SLACK, check_options, query_texts
 
 RECOVERY_CHUNK = 4096
 
@@ -136,9 +137,10 @@ def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: floa
     if len(texts) != nq:
         raise InvalidArgumentError(f"{len(texts)} texts but {nq} query vectors")
     node = compile_filter(filter) if filter is not None else None
-    t_ids, t_scores = text_rows(c, texts, depth, node)
-    d_ids, d_dist = c.search(vectors, depth, filter=filter, use_cache=use_cache, explain=explain, **knobs)
-    dense = (d_ids, np.where(d_ids >= 0, -d_dist.astype(np.float64), -np.inf))
+    fetch = min(depth + TIE_SLACK, c.settings["max_top_k"])  # each list: `depth` and whatever ties its last entry
+    t_ids, t_scores = fusion.cut_after_ties(*text_rows(c, texts, fetch, node), depth)
+    d_ids, d_dist = c.search(vectors, fetch, filter=filter, use_cache=use_cache, explain=explain, **knobs)
+    dense = fusion.cut_after_ties(d_ids, np.where(d_ids >= 0, -d_dist.astype(np.float64), -np.inf), depth)
     if fusion_name == "rrf":
         ids, fused = fusion.rrf([dense, (t_ids, t_scores)], int(top_k), int(rrf_k))
     else:

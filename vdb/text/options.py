@@ -8,6 +8,7 @@ from vdb.text.fusion import FUSIONS
 
 DEFAULT_CANDIDATES = 50          # per list, before fusion (at least top_k)
 DEFAULT_ALPHA = 0.5
+TIE_SLACK = 16                   # each list is fetched this much deeper, to keep a tied group the cut would split
 
 
 def query_texts(text) -> list[str] | None:

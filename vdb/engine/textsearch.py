@@ -19,7 +19,7 @@ import numpy as np
 
 from index.distance import as_matrix
 from index.rowstate import is_live
-from vdb.errors import FailedPreconditionError, InvalidArgumentError
+from vdb.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from vdb.query.filters import compile_filter
 from vdb.text import fusion
 from vdb.text.options import TIE_SLACK, check_options, query_texts
@@ -124,6 +124,8 @@ def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: floa
     texts = query_texts(text)
     if texts is None and vectors is None:
         raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
+    if texts is not None and len(texts) > c.settings["max_batch"]:  # as search's limit on query vectors
+        raise ResourceExhaustedError(f"{len(texts)} queries exceed max_batch={c.settings['max_batch']}")
     depth = check_options(fusion_name, alpha, rrf_k, candidates, top_k, c.settings["max_top_k"])
     if vectors is None:
         node = compile_filter(filter) if filter is not None else None

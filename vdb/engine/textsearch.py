@@ -118,6 +118,19 @@ def text_rows(c, texts: list[str], k: int, node):
     return ext, np.where(ext >= 0, scores, -np.inf)
 
 
+def _check_sizes(c, texts: list[str]) -> None:
+    """A query's cost grows with its length and its distinct terms (one posting list each): both are bounded
+    (max_query_text_kb, max_query_terms), so no request can hold the server for seconds and gigabytes."""
+    max_bytes, max_terms = c.settings["max_query_text_kb"] << 10, c.settings["max_query_terms"]
+    for i, t in enumerate(texts):
+        if len(t) > max_bytes or len(t.encode()) > max_bytes:  # len(t) first: no copy of a huge text
+            raise ResourceExhaustedError(f"text {i}: {len(t.encode())} bytes, more than max_query_text_kb="
+                                       f"{c.settings['max_query_text_kb']}")
+        if c.text.enabled and len(terms := c.text.terms(t)) > max_terms:
+            raise ResourceExhaustedError(f"text {i}: {len(terms)} distinct terms, more than max_query_terms="
+                                       f"{max_terms}")
+
+
 def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: float, rrf_k: int, candidates,
                   filter, knobs: dict, use_cache: bool, explain):
     """(ids [nq, top_k], distances [nq, top_k]) for text, vectors or both; see the module docstring."""
@@ -126,6 +139,8 @@ def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: floa
         raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
     if texts is not None and len(texts) > c.settings["max_batch"]:  # as search's limit on query vectors
         raise ResourceExhaustedError(f"{len(texts)} queries exceed max_batch={c.settings['max_batch']}")
+    if texts is not None:
+        _check_sizes(c, texts)
     depth = check_options(fusion_name, alpha, rrf_k, candidates, top_k, c.settings["max_top_k"])
     if vectors is None:
         node = compile_filter(filter) if filter is not None else None

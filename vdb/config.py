@@ -67,6 +67,10 @@ SETTINGS: tuple[Setting, ...] = (
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
+    Setting("max_query_text_kb", 64, "longest query text of hybrid_search, in KiB of UTF-8 (a passage is a few KiB; "
+            "a 4 MB text of 500,000 distinct words took 6.5 s and 0.9 GB to answer)", _positive),
+    Setting("max_query_terms", 1024, "most distinct terms in one query text of hybrid_search, after analysis "
+            "(Lucene's default limit of boolean clauses)", _positive),
     Setting("exact_filter_rows", 4_000, "filtered searches matching at most this many rows run exactly (above: "
             "the index with a widened probe, finished exactly when it comes up short)",
             _positive),
@@ -110,7 +114,7 @@ COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkp
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
 ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows",
-                                         "memtable_scan_all_rows")
+                                         "memtable_scan_all_rows", "max_query_text_kb", "max_query_terms")
 SECRETS = frozenset(s.name for s in SETTINGS if s.secret)
 
 

@@ -310,6 +310,7 @@ class Collection(ReadPath):
         checkpoint; see vdb/engine/repair.py."""
         self._check_usable()
         done = self.index.repair_postings(self.memtable.rows())
+        done.update(textsearch.repair(self))  # text index: rebuilt from the payloads when its files are damaged
         self.flush()
         return done
 

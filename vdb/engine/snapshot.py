@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from index.rowstate import is_live
+from storage.crashpoints import crashpoint
 from storage.fileio import fsync_dir, fsync_tree
 from storage.wal import start_log
+from vdb.engine.catalog import TRASH
 from vdb.errors import DataLossError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 FORMAT, VERSION = "vdb-snapshot", 1
@@ -164,9 +166,10 @@ def unpacked(src, workdir):
     if not is_archive(src):
         yield src
         return
-    tmp = Path(workdir) / f".unpack-{uuid.uuid4().hex[:8]}"
+    tmp = Path(workdir) / f"{TRASH}unpack-{uuid.uuid4().hex[:8]}"  # in a data directory: swept if we crash
     try:
         _unpack(src, tmp)
+        crashpoint("restore-unpacked")
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,6 +194,7 @@ def restore_snapshot(db, name: str, src) -> dict:
                 shutil.copyfile(snap / INDEX / rel, path / rel)
             start_log(path / WAL_DIR, manifest["lsn"] + 1)
             fsync_tree(path)
+            crashpoint("restore-filled")
 
         db.adopt_collection(name, fill)
         count = db.count(name)

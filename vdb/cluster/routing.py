@@ -191,8 +191,9 @@ def make_router(controller, spec, *, overfetch: float = 1.5, timeout_s: float = 
     """A Router (a VectorDB) over the cluster whose controller is `controller` (a Peer)."""
     api_key = spec.settings.get("api_key") or None
     view = ShardMapView(controller, poll_s=spec.ping_s, timeout_s=timeout_s, api_key=api_key)
+    limits = {k: spec.settings[k] for k in ("max_top_k", "max_batch") if k in spec.settings}  # the replicas'
     config = ClusterConfig(shards=tuple(f"shard-{s}" for s in range(spec.shards)), overfetch=overfetch,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, **limits)
     return ReplicatedRouter(config, view)
 
 

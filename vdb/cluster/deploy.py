@@ -193,9 +193,25 @@ def restore(spec: ClusterSpec, src, collection: str, workdir) -> dict:
     seeds its followers). Returns {"lsns": [...], "collection": ...}."""
     lsns = []
     with unpacked(src, workdir) as snap:
-        for s, shard_dir in enumerate(clustersnap.shard_dirs(snap, spec.shards)):
+        dirs = clustersnap.shard_dirs(snap, spec.shards)
+        for shard_dir in dirs:  # every shard checks out before any is restored: never half a collection
             verify_snapshot(shard_dir)
-            lsns.append(transfer.push(_primary(spec, s), shard_dir, int(spec.chunk_mb * (1 << 20)),
-                                      spec.transfer_timeout_s + spec.call_timeout_s, begin=(0, collection, "", []),
-                                      as_primary=True))
+        try:
+            for s, shard_dir in enumerate(dirs):
+                lsns.append(transfer.push(_primary(spec, s), shard_dir, int(spec.chunk_mb * (1 << 20)),
+                                          spec.transfer_timeout_s + spec.call_timeout_s,
+                                          begin=(0, collection, "", []), as_primary=True))
+        except BaseException:
+            _drop_restored(spec, collection, len(lsns))
+            raise
     return {"collection": collection, "lsns": lsns}
+
+
+def _drop_restored(spec: ClusterSpec, collection: str, shards: int) -> None:
+    """Undo a restore that failed on a later shard: drop it from the first `shards` (best effort, logged)."""
+    for s in range(shards):
+        try:
+            _primary(spec, s).call("drop_collection", collection, None, timeout=spec.call_timeout_s)
+        except Exception as e:
+            log.error("restore of %r failed on shard %d; dropping it from shard %d failed too (%r): drop it by "
+                      "hand", collection, shards, s, e)

@@ -30,7 +30,7 @@ from vdb.cluster.state import ReplicaState
 from vdb.cluster.transfer import Incoming
 from vdb.config import load_settings
 from vdb.engine.snapshot import check_relpath, content_digest, restore_snapshot, take_snapshot
-from vdb.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from vdb.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 
 log = logging.getLogger(__name__)
 SERVER_KEYS = ("api_key", "read_only_api_key", "tls_cert", "tls_key", "max_message_mb", "workers")
@@ -339,8 +339,8 @@ class Replica:
     def _restore_as_primary(self, name: str, snap) -> int:
         with self.writing() as leader:
             with self._lock:
-                if name in self.state.collections:
-                    raise InvalidArgumentError(f"collection {name!r} already exists")
+                if name in self.state.collections:  # as a restore on one node says it
+                    raise AlreadyExistsError(f"collection {name!r} already exists")
                 manifest = restore_snapshot(self.db, name, snap)
                 self.state.set_collection(name, uuid.uuid4().hex, [[leader.term, 1]])
                 self._attach_backlog(name)

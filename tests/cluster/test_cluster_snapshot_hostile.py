@@ -58,3 +58,24 @@ def test_a_restore_refused_by_a_later_shard_is_undone_on_the_earlier_ones(cluste
         deploy.restore(cluster.spec, tmp_path / "snap.tar", "back", tmp_path / "work")
     assert cluster.replica(0, cluster.primary_of(0)).db.list_collections() == ["c"]
     assert cluster.replica(1, cluster.primary_of(1)).db.count("back") == 0  # its own, untouched
+
+
+def test_cluster_up_waits_for_a_controller_that_is_slow_to_start(monkeypatch):
+    """Regression: wait_ready gave up at the first shard_map call that timed out (a controller actor still
+    importing on a busy node), so `vdbctl cluster up` failed long before its --wait (seen: the slow node-loss
+    test on a loaded machine)."""
+    from vdb.cluster.peer import PeerUnreachable
+    from vdb.cluster.spec import ClusterSpec
+    spec = ClusterSpec(data_root="-", shards=1, replicas=2)
+    ready = {"version": 3, "shards": [{"primary": "a:1", "readers": ["a:1", "b:1"]}]}
+    answers = [PeerUnreachable("controller: GetTimeoutError")] * 3 + [ready]
+
+    class Slow:
+        def call(self, method, *args, timeout):
+            out = answers.pop(0)
+            if isinstance(out, Exception):
+                raise out
+            return out
+    monkeypatch.setattr(deploy, "controller", lambda spec: Slow())
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
+    assert deploy.wait_ready(spec, timeout=60) == ready and answers == []

@@ -23,6 +23,7 @@ from ray.util.placement_group import get_placement_group, placement_group, remov
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from vdb.cluster import clustersnap, rayside, transfer
+from vdb.cluster.peer import PeerUnreachable
 from vdb.cluster.controller import Controller
 from vdb.cluster.replica import Replica
 from vdb.cluster.routing import RouterServer
@@ -77,10 +78,14 @@ def wait_ready(spec: ClusterSpec, timeout: float) -> dict:
     """Block until every shard has a primary and R readable replicas in the shard map."""
     deadline = time.monotonic() + timeout
     while True:
-        m = controller(spec).call("shard_map", timeout=spec.call_timeout_s)
-        if len(m["shards"]) == spec.shards and all(
-                sh["primary"] and len(sh["readers"]) == spec.replicas for sh in m["shards"]):
-            return m
+        try:
+            m = controller(spec).call("shard_map", timeout=spec.call_timeout_s)
+        except PeerUnreachable as e:  # a controller still starting (a busy node) is waited for, like the rest
+            m = f"the controller does not answer yet ({e})"
+        else:
+            if len(m["shards"]) == spec.shards and all(
+                    sh["primary"] and len(sh["readers"]) == spec.replicas for sh in m["shards"]):
+                return m
         if time.monotonic() > deadline:
             raise UnavailableError(f"cluster {spec.name!r} not ready after {timeout:.0f} s: {m}")
         time.sleep(0.2)

@@ -79,3 +79,34 @@ def test_cluster_up_waits_for_a_controller_that_is_slow_to_start(monkeypatch):
     monkeypatch.setattr(deploy, "controller", lambda spec: Slow())
     monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
     assert deploy.wait_ready(spec, timeout=60) == ready and answers == []
+
+
+def test_abandoned_snapshot_transfers_do_not_fill_the_disk(tmp_path):
+    """Regression: a pull whose `vdbctl snapshot --cluster` was killed left its whole copy in the primary's
+    outgoing/ until that replica restarted, and a seed whose primary died left one in the follower's incoming/;
+    killed again and again, they filled the disk. Now a transfer silent for idle_s goes at the next begin
+    (idle_s 0 here: any earlier one is abandoned; a long idle_s keeps it)."""
+    import vdb
+    from vdb.cluster.transfer import Incoming, Outgoing
+    from vdb.errors import NotFoundError
+    with vdb.connect(tmp_path / "db") as db:
+        db.create_collection("c", DIM)
+        db.upsert("c", [1, 2], np.ones((2, DIM), np.float32))
+        c = db.collection("c")
+        patient = Outgoing(tmp_path / "patient", idle_s=3600)
+        kept, _ = patient.begin(c)
+        patient.begin(c)
+        assert patient.chunk(kept, "vectors.f32", 0, 8)
+        out = Outgoing(tmp_path / "out", idle_s=0)
+        abandoned, _ = out.begin(c)
+        token, manifest = out.begin(c)
+        with pytest.raises(NotFoundError):
+            out.chunk(abandoned, "vectors.f32", 0, 8)
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [token]
+        incoming = Incoming(tmp_path / "in", idle_s=0)
+        first = incoming.begin(manifest)
+        incoming.chunk(first, "vectors.f32", 0, b"partial")  # ... and its sender is gone
+        second = incoming.begin(manifest)
+        with pytest.raises(NotFoundError):
+            incoming.chunk(first, "vectors.f32", 7, b"more")
+        assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [second]

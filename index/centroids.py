@@ -110,8 +110,9 @@ class HeadIndex:
             return np.full((len(hq), 1), np.inf, np.float32), np.full((len(hq), 1), -1, np.int64)
         _apply_threads()
         with self._rw.read():
-            if self.kind != "flat":
-                d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=max(ef_search, n)))
+            if self.kind != "flat":  # a beam wider than the graph finds nothing more (and faiss takes an int32)
+                ef = max(n, min(ef_search, self.size))
+                d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=ef))
             else:
                 d, ids = self.index.search(hq, n)
         d = np.sqrt(np.maximum(2.0 - 2.0 * d, 0.0)) if self.angular else np.sqrt(np.maximum(d, 0.0))

@@ -186,6 +186,8 @@ class SpannIndex(CommittedState):
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
         """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
         p = p.with_nprobe(self.default_nprobe(p.target_recall))
+        if p.rerank_k > max(k, len(self.state)):  # more candidates than rows changes no answer, only the memory
+            p = p.replace(rerank_k=max(k, len(self.state)))  # the kernels allocate (a client may send 4e9)
         if self.disk is not None and rerank:
             return self._search_disk(qs, k, p, allow, threads, stats)
         if p.prefetch and rerank:

@@ -284,9 +284,10 @@ class PostingStore:
 
     def garbage_bytes(self) -> int:
         """Bytes in the file not referenced by any live extent (reclaimed by compaction)."""
-        alive = (self.dir.flags & fmt.FLAG_RETIRED) == 0
-        live = fmt.extent_bytes(self.dir.capacity[alive], self.dir.flags[alive], self.rec_size).sum()
-        return int(max(0, self._end - HEADER_SIZE - live))
+        d, end = self.dir, self._end  # one directory: a split publishing a longer one meanwhile (stats run
+        alive = (d.flags & fmt.FLAG_RETIRED) == 0  # beside the writer) made the mask and the arrays disagree
+        live = fmt.extent_bytes(d.capacity[alive], d.flags[alive], self.rec_size).sum()
+        return int(max(0, end - HEADER_SIZE - live))
 
     def sync(self) -> None:
         self._file.sync()

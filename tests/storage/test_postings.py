@@ -181,3 +181,34 @@ def test_bytes_of_counts_the_pages_a_packed_posting_straddles(tmp_path):
     assert s.bytes_of(np.array([0])) == fmt.PAGE_SIZE      # inside the first data page
     assert s.bytes_of(np.array([1])) == 2 * fmt.PAGE_SIZE  # records 250..259 cross into the next page
     s.close()
+
+
+class _PublishedBetweenReads(PostingStore):
+    """A store whose directory is replaced by a longer one right after it is first read, as a split on the
+    maintenance thread can do between two reads of `dir` by a stats() call on another thread."""
+
+    @property
+    def dir(self):
+        d = self.__dict__["current"]
+        if self.__dict__.get("next") is not None:
+            self.__dict__["current"], self.__dict__["next"] = self.__dict__["next"], None
+        return d
+
+    @dir.setter
+    def dir(self, value):
+        self.__dict__["current"] = value
+
+
+def test_garbage_bytes_reads_one_directory(tmp_path):
+    """Regression: garbage_bytes read `dir` three times; a split publishing between the reads made the mask
+    and the arrays of different lengths (IndexError: INTERNAL from stats while writes went on)."""
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, [1, 2]), _records(s, [3])], [10, 10])
+    want = s.garbage_bytes()
+    s.__class__ = _PublishedBetweenReads
+    s.__dict__["current"] = s.__dict__.pop("dir")
+    s.__dict__["next"] = s.__dict__["current"].grown(2)
+    assert s.garbage_bytes() == want
+    s.__class__ = PostingStore
+    s.__dict__["dir"] = s.__dict__.pop("current")
+    s.close()

@@ -177,6 +177,7 @@ class Database:
             if name in self.catalog:
                 raise AlreadyExistsError(f"collection {name!r} already exists")
             path = self.catalog.new_path(name)
+            self.catalog.persist()  # a crash in fill() then leaves an unlisted directory, which new_path replaces
             try:
                 fill(path)
             except BaseException:

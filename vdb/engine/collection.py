@@ -74,6 +74,8 @@ class Collection(ReadPath):
         except BaseException:
             self.wal.close()
             raise
+        if settings.get("memory_budget_mb", 0) > 0:  # committed postings and rows read from disk, within it
+            index.serve_from_disk(float(settings["memory_budget_mb"]))
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
         self.maintainer.start()

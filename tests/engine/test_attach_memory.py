@@ -3,9 +3,10 @@ cgroup: a process that has paid its fixed costs (interpreter, libraries, compile
 it holds plus the index's resident structures, its memory_budget_mb and a small slack, and must open a 1M-row
 index and serve from it without being OOM-killed.
 
-Regression: opening grew an int64 id per row (8 bytes, 16 at the peak while copying) and searched through mmap;
-at 10M x 128 the opened collection held 462 MB anonymous (peak 671 MB) and a 512 MiB cgroup killed it while
-opening (docs/benchmarks.md). Needs root and the cgroup v1 memory controller (skipped otherwise, saying why).
+Regressions: opening grew an int64 id per row (8 bytes, 16 at the peak while copying) and searched through mmap
+(at 10M x 128 the opened collection held 462 MB anonymous, peak 671 MB, and a 512 MiB cgroup killed it while
+opening: docs/benchmarks.md); a delete of an unknown id made whole-array temporaries of ~24 bytes per row; the
+first filtered search built a dict of every id (~100 bytes per row). Needs root and the cgroup v1 memory controller (skipped otherwise, saying why).
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 N, DIM = 1_000_000, 8
 BUDGET_MB = 4.0     # the collection's memory_budget_mb: resident structures + the posting cache
-SLACK_MB = 12.0     # a search's buffers and temporaries, the WAL, LMDB's reads (page cache counts too)
+SLACK_MB = 16.0     # a search's buffers and temporaries, the WAL, LMDB's reads (page cache counts too)
 
 CHILD = textwrap.dedent("""
     import json, sys, tempfile
     import numpy as np
+    def step(name):  # where a kill happened, and what the process owned then (stderr ends up in the report)
+        anon = [l for l in open("/proc/self/status") if l.startswith("RssAnon")][0].split()[1]
+        print(f"{name}: RssAnon {anon} kB", file=sys.stderr, flush=True)
     import vdb
     from index.spann import release_free_memory
     index_dir, data_dir, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -43,16 +47,24 @@ CHILD = textwrap.dedent("""
                 db.search("w", q, top_k=10)
     release_free_memory()
     print("READY", flush=True)
+    step("ready")
     assert sys.stdin.readline().strip() == "GO"
     db = vdb.connect(data_dir, memory_budget_mb=budget)
     db.attach_collection("big", index_dir)
+    step("attached")
     queries = np.load(index_dir + "/../queries.npy")
     found = [db.search("big", q, top_k=10).ids.tolist() for q in queries]
-    db.upsert("big", [10_000_000], queries[:1] * 1.0)   # read-your-writes on top of the disk path
+    step("searched")
+    db.upsert("big", [10_000_000], queries[:1] * 1.0, payloads=[{"g": "a"}])  # read-your-writes on the disk path
     fresh = db.search("big", queries[0], top_k=1).ids.tolist()
+    step("upserted")
+    db.delete("big", [123_456_789])                     # an unknown id: a pass over every row
+    step("deleted")
+    filtered = db.search("big", queries[0], top_k=3, filter={"g": "a"}).ids.tolist()  # builds the payload index
+    step("filtered")
     disk = db.collection("big").index.serves_from_disk
     db.close()
-    print(json.dumps({"found": found, "fresh": fresh, "disk": disk}), flush=True)
+    print(json.dumps({"found": found, "fresh": fresh, "disk": disk, "filtered": filtered}), flush=True)
 """) % {"dim": DIM}
 
 
@@ -125,7 +137,7 @@ def test_attach_and_search_a_1m_row_index_inside_a_tight_memory_cgroup(tmp_path,
     assert proc.returncode == 0 and killed == 0, report
     res = json.loads(out.strip().splitlines()[-1])
     assert res["disk"] is True
-    assert res["fresh"] == [10_000_000]
+    assert res["fresh"] == [10_000_000] and res["filtered"] == [10_000_000, -1, -1]
     queries = np.load(path.parent / "queries.npy")
     for q, ids in zip(queries, res["found"]):  # the answers are right, not only affordable
         nearest = int(np.argmin(((x - q) ** 2).sum(1)))

@@ -8,6 +8,8 @@ the rest. The stored form is the same: the array "int2ext" holds the rows from m
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from index.rowstate import DELETED
@@ -22,7 +24,9 @@ class RowIds:
     dtype = np.dtype(np.int64)
 
     def __init__(self, dense_rows: int, tail: np.ndarray, holder):
-        self.dense_rows, self.tail, self._holder = int(dense_rows), tail, holder
+        # a weak reference: the index holds this map, and a cycle would keep a closed index (its head index
+        # included) in memory until the garbage collector ran
+        self.dense_rows, self.tail, self._holder = int(dense_rows), tail, weakref.ref(holder)
         self.n = self.dense_rows + len(tail)
 
     def __len__(self) -> int:
@@ -45,7 +49,10 @@ class RowIds:
         above = flat >= self.dense_rows
         if above.any():
             out[above] = self.tail[flat[above] - self.dense_rows]
-        out[(self._holder.state[flat] & DELETED) != 0] = -1
+        holder = self._holder()
+        if holder is None:
+            raise ReferenceError("the index this id map belongs to is gone")
+        out[(holder.state[flat] & DELETED) != 0] = -1
         return int(out[0]) if scalar else out.reshape(rows.shape)
 
     def __array__(self, dtype=None, copy=None):

@@ -229,8 +229,9 @@ def cmd_diskann(args) -> dict:
 
 
 def cmd_attach(args) -> dict:
-    """vdb.connect + attach_collection + search in the cgroup (tools/benchkit/attach_probe.py), on a copy of
-    the built index whose big files are hard links (searches never write them; the metadata is copied)."""
+    """vdb.connect(memory_budget_mb=limit - baseline - headroom) + attach_collection + search, then a few writes,
+    in the cgroup (tools/benchkit/attach_probe.py), on a copy of the built index (the writes append to its
+    files, so they are copied, not linked)."""
     import shutil
     f = files_of(args)
     vdb_dir, _ = index_paths(args)
@@ -239,13 +240,14 @@ def cmd_attach(args) -> dict:
     copy = scratch / "index"
     copy.mkdir(parents=True)
     for name in ("vectors.f32", "heads.f32", "postings.dat"):
-        os.link(vdb_dir / name, copy / name)
+        shutil.copyfile(vdb_dir / name, copy / name)
     shutil.copytree(vdb_dir / "meta", copy / "meta")
     cg = MemCgroup(f"vdb-bench-attach-{os.getpid()}", args.limit_mb << 20)
     out_path = scratch / "attach.json"
     try:
         cmd = ["taskset", "-c", args.cpus, sys.executable, str(ROOT / "tools/benchkit/attach_probe.py"), str(copy),
-               str(scratch / "data"), str(f["queries"]), str(f["truth"]), str(out_path)]
+               str(scratch / "data"), str(f["queries"]), str(f["truth"]), str(out_path),
+               str(args.limit_mb - args.baseline_mb - args.headroom_mb)]
         proc = subprocess.run(cmd, preexec_fn=cg.preexec(), capture_output=True, text=True)
         res = json.loads(out_path.read_text()) if proc.returncode == 0 else \
             {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}

@@ -107,3 +107,36 @@ def test_postings_added_by_splits_are_read_and_verified_from_disk(tmp_path, buil
         ext = np.concatenate([np.arange(3000), np.arange(50_000, 51_500)])
         ids = db.search("b", q, top_k=10, nprobe=64).ids
         assert recall_at_k(ids, ext[truth], 10) >= 0.95
+
+
+def test_attach_opens_the_index_once_and_a_failed_attach_leaves_nothing_behind(tmp_path, built, monkeypatch):
+    """Regression: attach opened the directory to validate it, closed it and opened it again (two head indexes
+    at the peak); a collection that then failed to open stayed in the catalog."""
+    from index.mutable import MutableSpannIndex
+    from vdb.engine import collection as collection_module
+    path, x, q = built
+    opens = []
+    real = MutableSpannIndex.open_writable.__func__
+
+    def counting(cls, p, **kw):
+        opens.append(p)
+        return real(cls, p, **kw)
+    monkeypatch.setattr(MutableSpannIndex, "open_writable", classmethod(counting))
+    with vdb.connect(tmp_path / "data") as db:
+        db.attach_collection("b", path)
+        assert len(opens) == 1
+        db.drop_collection("b")  # an attached directory outside the data directory is the user's: kept
+    assert (path / "postings.dat").exists()
+
+    def broken(*a, **kw):
+        raise OSError("the WAL cannot be opened")
+    monkeypatch.setattr(collection_module, "WriteAheadLog", broken)
+    with vdb.connect(tmp_path / "data2") as db:
+        with pytest.raises(vdb.VdbError):
+            db.attach_collection("b", path)
+        assert db.list_collections() == []
+    assert (path / "postings.dat").exists()
+    monkeypatch.undo()
+    with vdb.connect(tmp_path / "data2") as db:
+        db.attach_collection("b", path)  # the failed attempt left the directory usable
+        assert db.count("b") == 3000

@@ -20,7 +20,8 @@ class _Holder:
 
 def test_row_ids_behave_like_the_array_they_stand_for():
     state = np.zeros(8, np.uint8)
-    ids = RowIds(5, np.array([70, 71, 72], np.int64), _Holder(state))
+    holder = _Holder(state)  # the map refers to its index weakly (no cycle keeps a closed index alive)
+    ids = RowIds(5, np.array([70, 71, 72], np.int64), holder)
     full = np.array([0, 1, 2, 3, 4, 70, 71, 72])
     assert len(ids) == 8 and np.array_equal(np.asarray(ids), full) and ids.nbytes == 24
     assert np.array_equal(ids[np.array([[7, 0], [5, 4]])], [[72, 0], [70, 4]])
@@ -82,3 +83,22 @@ def test_a_commit_that_stored_every_rows_id_still_opens(tmp_path, base):
     copy = shutil.copytree(path, tmp_path / "copy")
     with SpannIndex.open(copy) as again:
         assert np.array_equal(np.asarray(again.int2ext), legacy) and again.int2ext.nbytes == 32
+
+
+def test_a_closed_index_is_freed_at_once(tmp_path, base):
+    """Regression: the id map referred to its index strongly, a cycle that kept a closed index (its head index
+    included) in memory until the garbage collector ran; attach held two head indexes that way."""
+    import gc
+    import weakref
+    path = tmp_path / "idx"
+    build_index(base[:1000], path, params=BuildParams(head_ratio=0.05))
+    gc.disable()
+    try:
+        for opener in (SpannIndex.open, MutableSpannIndex.open_writable):
+            idx = opener(path)
+            ref = weakref.ref(idx)
+            idx.close()
+            del idx
+            assert ref() is None
+    finally:
+        gc.enable()

@@ -47,6 +47,7 @@ def main() -> None:
     vdb.tune_process()
     queries, truth = np.load(qpath)[:1200], np.load(tpath)[:1200, :10]
     s0 = status()
+    print(f"[attach] before open: anon {s0['RssAnon'] >> 20} MB", flush=True, file=sys.stderr)
     with PeakAnon() as peak:
         t = time.perf_counter()
         db = vdb.connect(data_dir, memory_budget_mb=budget)
@@ -54,22 +55,25 @@ def main() -> None:
         open_s = time.perf_counter() - t
     s1, r1 = status(), smaps_rollup()
     idx = db.collection("big").index
-    res = {"memory_budget_mb": budget, "serves_from_disk": idx.serves_from_disk, "open_s": round(open_s, 2),
+    res = {"memory_budget_mb": budget, "serves_from_disk": getattr(idx, "serves_from_disk", False),
+           "open_s": round(open_s, 2),
            "status_before": s0, "status_after_open": s1, "smaps_after_open": r1, "anon_peak_open": peak.peak,
            "anon_after_open": s1["RssAnon"], "anon_open_delta": s1["RssAnon"] - s0["RssAnon"],
            "anon_peak_open_delta": peak.peak - s0["RssAnon"], "resident_bytes": idx.resident_bytes()}
-    print(f"[attach] open {open_s:.1f} s, anon {s1['RssAnon'] >> 20} MB (peak {peak.peak >> 20} MB)", flush=True)
+    print(f"[attach] open {open_s:.1f} s, anon {s1['RssAnon'] >> 20} MB (peak {peak.peak >> 20} MB)", flush=True,
+          file=sys.stderr)
     with PeakAnon() as peak:
         for q in queries[:200]:
             db.search("big", q, top_k=10, use_cache=False)
-        io0 = idx.disk.io_stats() if idx.disk is not None else None
+        io0 = idx.disk.io_stats() if getattr(idx, "disk", None) is not None else None
         res["search"] = timed(db, queries[200:1200], truth[200:1200])
-    io1 = idx.disk.io_stats() if idx.disk is not None else None
+    io1 = idx.disk.io_stats() if getattr(idx, "disk", None) is not None else None
     if io0 is not None:
         pages = (io1["postings"]["pages"] - io0["postings"]["pages"], io1["rows"]["pages"] - io0["rows"]["pages"])
         res["search"]["pages_per_query"] = {"postings": round(pages[0] / 1000, 1), "rows": round(pages[1] / 1000, 1)}
         res["posting_cache"] = io1["cache"]
     res["anon_peak_search"], res["status_after_search"] = peak.peak, status()
+    print(f"[attach] searched: {res['search']}, anon {status()['RssAnon'] >> 20} MB", flush=True, file=sys.stderr)
     with PeakAnon() as peak:
         q = queries[:10] + 0.001
         db.upsert("big", np.arange(10**9, 10**9 + 10), q, payloads=[{"tag": "new"}] * 10)

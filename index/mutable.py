@@ -74,6 +74,8 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
         self._old_store: PostingStore | None = None         # the store a compaction replaced
         self.epochs = ReadEpochs()                          # readers hold one while they may read a row
         self._reclaimable: tuple[np.ndarray, int] | None = None  # (committed dead rows, epoch) for reclaim_rows
+        # (head index, its changes) as the last commit stored it: the one read at open is stored already
+        self._committed_head = (self.head_index, 0) if self.head_index is not None else None
 
     @classmethod
     def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
@@ -284,7 +286,8 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
                   "int2ext": self.int2ext.tail.copy()}  # the rows from "int2ext_from" on (index/ids.py)
         if self.quantizer is not None:
             arrays["quantizer"] = self.quantizer.to_array()
-            arrays["head_index"] = self.head_index.to_bytes()
+            if self._head_index_changed():  # serialized it is a copy of the head index (82 MB at 10M rows),
+                arrays["head_index"] = self.head_index.to_bytes()  # and LMDB copies it again: only when changed
         fields_ = {"n_rows": int(self.n_rows), "n_heads": int(self.files.heads.rows),
                    "int2ext_from": self._dense_rows,
                    "postings_file": self.files.postings.path.name,
@@ -292,12 +295,20 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
                    int(self.files.manifest.get("postings_gen", 0))}
         return fields_, arrays
 
+    def _head_index_changed(self) -> bool:
+        """The head index differs from the one the last commit stored (or read): another object, or edited."""
+        committed = self._committed_head
+        return committed is None or committed[0] is not self.head_index or committed[1] != self.head_index.changes
+
     def commit(self, manifest: dict, arrays: dict, *, id_puts=None, id_deletes=None, payload_puts=None) -> None:
         """Make a checkpoint durable: the data files are fsync'd, then one LMDB transaction stores the manifest,
         the arrays (those of snapshot() and any of the caller's own) and the caller's id map and payload changes.
         id_puts: (ext ids, rows); id_deletes: ext ids; payload_puts: (ext ids, list of dict or None)."""
         epoch = self.epochs.advance()  # readers from now on see at least the snapshot's deletes
+        head = (self.head_index, self.head_index.changes) if "head_index" in arrays else None
         self.files.commit(manifest, arrays, id_puts=id_puts, id_deletes=id_deletes, payload_puts=payload_puts)
+        if head is not None:
+            self._committed_head = head
         if "state" in arrays:
             dead = ~is_live(arrays["state"])
             pending = arrays.get("pending")

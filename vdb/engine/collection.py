@@ -328,6 +328,7 @@ class Collection(ReadPath):
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
+            "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
         }
 
     def _disk_stats(self, wal: dict) -> dict:

@@ -76,6 +76,9 @@ class HeadIndex:
         self.changes = 0  # add / remove calls since it was built or read: a checkpoint rewrites it only if > 0
         self._rw = _ReadWriteLock()
         self._inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+        ids = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap2) else np.arange(index.ntotal)
+        # every head added after a search started has an id >= the next_id read before it (ids only grow)
+        self.next_id = int(ids.max()) + 1 if len(ids) else 0
 
     @classmethod
     def build(cls, heads: np.ndarray, *, angular: bool, kind: str = "auto", m: int = 32,
@@ -121,6 +124,8 @@ class HeadIndex:
             self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))
             self.changes += 1
+            if len(ids):
+                self.next_id = max(self.next_id, int(np.max(ids)) + 1)
 
     def remove(self, ids: np.ndarray) -> bool:
         """Drop heads by posting id; True if this index kind supports it (flat does, faiss HNSW does not)."""

@@ -39,6 +39,7 @@ from storage.crashpoints import crashpoint
 from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
+HOME_EF_SEARCH = 16  # head-index effort when the write path files a row under its nearest head (home_heads)
 
 
 @dataclass
@@ -142,6 +143,24 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
             appended = rows[rows >= self._dense_rows] - self._dense_rows
             self._tail_buf[appended] = -1  # the stored form says so too (the dense prefix: the state does)
 
+    def home_heads(self, vectors: np.ndarray) -> np.ndarray:
+        """Where the engine's memtable files each prepared vector until it is indexed, so that a search scans
+        only the unindexed rows of the heads it probes: int64 [n, 2] of (its nearest live head, the first head
+        id this choice could not see). -1 heads before the index has any. Any thread: a search also scans the
+        rows filed under a head retired since, and those whose query's nearest head is newer than their
+        filing (index/kernels/exact.py small_exact_topk), so a vector is found by a query equal to it."""
+        out = np.full((len(vectors), 2), -1, np.int64)
+        head_index, excluded = self.head_index, self._excluded
+        if head_index is None or head_index.size == 0 or len(vectors) == 0:
+            return out
+        out[:, 1] = head_index.next_id  # read before the search: heads added later have larger ids
+        extra = min(int(excluded.sum()), 8)
+        _, near = head_index.search(head_space(vectors, self.metric), 1 + extra, HOME_EF_SEARCH)
+        unknown = (near < 0) | (near >= len(excluded))  # -1, or a head added after `excluded` was read
+        dead = unknown | excluded[np.where(unknown, 0, near)]
+        out[:, 0] = np.take_along_axis(near, np.argsort(dead, axis=1, kind="stable")[:, :1], 1)[:, 0]
+        return out
+
     def truncate_rows(self, n: int) -> None:
         """Recovery: forget rows >= n (written after the checkpoint; the WAL replay writes them again)."""
         with self.lock:
@@ -196,7 +215,8 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
         x = self.vectors_of(rows)
         hs = head_space(x, self.metric)
         sel, _, _ = select_heads(hs, self._heads_matrix(), self.head_index, self.params,
-                                 excluded if excluded is not None else self._excluded)
+                                 excluded if excluded is not None else self._excluded,
+                                 None if excluded is not None else self._retired_in_head_index)
         codes = self.quantizer.encode(x)
         owner, slot = np.nonzero(sel >= 0)
         pids = sel[owner, slot]

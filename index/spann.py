@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.assign import over_fetch
 from index.calibrate import nprobe_for
 from index.centroids import HeadIndex
 from index.diskread import DiskSearcher
@@ -39,6 +40,7 @@ class SearchStats:
     postings_probed: int = 0
     records_scanned: int = 0
     bytes_read: int = 0           # posting pages + re-ranked rows, in whole pages as the kernel sees them
+    probes: np.ndarray | None = None  # the posting ids the last call scanned per query (-1: none)
 
     def as_dict(self) -> dict:
         return {"postings_probed": self.postings_probed, "records_scanned": self.records_scanned,
@@ -180,7 +182,9 @@ class SpannIndex(CommittedState):
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
             return np.full((len(qs), 0), -1, np.int64)
-        extra = min(self._retired_in_head_index, 2 * p.nprobe)  # over-fetch so retired heads do not eat probes
+        # over-fetch so that retired heads do not eat probes (by their share: a fixed 2 x nprobe doubled the
+        # head search's cost once any head was retired, issue 13)
+        extra = over_fetch(p.nprobe, self._retired_in_head_index, head_index.size)
         hd, hids = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
         hids = np.where(hids < len(directory), hids, -1)  # heads added after the snapshot
         if extra:
@@ -238,6 +242,7 @@ class SpannIndex(CommittedState):
             if bad >= 0:
                 self.files.vectors.raise_corrupt_row(int(bad))
         if stats is not None:
+            stats.probes = P
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += sum(store.bytes_of(row[row >= 0]) for row in P)
@@ -252,6 +257,7 @@ class SpannIndex(CommittedState):
         ids, d, scanned, read = self.disk.search(P, qs, kernel_queries(self.quantizer, qs, is_l2), is_l2, self.state, allow, k, p,
                                                  threads)
         if stats is not None:
+            stats.probes = P
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += int(read.sum())

@@ -71,6 +71,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("exact_filter_rows", 4_000, "filtered searches matching at most this many rows run exactly (above: "
             "the index with a widened probe, finished exactly when it comes up short)",
             _positive),
+    Setting("memtable_scan_all_rows", 1024, "a search scans every acknowledged row not yet in postings while "
+            "there are at most this many; above, only the rows filed under the heads it probes (each row is filed "
+            "under its nearest head as it is written), as it scans only the probed postings",
+            lambda v: v >= 0),
     # semantic cache
     Setting("cache_mb", 0.0, "semantic cache size per collection in MiB (0 disables)", lambda v: v >= 0),
     Setting("cache_error_budget", 0.0, "uncertified near hits allowed (fraction of k that may differ); 0 = "
@@ -107,7 +111,7 @@ COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkp
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
 ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows",
-                                         "memory_budget_mb")
+                                         "memtable_scan_all_rows", "memory_budget_mb")
 SECRETS = frozenset(s.name for s in SETTINGS if s.secret)
 
 

@@ -106,7 +106,8 @@ class Collection(ReadPath):
     def _recover(self) -> None:
         pending = self.index.committed_array("pending")
         if pending is not None and len(pending):
-            self.memtable.add(pending.astype(np.int64), self.index.vectors_of(pending))
+            vectors = self.index.vectors_of(pending)
+            self.memtable.add(pending.astype(np.int64), vectors, self.index.home_heads(vectors))
         textsearch.recover(self.text, self.index)  # text index: up to the checkpoint, before the replay
         replayed = 0
         for rec in self.wal.replay(self.checkpoint_lsn):
@@ -128,7 +129,10 @@ class Collection(ReadPath):
         data = walcodec.encode_upsert(ids, x, payloads)
         check_record_size(len(data), WAL_RECORD_LIMIT)
         self._wait_for_room(timeout)
-        return self._log_and_apply(walcodec.UPSERT, data, walcodec.Upsert(ids, x, payloads), new_rows=len(ids))
+        # filed under their heads before the log's lock and the apply order: the head search runs in parallel
+        heads = self.index.home_heads(x)
+        return self._log_and_apply(walcodec.UPSERT, data, walcodec.Upsert(ids, x, payloads, heads),
+                                   new_rows=len(ids))
 
     def delete(self, ids) -> int:
         self._check_usable()
@@ -216,7 +220,9 @@ class Collection(ReadPath):
                 rows = idx.add_rows(op.vectors, op.ids)
                 payloads = op.payloads or [None] * len(rows)
                 self.idmap.upserted(op.ids, rows, payloads)
-                self.memtable.add(rows, op.vectors)
+                # a replayed or replicated record has no heads yet: the search for them is derived, not logged
+                heads = op.heads if op.heads is not None else idx.home_heads(op.vectors)
+                self.memtable.add(rows, op.vectors, heads)
                 self.live += len(rows) - n_old
                 if self._pindex is not None:
                     self._pindex.set_rows(rows, payloads, idx.n_rows)

@@ -28,7 +28,7 @@ from index.epochs import ReadEpochs
 from index.distance import head_space
 from index.quantize import Int8Quantizer
 from index.rebalance import Rebalancing
-from index.rowstate import DELETED, is_live, version_of
+from index.rowstate import DELETED, grown, is_live, version_of
 from index.ids import RowIds
 from index.livedisk import LiveDiskServing
 from index.spann import SpannIndex, release_free_memory
@@ -117,9 +117,9 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
             n = first + len(vectors)
             t_first, t_n = first - self._dense_rows, n - self._dense_rows
             if n > len(self._state_buf):
-                self._state_buf = _grow(self._state_buf[:first], _capacity(n))
+                self._state_buf = grown(self._state_buf[:first], n)
             if t_n > len(self._tail_buf):
-                self._tail_buf = _grow(self._tail_buf[:t_first], _capacity(t_n), fill=-1)
+                self._tail_buf = grown(self._tail_buf[:t_first], t_n, fill=-1)
             self._state_buf[first:n] = 0
             self._tail_buf[t_first:t_n] = ext_ids
             self._publish_rows(n)
@@ -398,14 +398,3 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
         alive = (d.flags & FLAG_RETIRED) == 0
         return {**self.stats.as_dict(), "postings": int(alive.sum()), "retired_postings": int((~alive).sum()),
                 "posting_garbage_bytes": self.files.postings.garbage_bytes()}
-
-
-def _capacity(n: int) -> int:
-    """Room for n rows and a quarter more (not double: at 10M rows the state array alone is 10 MB)."""
-    return n + n // 4 + 1024
-
-
-def _grow(a: np.ndarray, capacity: int, fill=0) -> np.ndarray:
-    out = np.full(capacity, fill, dtype=a.dtype)
-    out[: len(a)] = a
-    return out

@@ -73,6 +73,7 @@ class _ReadWriteLock:
 class HeadIndex:
     def __init__(self, index: faiss.Index, angular: bool, kind: str):
         self.index, self.angular, self.kind = index, angular, kind
+        self.changes = 0  # add / remove calls since it was built or read: a checkpoint rewrites it only if > 0
         self._rw = _ReadWriteLock()
         self._inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
         ids = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap2) else np.arange(index.ntotal)
@@ -123,6 +124,7 @@ class HeadIndex:
         with self._rw.write():
             self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))
+            self.changes += 1
             if len(ids):
                 self.next_id = max(self.next_id, int(np.max(ids)) + 1)
 
@@ -133,6 +135,7 @@ class HeadIndex:
         _apply_threads()
         with self._rw.write():
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+            self.changes += 1
         return True
 
     def to_bytes(self) -> np.ndarray:

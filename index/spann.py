@@ -21,7 +21,7 @@ from index.centroids import HeadIndex
 from index.diskread import DiskSearcher
 from index.distance import as_matrix, from_kernel, head_space, prepare_base
 from index.errors import InvalidParameterError
-from index.ids import DenseIds
+from index.ids import RowIds, tail_of_stored
 from index.committed import CommittedState
 from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer, kernel_queries
@@ -61,10 +61,7 @@ class SpannIndex(CommittedState):
         self.head_index = files.meta.read_array("head_index", lambda b: HeadIndex.from_bytes(b, self.metric.angular))
         n_rows = int(m["n_rows"])
         self.state = _row_array(files.meta.get_array("state"), n_rows, np.uint8, self.path, "state")
-        if m.get("id_map") == "dense" and m.get("dense_rows") == n_rows:
-            self.int2ext = DenseIds(n_rows)  # no rows appended since the build: a deleted row is never returned
-        else:
-            self.int2ext = _row_array(files.meta.get_array("int2ext"), n_rows, np.int64, self.path, "int2ext")
+        self.int2ext = self._load_ids(m, n_rows)
         n_heads = int(m["n_heads"])
         bad_heads = files.heads.verify()  # few rows, and every insert and split reads them: check them all now
         if bad_heads:
@@ -77,6 +74,22 @@ class SpannIndex(CommittedState):
         self._resident_cache: int | None = None
         self.calibration = m.get("calibration")
         self.disk: DiskSearcher | None = None  # set by use_disk(): postings and rows read with O_DIRECT
+
+    def _load_ids(self, m: dict, n_rows: int) -> RowIds:
+        """The row -> external id map: computed for the dense prefix of a build given no ids, stored for the rest
+        (index/ids.py)."""
+        dense = int(m.get("dense_rows", 0)) if m.get("id_map") == "dense" else 0
+        if not 0 <= dense <= n_rows:
+            raise FormatError(f"{self.path}: the manifest's dense_rows {dense} exceeds its {n_rows} rows")
+        if dense == n_rows:
+            return RowIds(dense, np.zeros(0, np.int64), self)  # nothing appended since the build: no array read
+        start = m.get("int2ext_from")
+        found = self.files.meta.read_array("int2ext", lambda a: [tail_of_stored(a, start, dense, n_rows)])
+        tail = found[0] if found is not None else tail_of_stored(None, start, dense, n_rows)
+        if tail is None:
+            raise FormatError(f"{self.path}: the stored 'int2ext' array does not hold rows "
+                              f"{start or 0}..{n_rows - 1} as the manifest says")
+        return RowIds(dense, tail, self)
 
     def _head_ids(self) -> np.ndarray:
         if self.head_index is None:

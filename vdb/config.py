@@ -59,11 +59,12 @@ SETTINGS: tuple[Setting, ...] = (
             "hybrid_search; empty: no text index", lambda v: v == "" or all(p for p in v.split("."))),
     Setting("text_commit_interval_s", 1.0, "how often new texts move from RAM into the on-disk text index "
             "(they are searchable at once either way)", _positive),
-    Setting("memory_budget_mb", 0.0, "RAM a built index served read-only from disk may use (vdbctl search "
-            "--memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident structures plus a cache of the "
-            "postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query. 0: read "
-            "through mmap and the kernel's page cache. Collections (which change) always read through mmap",
-            lambda v: v >= 0),
+    Setting("memory_budget_mb", 0.0, "RAM an index served from disk may use, per collection (vdb.connect / vdbctl "
+            "serve, vdbctl search --memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident "
+            "structures plus a cache of the postings read most; the postings and re-rank rows a search needs are "
+            "read with O_DIRECT, in one batch per query, so the page cache holds none of them. A collection's "
+            "unindexed writes (its memtable, at most max_pending_rows vectors) are searched exactly on top of "
+            "it. 0: read through mmap and the kernel's page cache", lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
@@ -114,7 +115,8 @@ COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkp
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
 ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows",
-                                         "memtable_scan_all_rows", "max_query_text_kb", "max_query_terms")
+                                         "memtable_scan_all_rows", "max_query_text_kb", "max_query_terms",
+                                         "memory_budget_mb")
 SECRETS = frozenset(s.name for s in SETTINGS if s.secret)
 
 

@@ -113,6 +113,11 @@ class Catalog:
         self._entries[name] = {"path": str(rel)}
         self._save()
 
+    def forget(self, name: str) -> None:
+        """Drop the entry and keep its files (an attached directory that failed to open stays the user's)."""
+        del self._entries[name]
+        self._save()
+
     def remove(self, name: str) -> None:
         path = self.path_of(name)
         del self._entries[name]

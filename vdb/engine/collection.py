@@ -74,6 +74,8 @@ class Collection(ReadPath):
         except BaseException:
             self.wal.close()
             raise
+        if settings.get("memory_budget_mb", 0) > 0:  # committed postings and rows read from disk, within it
+            index.serve_from_disk(float(settings["memory_budget_mb"]))
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
         self.maintainer.start()
@@ -333,6 +335,7 @@ class Collection(ReadPath):
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
+            "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
         }
 
     def _disk_stats(self, wal: dict) -> dict:

@@ -151,6 +151,13 @@ class PostingStore:
                     self.raise_corrupt(pid)
                 self._verified[pid] = True
 
+    def check_consistent(self, pid: int) -> bool:
+        """Whether posting `pid`'s valid records match its checksum, with count and checksum read as one pair (an
+        append in place updates the two together under this lock): the check for a reader that saw a mismatch
+        on a (count, checksum) pair it read unlocked, which an append may have torn."""
+        with self._verify_lock:
+            return self._check(pid)
+
     def _check(self, pid: int) -> bool:
         d = self.dir
         off, n = int(d.offset[pid]), int(d.count[pid])
@@ -255,8 +262,10 @@ class PostingStore:
         data = np.ascontiguousarray(records, dtype=self.record_dtype)
         if n + len(data) <= cap:
             self._file.pwrite(data, int(d.offset[pid]) + n * self.rec_size)
-            d.crc[pid] = zlib.crc32(data, int(d.crc[pid]))
-            d.count[pid] = n + len(data)  # publish last: readers never see unwritten records
+            crc = zlib.crc32(data, int(d.crc[pid]))
+            with self._verify_lock:  # a verifier reads (count, crc) as one pair: never the new crc with the old count
+                d.crc[pid] = crc
+                d.count[pid] = n + len(data)  # publish last: readers never see unwritten records
             return
         old = self.records(pid)
         self.rewrite(pid, np.concatenate([old, data]), capacity=max(grow_to or 0, 2 * (n + len(data))))

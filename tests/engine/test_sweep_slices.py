@@ -66,3 +66,38 @@ def test_a_sweep_does_a_bounded_slice_per_step_and_finishes_over_later_steps(tmp
             assert db.search("c", x[i], top_k=1, nprobe=8)[0][0] == i
     finally:
         db.close()
+
+
+def _sweep_with_compaction(path, garbage_fraction):
+    """Merges and compactions of a sweep after deleting half the rows, one merge per step."""
+    db = vdb.connect(path, checkpoint_interval_s=3600, sweep_jobs_per_step=1, compact_min_mb=0.001,
+                     compact_garbage_fraction=garbage_fraction)
+    try:
+        db.create_collection("c", dim=DIM, bootstrap_rows=300, split_limit=24, head_ratio=0.1)
+        x = ClusteredMixture(DIM, 10, 1).sample(3000, 7)
+        db.upsert("c", np.arange(3000), x)
+        db.flush("c")
+        c = db.collection("c")
+        with c.index.maint_lock:  # only these steps run, one after another: the same work in both runs
+            while c.maintain():  # whatever the inserts' splits left to do
+                pass
+            before = db.stats("c")["maintenance"].get("compactions", 0)
+            db.delete("c", np.arange(0, 3000, 2))
+            while c.maintain():
+                pass
+        m = db.stats("c")["maintenance"]
+        assert db.check("c")[0]["ok"]
+        for i in range(1, 3000, 98):
+            assert db.search("c", x[i], top_k=1, nprobe=8)[0][0] == i
+        return m["merges"], m.get("compactions", 0) - before
+    finally:
+        db.close()
+
+
+def test_a_due_compaction_waits_for_the_pending_sweep_so_the_shrunk_postings_are_still_merged(tmp_path):
+    """A compaction drops dead records, the evidence that deletes shrank a posting: one run in the middle of a
+    sweep would leave the rest of the shrunk postings unmerged."""
+    merges_alone, compactions_alone = _sweep_with_compaction(tmp_path / "a", 0.99)  # never compacts
+    merges, compactions = _sweep_with_compaction(tmp_path / "b", 0.001)  # due after the first merge
+    assert compactions_alone == 0 and compactions >= 1
+    assert merges_alone > 4 and merges == merges_alone

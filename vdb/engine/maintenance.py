@@ -131,8 +131,10 @@ class Maintainer:
                 self._sweep_pending = idx.sweep(settings["sweep_jobs_per_step"])
                 self._index_changed = True
                 worked = True
-            if (compact and idx.bootstrapped) or idx.compaction_due(settings["compact_min_mb"] * (1 << 20),
-                                                                    settings["compact_garbage_fraction"]):
+            # a due compaction waits for a pending sweep: it would drop the dead records that tell the sweep
+            # which postings deletes shrank, and the sweep's merges add garbage the compaction can take too
+            if (compact and idx.bootstrapped) or (not self._sweep_pending and idx.compaction_due(
+                    settings["compact_min_mb"] * (1 << 20), settings["compact_garbage_fraction"])):
                 freed = idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
                 self._compacted("postings", freed)
                 self._index_changed = True

@@ -144,27 +144,41 @@ class Rebalancing:
         self.stats.reassigned += len(rows)
         return overflow
 
-    def sweep(self) -> None:
-        """Garbage-collect postings that are mostly dead records and merge postings with too few live ones."""
+    def sweep(self, max_jobs: int = 0) -> bool:
+        """Merge postings that deletes or reassignments left with too few live records and garbage-collect
+        postings that are mostly dead records: at most `max_jobs` merges and rewrites (0: no bound), the
+        emptiest postings first. Returns whether work is left for another call.
+
+        A posting is merged only when dead records took it under merge_limit (it held at least merge_limit
+        records, or lost half of them): a bulk build leaves many postings small by design, and merging them
+        all on the first sweep after a few deletes cost a third of the inserts' work at once."""
         with self.maint_lock:
             if not self.bootstrapped:
-                return
+                return False
             store = self.files.postings
             d = store.dir
             buf = store.buffer
             live = live_counts(buf[: len(buf) // 4 * 4].view(np.uint32), buf, d.offset, d.count, store.rec_size,
                                self.state)
             alive = (d.flags & FLAG_RETIRED) == 0
+            count = d.count.astype(np.int64)
+            shrunk = (live < self.params.merge_limit) & ((count >= self.params.merge_limit) | (live * 2 <= count))
+            merges = np.nonzero(alive & shrunk)[0]
+            merges = merges[np.argsort(live[merges], kind="stable")]
+            budget = max_jobs if max_jobs > 0 else len(merges) + len(count)
             overflow: set[int] = set()
-            for pid in np.nonzero(alive & (live < self.params.merge_limit))[0]:
+            for pid in merges[:budget]:
                 if int(alive.sum()) <= 1:
                     break
                 overflow |= self._merge(int(pid))
                 alive[pid] = False
-            for pid in np.nonzero(alive & (((d.count >= 16) & (live * 2 < d.count))
-                                           | (d.count > self.params.split_limit)))[0]:
+            budget -= min(budget, len(merges))
+            cleanups = np.nonzero(alive & (((count >= 16) & (live * 2 < count))
+                                           | (count > self.params.split_limit)))[0]
+            for pid in cleanups[:budget]:
                 overflow |= self.split(int(pid))
             self._settle(overflow)
+            return max_jobs > 0 and len(merges) + len(cleanups) > max_jobs  # the rest waits for the next call
 
     def _merge(self, pid: int) -> set[int]:
         """Retire a posting with few live records; its vectors move to their next best postings."""

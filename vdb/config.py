@@ -41,6 +41,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("maintenance_batch", 4096, "vectors moved from RAM into postings per maintenance step", _positive),
     Setting("sweep_deleted_fraction", 0.05, "garbage-collect / merge postings after this fraction of rows was "
             "deleted or replaced", _positive),
+    Setting("sweep_jobs_per_step", 64, "posting merges and rewrites a sweep does per maintenance step; the rest "
+            "waits for later steps, so a sweep after many deletes never stops the indexing of new rows",
+            _positive),
+    Setting("sweep_max_deferred_steps", 3, "a pending sweep gives way to indexing while the backlog is over half "
+            "of max_pending_rows, but for at most this many maintenance steps in a row", lambda v: v >= 0),
     Setting("compact_min_mb", 1.0, "posting-file garbage (old extents) below this never triggers a compaction, "
             "whatever its fraction (a floor, so that small collections do not rewrite their postings over and "
             "over)", _positive),
@@ -109,6 +114,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 # Stored with each collection (its manifest) and changeable per collection at creation:
 COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkpoint_interval_s",
                        "checkpoint_wal_mb", "max_pending_rows", "maintenance_batch", "sweep_deleted_fraction",
+                       "sweep_jobs_per_step", "sweep_max_deferred_steps",
                        "compact_min_mb", "compact_garbage_fraction", "write_timeout_s", "cache_mb",
                        "cache_error_budget", "cache_shadow_rate",
                        "text_field", "text_commit_interval_s")

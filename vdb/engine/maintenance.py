@@ -24,6 +24,8 @@ class Maintainer:
         self.c = collection
         self._index_changed = False           # since the last checkpoint
         self._changed_rows_at_sweep = 0       # the collection's changed_rows when the last sweep ran
+        self._sweep_pending = False           # a sweep started and has merges or rewrites left
+        self._sweep_deferrals = 0             # steps in a row that left a pending sweep for the backlog
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -124,11 +126,15 @@ class Maintainer:
             changed = c.changed_rows - self._changed_rows_at_sweep
             if changed > settings["sweep_deleted_fraction"] * max(idx.n_rows, 1) and idx.bootstrapped:
                 self._changed_rows_at_sweep = c.changed_rows
-                idx.sweep()
+                self._sweep_pending = True
+            if self._sweep_pending and self._sweep_slice_due(settings):
+                self._sweep_pending = idx.sweep(settings["sweep_jobs_per_step"])
                 self._index_changed = True
                 worked = True
-            if (compact and idx.bootstrapped) or idx.compaction_due(settings["compact_min_mb"] * (1 << 20),
-                                                                    settings["compact_garbage_fraction"]):
+            # a due compaction waits for a pending sweep: it would drop the dead records that tell the sweep
+            # which postings deletes shrank, and the sweep's merges add garbage the compaction can take too
+            if (compact and idx.bootstrapped) or (not self._sweep_pending and idx.compaction_due(
+                    settings["compact_min_mb"] * (1 << 20), settings["compact_garbage_fraction"])):
                 freed = idx.compact_postings()  # the next checkpoint commits the new file and deletes the old one
                 self._compacted("postings", freed)
                 self._index_changed = True
@@ -145,6 +151,17 @@ class Maintainer:
         if freed:
             self._compacted("vector rows", freed)
         return worked
+
+    def _sweep_slice_due(self, settings) -> bool:
+        """A pending sweep waits while the backlog of unindexed rows is over half of max_pending_rows (writers
+        are about to be throttled: indexing them comes first), but never more than sweep_max_deferred_steps
+        steps in a row, so dead records are still collected under a writer that never lets up."""
+        if (len(self.c.memtable) * 2 > settings["max_pending_rows"]
+                and self._sweep_deferrals < settings["sweep_max_deferred_steps"]):
+            self._sweep_deferrals += 1
+            return False
+        self._sweep_deferrals = 0
+        return True
 
     def _compacted(self, what: str, freed: int) -> None:
         self.last_compaction = {"what": what, "bytes_reclaimed": int(freed), "unix_time": round(time.time(), 3)}

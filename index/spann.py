@@ -9,6 +9,7 @@ float32 vectors -> top k.
 """
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ from index.committed import CommittedState
 from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer, kernel_queries
 from index.rowstate import is_live
+from index.tierscan import TierSearcher
 from index.types import FALLBACK_NPROBE, BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
 
+log = logging.getLogger(__name__)
 MAX_TOP_K = 100_000
 
 
@@ -75,6 +78,7 @@ class SpannIndex(CommittedState):
         self._resident_cache: int | None = None
         self.calibration = m.get("calibration")
         self.disk: DiskSearcher | None = None  # set by use_disk(): postings and rows read with O_DIRECT
+        self.tier: TierSearcher | None = None  # set by use_disk() when the scan codes fit the budget
 
     def _head_ids(self) -> np.ndarray:
         if self.head_index is None:
@@ -85,33 +89,52 @@ class SpannIndex(CommittedState):
     # -- lifecycle --------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, *, verify: str = "lazy", memory_budget_mb: float | None = None,
-             direct_io: bool = True) -> "SpannIndex":
+             direct_io: bool = True, scan_tier: bool = True) -> "SpannIndex":
         """Open a built index read-only (shared lock). verify: lazy (each posting on first read) | full | none.
 
-        memory_budget_mb: serve from disk within this much RAM (index/diskread.py): what the resident
-        structures leave of it caches the postings read most; reads bypass the page cache (`direct_io`).
+        memory_budget_mb: serve from disk within this much RAM (index/diskread.py, and index/tierscan.py if the
+        index has scan codes that fit and `scan_tier`); reads bypass the page cache (`direct_io`).
         None: read through mmap and the page cache."""
         files = IndexDir.open(path, writable=False, verify=verify)
         try:
             index = cls(files)
             if memory_budget_mb is not None:
-                index.use_disk(memory_budget_mb, direct_io=direct_io, verify=verify != "none")
+                index.use_disk(memory_budget_mb, direct_io=direct_io, verify=verify != "none", scan_tier=scan_tier)
         except BaseException:
             files.close()
             raise
         release_free_memory()
         return index
 
-    def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True) -> None:
-        """Serve searches from disk within `memory_budget_mb` (see open)."""
+    def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True,
+                 scan_tier: bool = True) -> None:
+        """Serve searches from disk within `memory_budget_mb` (see open). With `scan_tier` and a scan-code file
+        that fits what the resident structures leave of the budget, postings are scanned from it in RAM
+        (index/tierscan.py) and the rest of the budget caches postings for the stale ones."""
         if memory_budget_mb < 0:
             raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
-        cache = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
+        room = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
+        codes = self.files.open_scan_codes() if scan_tier and self.quantizer is not None else None
+        if codes is not None and codes.nbytes > room:
+            log.warning("%s: scan codes (%d MB) do not fit the budget's %d MB; postings are read from disk",
+                        self.path, codes.nbytes >> 20, max(0, room) >> 20)
+            codes.close()
+            codes = None
+        cache = room - (codes.nbytes if codes is not None else 0)
         self.disk = DiskSearcher(self.files.postings, self.files.vectors, max(0, cache), verify=verify,
                                  direct=direct_io)
+        if codes is not None:
+            try:
+                self.tier = TierSearcher(codes, self.disk, self.quantizer, self.files.postings.dir, self.dim,
+                                         verify=verify)
+            except BaseException:
+                codes.close()
+                raise
 
     def close(self) -> None:
         """Release the files and the directory lock."""
+        if self.tier is not None:
+            self.tier.codes.close()
         if self.disk is not None:
             self.disk.close()
         self.files.close()
@@ -124,7 +147,7 @@ class SpannIndex(CommittedState):
     def __enter__(self) -> "SpannIndex":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # noqa: D105
         self.close()
 
     @property
@@ -236,8 +259,9 @@ class SpannIndex(CommittedState):
         P = self.probe(qs, p, self.files.postings.dir)
         is_l2 = self.metric is Metric.L2
         allow = allow if allow is not None else np.zeros(0, np.uint8)
-        ids, d, scanned, read = self.disk.search(P, qs, kernel_queries(self.quantizer, qs, is_l2), is_l2, self.state, allow, k, p,
-                                                 threads)
+        searcher = self.tier if self.tier is not None else self.disk
+        prepared = kernel_queries(self.quantizer, qs, is_l2)
+        ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)
         if stats is not None:
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())

@@ -77,6 +77,8 @@ class BuildParams:
     target_recall: float = 0.9        # the build calibrates the default nprobe to reach this recall@10 on
                                       # held-out samples (index/calibrate.py); 0 skips the calibration
     calibration_samples: int = 500    # stored rows used as queries for it
+    scan_code_bytes: int = 0          # > 0: also encode every posting record into this many PQ bytes (scan.pq,
+                                      # index/scancodes.py) that an index served from disk scans in RAM
 
     def resolved(self, dim: int) -> "BuildParams":
         """Validate and fill the automatic choices that depend on the data."""
@@ -103,6 +105,7 @@ class BuildParams:
             (self.hnsw_m >= 4, "hnsw_m must be >= 4"),
             (0 <= self.target_recall < 1, "target_recall must be in [0, 1)"),
             (self.calibration_samples >= 10, "calibration_samples must be >= 10"),
+            (0 <= self.scan_code_bytes <= 256, "scan_code_bytes must be in [0, 256]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -185,3 +188,9 @@ class SearchParams:
 
 
 _SEARCH_FIELDS = frozenset(f.name for f in fields(SearchParams))
+
+
+# The scan tier (index/scancodes.py, index/tierscan.py): PQ codes of every posting record held in RAM
+SCAN_CODE_BYTES = 16        # PQ sub-quantizers (bytes per entry's code); 9 more bytes per entry: row, version, norm
+SCAN_TRAIN_SAMPLES = 65_536  # residuals the product quantizer is trained on
+DISK_TIER_RERANK_EPS = 0.02  # automatic rerank_eps with the scan tier (relative to the k-th PQ distance)

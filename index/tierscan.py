@@ -1,0 +1,108 @@
+"""The read path with a RAM-resident scan tier (storage/scan_codes.py, encoded by index/scancodes.py).
+
+Per query: the probed postings are scanned from their PQ codes in RAM (index/kernels/tier.py; no read), the
+candidates whose estimated distance is within rerank_eps of the k-th estimate (at least k, at most rerank_k) are
+re-ranked with their float32 rows read in one O_DIRECT wave (index/diskread.py). A posting whose codes are stale
+(it changed after they were encoded) is read and scanned from the posting file as without the tier, and its
+INT8 candidates join the re-rank. So the only reads of a query on an unchanged index are its re-rank rows.
+
+The tier is used only if the whole file fits the memory budget after the index's resident structures; it is
+mlock'ed when the kernel allows (file-backed pages charged to the process's memory cgroup, never evicted), else
+left to the page cache. Its CRCs are checked when it is opened (unless verify is off).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from index.kernels import rerank_cut
+from index.kernels.tier import tier_scan
+from index.scancodes import padded_dim
+from index.types import DISK_TIER_RERANK_EPS
+
+
+class TierSearcher:
+    def __init__(self, codes, disk, quantizer, directory, dim: int, *, verify: bool = True):
+        """codes: storage.scan_codes.ScanCodeFile; disk: the DiskSearcher that reads rows and stale postings;
+        directory: the posting directory the index serves (stale entries are those it contradicts)."""
+        if verify:
+            bad = codes.verify()
+            if bad:
+                codes.raise_corrupt(bad[0])
+        self.codes, self.disk, self.dim = codes, disk, dim
+        self.dpad = padded_dim(dim, codes.code_bytes)
+        n = min(codes.n_postings, len(directory))
+        fresh = np.zeros(len(directory), bool)
+        t = codes.table
+        fresh[:n] = (t["src_crc"][:n] == directory.crc[:n]) & (t["src_count"][:n] == directory.count[:n])
+        self.fresh = fresh
+        self.start, self.count = codes.start, codes.count
+        self.codebook = np.ascontiguousarray(codes.codebook)                   # [M, 256, dsub]
+        self.base = codes.base[:, :dim]                                        # int8 [P, dim]
+        self.scale = quantizer.scale.astype(np.float32)
+        self.offset = (quantizer.lo + 128.0 * quantizer.scale).astype(np.float64)
+        self.locked = codes.lock_in_memory()
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes
+
+    def stale_postings(self) -> int:
+        """Postings the tier cannot answer for (read from the posting file instead)."""
+        return int((~self.fresh).sum())
+
+    def search(self, P: np.ndarray, qs: np.ndarray, prepared, is_l2: bool, state, allow, k: int, p,
+               threads: int = 1):
+        """As DiskSearcher.search: (rows [nq, k], distances [nq, k], records scanned [nq], bytes read [nq])."""
+        QA, qw, QC = prepared
+        eps = DISK_TIER_RERANK_EPS if p.rerank_eps is None else p.rerank_eps
+        nq = len(qs)
+        out_ids = np.full((nq, k), -1, np.int64)
+        out_d = np.full((nq, k), np.inf, np.float32)
+        scanned, read = np.zeros(nq, np.int64), np.zeros(nq, np.int64)
+
+        def run(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                out_ids[i], out_d[i], scanned[i], read[i] = self.search_one(
+                    P[i], qs[i], QA[i], qw, QC[i], is_l2, state, allow, k, p.rerank_k, eps)
+
+        if threads <= 1 or nq < 2 * threads:
+            run(0, nq)
+        else:
+            bounds = np.linspace(0, nq, threads + 1).astype(int)
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, bounds[:-1], bounds[1:]))
+        return out_ids, out_d, scanned, read
+
+    def estimates(self, pids: np.ndarray, q: np.ndarray, is_l2: bool, state, allow, rerank_k: int):
+        """PQ-estimated kernel distances of the best `rerank_k` rows of postings `pids` (all fresh):
+        (rows, estimates ascending, entries scanned)."""
+        qp = np.zeros(self.dpad, np.float32)
+        qp[: self.dim] = q
+        m, _, dsub = self.codebook.shape
+        lut = np.matmul(self.codebook, qp.reshape(m, dsub, 1))[:, :, 0]        # [M, 256]
+        q64 = q.astype(np.float64)
+        qb = (self.base[pids].astype(np.float32) @ (q * self.scale) + float(q64 @ self.offset)).astype(np.float32)
+        hd = np.empty(rerank_k, np.float32)
+        hi = np.empty(rerank_k, np.int64)
+        n, scanned = tier_scan(pids, self.start, self.count, self.codes.rows, self.codes.versions, self.codes.terms,
+                               self.codes.codes, lut, qb, np.float32(q64 @ q64), state, allow, is_l2, hd, hi)
+        order = np.argsort(hd[:n], kind="stable")
+        return hi[:n][order], hd[:n][order], int(scanned)
+
+    def search_one(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, k: int, rerank_k: int,
+                   rerank_eps: float) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """(rows [k] padded -1, exact distances [k] padded inf, records scanned, bytes read)."""
+        pids = pids[pids >= 0]
+        fresh = self.fresh[pids]
+        cand, est, scanned = self.estimates(pids[fresh], q, is_l2, state, allow, rerank_k)
+        cand = cand[: rerank_cut(est, k, rerank_eps)]
+        read = 0
+        if not fresh.all():
+            more, cd, more_scanned, read = self.disk.candidates(pids[~fresh], q, qa, qw, qc, is_l2, state, allow,
+                                                                rerank_k)
+            cand = np.union1d(cand, more[: rerank_cut(cd, k, rerank_eps)])
+            scanned += more_scanned
+        ids, dists, row_bytes = self.disk.rerank(cand, q, is_l2, k)
+        return ids, dists, scanned, read + row_bytes

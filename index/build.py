@@ -238,10 +238,25 @@ def scan_codes_index(path: str | os.PathLike, code_bytes: int, *, seed: int = 0)
 
 
 def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
+    """Encode the scan tier, then calibrate nprobe through it (its PQ estimates pick the re-rank candidates, so
+    its recall curve is its own): stored as the manifest's `tier_calibration`, used while the tier serves."""
     from index.scancodes import build_scan_codes
     from index.spann import SpannIndex
-    d.reload_manifest()
-    return build_scan_codes(SpannIndex(d), code_bytes, seed=seed)
+    manifest = d.reload_manifest()
+    index = SpannIndex(d)
+    out = build_scan_codes(index, code_bytes, seed=seed)
+    cal = manifest.get("calibration")
+    if cal and cal.get("target_recall"):
+        t = time.perf_counter()
+        codes_mb = (d.path / "scan.pq").stat().st_size / 2**20
+        index.use_disk(index.resident_bytes()["total"] / 2**20 + codes_mb + 1.0)  # the tier and a small cache
+        try:
+            out["calibration"] = calibrate(index, cal["target_recall"], samples=cal.get("samples", 500), seed=seed)
+        finally:
+            index.stop_disk()
+        d.commit({**d.manifest, "tier_calibration": out["calibration"]}, {})
+        out["calibration_s"] = round(time.perf_counter() - t, 2)
+    return out
 
 
 def _remove_tree(path: Path) -> None:

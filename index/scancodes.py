@@ -4,7 +4,7 @@ For posting p the reference point b_p is its head, INT8-coded with the index's q
 posting, so the reference is exact in the decoded space and costs little RAM); each valid record x of p is
 stored as (row, version, |x^|^2, PQ code of x - b_p). The product quantizer (faiss ProductQuantizer: `M`
 sub-spaces of 256 centroids, trained on a sample of residuals) gives M bytes per entry, so 10.8M entries of
-128-d vectors take 9 + M bytes each: 270 MB at M = 16 (docs/benchmarks.md says what fits which budget).
+128-d vectors take 9 + M bytes each: 443 MB at the automatic M = 32 (docs/benchmarks.md: what fits which budget).
 
 Entries are encoded in row order (the float32 rows are read near-sequentially, never in posting order) and
 written in posting order in one atomic file publish. Only a built, unchanged posting is worth an entry: the
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from index.errors import InvalidParameterError
-from index.types import SCAN_CODE_BYTES, SCAN_TRAIN_SAMPLES
+from index.types import SCAN_TRAIN_SAMPLES, scan_code_bytes
 from storage.posting_format import code_bytes as int8_code_bytes
 from storage.scan_codes import TABLE_DTYPE
 
@@ -66,11 +66,13 @@ def _train(pq, mat, rows, pids, base_f, dim: int, dpad: int, n: int, train_sampl
     pq.train(sample)
 
 
-def build_scan_codes(index, code_bytes: int = SCAN_CODE_BYTES, *, train_samples: int = SCAN_TRAIN_SAMPLES,
+def build_scan_codes(index, code_bytes: int = -1, *, train_samples: int = SCAN_TRAIN_SAMPLES,
                      seed: int = 0) -> dict:
     """Encode every posting record of a (writable-opened or freshly built) SpannIndex and publish its scan-code
-    file. Returns what was done (entries, bytes, seconds). InvalidParameterError for a bad code size."""
+    file; code_bytes -1: automatic (index.types.scan_code_bytes). Returns what was done (entries, bytes,
+    seconds). InvalidParameterError for a bad code size."""
     import faiss
+    code_bytes = scan_code_bytes(index.dim) if code_bytes == -1 else code_bytes
     if not 1 <= code_bytes <= 256:
         raise InvalidParameterError(f"scan code bytes must be in [1, 256], got {code_bytes}")
     t0 = time.perf_counter()

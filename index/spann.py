@@ -9,7 +9,6 @@ float32 vectors -> top k.
 """
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +25,11 @@ from index.committed import CommittedState
 from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer, kernel_queries
 from index.rowstate import is_live
-from index.tierscan import TierSearcher
+from index.tierscan import TierSearcher, open_disk_searchers
 from index.types import FALLBACK_NPROBE, BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
 
-log = logging.getLogger(__name__)
 MAX_TOP_K = 100_000
 
 
@@ -113,36 +111,30 @@ class SpannIndex(CommittedState):
         (index/tierscan.py) and the rest of the budget caches postings for the stale ones."""
         if memory_budget_mb < 0:
             raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
+        self.stop_disk()
         room = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
-        codes = self.files.open_scan_codes() if scan_tier and self.quantizer is not None else None
-        if codes is not None and codes.nbytes > room:
-            log.warning("%s: scan codes (%d MB) do not fit the budget's %d MB; postings are read from disk",
-                        self.path, codes.nbytes >> 20, max(0, room) >> 20)
-            codes.close()
-            codes = None
-        cache = room - (codes.nbytes if codes is not None else 0)
-        self.disk = DiskSearcher(self.files.postings, self.files.vectors, max(0, cache), verify=verify,
-                                 direct=direct_io)
-        if codes is not None:
-            try:
-                self.tier = TierSearcher(codes, self.disk, self.quantizer, self.files.postings.dir, self.dim,
-                                         verify=verify)
-            except BaseException:
-                codes.close()
-                raise
+        self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
+                                                   verify=verify, scan_tier=scan_tier)
+
+    def stop_disk(self) -> None:
+        """Back to reading through mmap: release the disk searchers (and the scan tier's mapping)."""
+        if self.tier is not None:
+            self.tier.close()
+        if self.disk is not None:
+            self.disk.close()
+        self.disk = self.tier = None
 
     def close(self) -> None:
         """Release the files and the directory lock."""
-        if self.tier is not None:
-            self.tier.codes.close()
-        if self.disk is not None:
-            self.disk.close()
+        self.stop_disk()
         self.files.close()
 
     def default_nprobe(self, target_recall: float = 0.0) -> int:
         """The nprobe an automatic search (nprobe 0) uses: calibrated by the build for its target recall, or
         for `target_recall` from the calibration curve; FALLBACK_NPROBE for an uncalibrated index."""
-        return nprobe_for(self.calibration, target_recall, FALLBACK_NPROBE)
+        tiered = self.tier is not None and self.manifest.get("tier_calibration")  # measured through the tier
+        return nprobe_for(self.manifest["tier_calibration"] if tiered else self.calibration, target_recall,
+                          FALLBACK_NPROBE)
 
     def __enter__(self) -> "SpannIndex":
         return self

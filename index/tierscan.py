@@ -12,14 +12,40 @@ left to the page cache. Its CRCs are checked when it is opened (unless verify is
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from index.diskread import DiskSearcher
 from index.kernels import rerank_cut
 from index.kernels.tier import tier_scan
 from index.scancodes import padded_dim
 from index.types import DISK_TIER_RERANK_EPS
+
+log = logging.getLogger(__name__)
+
+
+def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bool, scan_tier: bool):
+    """(DiskSearcher, TierSearcher or None) for an IndexDir served from disk with `room` bytes of the budget
+    left after the resident structures: the scan tier if it exists, `scan_tier` allows it and it fits whole,
+    then a posting cache of what remains."""
+    codes = files.open_scan_codes() if scan_tier and quantizer is not None else None
+    if codes is not None and codes.nbytes > room:
+        log.warning("%s: scan codes (%d MB) do not fit the budget's %d MB; postings are read from disk",
+                    files.path, codes.nbytes >> 20, max(0, room) >> 20)
+        codes.close()
+        codes = None
+    cache = room - (codes.nbytes if codes is not None else 0)
+    disk = DiskSearcher(files.postings, files.vectors, max(0, cache), verify=verify, direct=direct)
+    if codes is None:
+        return disk, None
+    try:
+        return disk, TierSearcher(codes, disk, quantizer, files.postings.dir, files.vectors.dim, verify=verify)
+    except BaseException:
+        codes.close()
+        disk.close()
+        raise
 
 
 class TierSearcher:
@@ -47,6 +73,10 @@ class TierSearcher:
     @property
     def nbytes(self) -> int:
         return self.codes.nbytes
+
+    def close(self) -> None:
+        """Drop the codes' mapping (the DiskSearcher is its owner's to close)."""
+        self.codes.close()
 
     def stale_postings(self) -> int:
         """Postings the tier cannot answer for (read from the posting file instead)."""

@@ -4,7 +4,7 @@ whole in RAM so that a query served from disk scans its probed postings without 
     offset      size                     section
     0           4096                     file header (storage.fileheader; magic VDBSCAN1, record_size = code bytes)
     4096        64                       layout: n_postings u64, n_entries u64, code_bytes u32, ksub u32, dsub u32,
-                                         base_bytes u32, codebook CRC u32, table CRC u32, CRC of these 44 bytes
+                                         base_bytes u32, codebook CRC u32, table CRC u32, CRC of these 40 bytes
                                          u32, zero padding
     aligned 64  n_postings * 24          table, per posting id: start u64 (first entry), count u32 (entries), the
                                          posting's directory CRC when it was encoded u32, CRC of its entries u32,

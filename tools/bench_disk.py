@@ -317,7 +317,7 @@ def parse_args(argv=None):
     ap.add_argument("--int8-nprobes", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                     help="vdb-int8 (no scan tier): nprobe points besides the default")
     ap.add_argument("--vdb-points", default="", help='more vdb points as JSON, e.g. [{"nprobe": 8, "rerank_eps": 0.1}]')
-    ap.add_argument("--code-bytes", type=int, default=16, help="scancodes: PQ bytes per entry")
+    ap.add_argument("--code-bytes", type=int, default=-1, help="scancodes: PQ bytes per entry (-1: automatic, dim / 4)")
     ap.add_argument("--rerank-eps", type=lambda v: [float(x) for x in v.split(",") if x], default=[])
     ap.add_argument("--faiss-nprobes", type=lambda v: [int(x) for x in v.split(",") if x], default=[4, 8, 16, 32])
     ap.add_argument("--faiss-flight-nprobe", type=int, default=16)

@@ -164,3 +164,17 @@ def test_an_index_without_scan_codes_checks_clean_and_serves_from_disk(built_l2,
 def _params(nprobe: int):
     from index.types import SearchParams
     return SearchParams(nprobe=nprobe).resolved(10)
+
+
+def test_a_build_with_scan_codes_calibrates_nprobe_through_the_tier(tmp_path, base, queries):
+    from index import BuildParams, build_index
+    from index.types import scan_code_bytes
+    summary = build_index(base[:3000], tmp_path / "b", params=BuildParams(head_ratio=0.02, seed=1,
+                                                                          scan_code_bytes=-1))
+    assert summary["scan_codes"]["code_bytes"] == scan_code_bytes(base.shape[1]) == base.shape[1] // 4
+    with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t, SpannIndex.open(tmp_path / "b") as m:
+        cal = t.manifest["tier_calibration"]
+        assert cal["curve"] and cal["target_recall"] == 0.9
+        assert t.default_nprobe() == cal["nprobe"] and m.default_nprobe() == m.calibration["nprobe"]
+        truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
+        assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.85  # the calibration's target, less noise

@@ -19,7 +19,7 @@ import numpy as np
 
 from index.diskread import DiskSearcher
 from index.kernels import rerank_cut
-from index.kernels.tier import tier_scan
+from index.kernels.tier import tier_query
 from index.scancodes import padded_dim
 from index.types import DISK_TIER_RERANK_EPS
 
@@ -108,18 +108,11 @@ class TierSearcher:
     def estimates(self, pids: np.ndarray, q: np.ndarray, is_l2: bool, state, allow, rerank_k: int):
         """PQ-estimated kernel distances of the best `rerank_k` rows of postings `pids` (all fresh):
         (rows, estimates ascending, entries scanned)."""
-        qp = np.zeros(self.dpad, np.float32)
-        qp[: self.dim] = q
-        m, _, dsub = self.codebook.shape
-        lut = np.matmul(self.codebook, qp.reshape(m, dsub, 1))[:, :, 0]        # [M, 256]
-        q64 = q.astype(np.float64)
-        qb = (self.base[pids].astype(np.float32) @ (q * self.scale) + float(q64 @ self.offset)).astype(np.float32)
-        hd = np.empty(rerank_k, np.float32)
-        hi = np.empty(rerank_k, np.int64)
-        n, scanned = tier_scan(pids, self.start, self.count, self.codes.rows, self.codes.versions, self.codes.terms,
-                               self.codes.codes, lut, qb, np.float32(q64 @ q64), state, allow, is_l2, hd, hi)
-        order = np.argsort(hd[:n], kind="stable")
-        return hi[:n][order], hd[:n][order], int(scanned)
+        c = self.codes
+        rows, est, scanned = tier_query(pids.astype(np.int64), self.start, self.count, c.rows, c.versions, c.terms,
+                                        c.codes, self.codebook, self.base, self.scale, self.offset, q, state, allow,
+                                        is_l2, rerank_k)
+        return rows, est, int(scanned)
 
     def search_one(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, k: int, rerank_k: int,
                    rerank_eps: float) -> tuple[np.ndarray, np.ndarray, int, int]:

@@ -92,3 +92,41 @@ def tier_scan(pids, start, count, rows, versions, terms, codes, lut, qb, qq, sta
             d = qq + terms[e] - 2.0 * ip if is_l2 else -ip
             n = _offer_min(hd, hi, n, d, np.int64(row))
     return n, scanned
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def tier_query(pids, start, count, rows, versions, terms, codes, codebook, base, scale, offset, q, state, allow,
+               is_l2, rerank_k):
+    """One query end to end without the GIL: its tables (lut from the codebook [M, 256, dsub], qb from the INT8
+    base codes: <q, b_p> = <q, offset> + sum_j q_j scale_j code_pj), the scan, and the candidates sorted by
+    estimate. Returns (rows [n], estimates [n] ascending, entries scanned)."""
+    n_sub, ksub, dsub = codebook.shape
+    dim = q.shape[0]
+    lut = np.zeros((n_sub, ksub), np.float32)
+    for m in range(n_sub):
+        for j in range(ksub):
+            acc = np.float32(0.0)
+            for t in range(dsub):
+                d = m * dsub + t
+                if d < dim:
+                    acc += q[d] * codebook[m, j, t]
+            lut[m, j] = acc
+    qs = np.empty(dim, np.float32)
+    const = 0.0
+    qq = 0.0
+    for d in range(dim):
+        qs[d] = q[d] * scale[d]
+        const += np.float64(q[d]) * offset[d]
+        qq += np.float64(q[d]) * q[d]
+    qb = np.empty(pids.shape[0], np.float32)
+    for i in range(pids.shape[0]):
+        acc = np.float32(0.0)
+        for d in range(dim):
+            acc += qs[d] * base[pids[i], d]
+        qb[i] = acc + np.float32(const)
+    hd = np.empty(rerank_k, np.float32)
+    hi = np.empty(rerank_k, np.int64)
+    n, scanned = tier_scan(pids, start, count, rows, versions, terms, codes, lut, qb, np.float32(qq), state, allow,
+                           is_l2, hd, hi)
+    order = np.argsort(hd[:n], kind="mergesort")
+    return hi[:n][order], hd[:n][order], scanned

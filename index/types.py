@@ -193,8 +193,9 @@ _SEARCH_FIELDS = frozenset(f.name for f in fields(SearchParams))
 
 # The scan tier (index/scancodes.py, index/tierscan.py): PQ codes of every posting record held in RAM
 SCAN_BITS_PER_DIM = 2       # automatic PQ code size: dim / 4 bytes (9 more per entry: row, version, norm). Measured
-                            # on 1M x 128 at nprobe 8, recall@10 after re-ranking the best 12 / 32 PQ estimates:
-                            # 16 B 0.58 / 0.81, 32 B 0.77 / 0.90, 64 B 0.89 / 0.91 (INT8 0.90 / 0.91)
+                            # on 1M x 128 at nprobe 8, recall@10 after re-ranking the best 12 / 32 estimates:
+                            # 16 B 0.571 / 0.814, 32 B 0.768 / 0.898, 64 B 0.893 / 0.905, INT8 0.903 / 0.905
+                            # (docs/benchmarks/disk-c128-1m-scan-quality.json); 32 B is what 10M fits in 1 GiB
 SCAN_TRAIN_SAMPLES = 65_536  # residuals the product quantizer is trained on
 DISK_TIER_RERANK_EPS = 0.05  # automatic rerank_eps with the scan tier (relative to the k-th PQ distance): 32 B
                             # codes at 1M, nprobe 16: 0.02 -> recall 0.82 with 12.6 rows, 0.05 -> 0.90 with 17.2

@@ -61,8 +61,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(they are searchable at once either way)", _positive),
     Setting("memory_budget_mb", 0.0, "RAM a built index served read-only from disk may use (vdbctl search "
             "--memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident structures plus a cache of the "
-            "postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query. 0: read "
-            "through mmap and the kernel's page cache. Collections (which change) always read through mmap",
+            "postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query. An index "
+            "built with scan codes (--set scan_code_bytes=-1: scan.pq) whose codes fit the budget scans its postings "
+            "from them in RAM (mlock'ed) and reads only re-rank rows. 0: read through mmap and the kernel's page "
+            "cache. Collections (which change) always read through mmap",
             lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),

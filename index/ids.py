@@ -18,8 +18,14 @@ class DenseIds:
         return self.n
 
     def __getitem__(self, rows):
-        return np.arange(self.n, dtype=np.int64)[rows] if isinstance(rows, slice) else \
-            np.asarray(rows, dtype=np.int64).copy()
+        if isinstance(rows, slice):
+            return np.arange(self.n, dtype=np.int64)[rows]
+        rows = np.asarray(rows)
+        if rows.dtype == np.bool_:  # a mask selects the rows where it is True, as on the array
+            if rows.shape != (self.n,):
+                raise IndexError(f"boolean index of shape {rows.shape} for {self.n} rows")
+            return np.nonzero(rows)[0].astype(np.int64)
+        return rows.astype(np.int64)  # external id == row (a fresh array: callers may write into it)
 
     def __array__(self, dtype=None, copy=None):
         return np.arange(self.n, dtype=dtype or np.int64)

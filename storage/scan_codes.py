@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.crashpoints import crashpoint
 from storage.errors import CorruptionError, FormatError
 from storage.fileheader import HEADER_SIZE, FileHeader, unpack_header
 from storage.fileio import fsync_dir
@@ -86,6 +87,7 @@ def write_scan_codes(path: str | os.PathLike, dim: int, table: np.ndarray, codeb
     layout = _LAYOUT.pack(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes,
                           zlib.crc32(codebook.view(np.uint8)), zlib.crc32(table.view(np.uint8)))
     sec = _sections(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes)
+    remove_dead_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(FileHeader(MAGIC, VERSION, dim, code_bytes).pack())
@@ -95,10 +97,23 @@ def write_scan_codes(path: str | os.PathLike, dim: int, table: np.ndarray, codeb
             f.seek(sec[name][0])
             f.write(np.ascontiguousarray(arr).view(np.uint8).tobytes() if len(arr) else b"")
         f.truncate(sec["end"][0])
+        crashpoint("scan-codes-written")
         f.flush()
         os.fsync(f.fileno())
+    crashpoint("scan-codes-before-publish")
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Delete the temporary files of writers of `path` that died before publishing (their pid is gone)."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 class ScanCodeFile:

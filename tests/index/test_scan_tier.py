@@ -178,3 +178,41 @@ def test_a_build_with_scan_codes_calibrates_nprobe_through_the_tier(tmp_path, ba
         assert t.default_nprobe() == cal["nprobe"] and m.default_nprobe() == m.calibration["nprobe"]
         truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
         assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.85  # the calibration's target, less noise
+
+
+@pytest.mark.parametrize("point", ["scan-codes-written:1", "scan-codes-before-publish:1"])
+def test_a_writer_killed_while_replacing_the_scan_codes_leaves_the_old_file(tmp_path, tiered, queries, point):
+    import os
+    import subprocess
+    import sys
+    path = shutil.copytree(tiered, tmp_path / "k")
+    before = (path / "scan.pq").read_bytes()
+    code = f"from index.build import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VDB_CRASH_AT": point},
+                          capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (path / "scan.pq").read_bytes() == before  # the old file, whole: the new one was never renamed in
+    assert list(path.glob(".scan.pq.tmp-*"))           # what the dead writer left
+    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.tier.codes.code_bytes == CODE_BYTES and idx.verify()[0] == []
+        assert (idx.search(queries[:3], 10)[0] >= 0).all()
+    scan_codes_index(path, CODE_BYTES * 2)  # the next writer publishes and sweeps the dead one's file
+    assert not list(path.glob(".scan.pq.tmp-*"))
+    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.tier.codes.code_bytes == CODE_BYTES * 2
+
+
+def test_vdbctl_check_reports_damaged_scan_codes(tmp_path, tiered):
+    from click.testing import CliRunner
+    from vdb.cli import cli
+    path = shutil.copytree(tiered, tmp_path / "c")
+    clean = CliRunner().invoke(cli, ["check", str(path)])
+    assert clean.exit_code == 0, clean.output
+    f = ScanCodeFile(path / "scan.pq")
+    offset = f.codes.ctypes.data - f.buffer.ctypes.data + 5
+    f.close()
+    with open(path / "scan.pq", "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff\x00\xff")
+    damaged = CliRunner().invoke(cli, ["check", str(path)])
+    assert damaged.exit_code == 1 and "scan.pq" in damaged.output

@@ -180,7 +180,8 @@ def test_a_build_with_scan_codes_calibrates_nprobe_through_the_tier(tmp_path, ba
         assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.85  # the calibration's target, less noise
 
 
-@pytest.mark.parametrize("point", ["scan-codes-written:1", "scan-codes-before-publish:1"])
+@pytest.mark.parametrize("point", [pytest.param("scan-codes-written:1", marks=pytest.mark.slow),
+                                   "scan-codes-before-publish:1"])
 def test_a_writer_killed_while_replacing_the_scan_codes_leaves_the_old_file(tmp_path, tiered, queries, point):
     import os
     import subprocess

@@ -284,9 +284,11 @@ def cmd_plot(paths: list[str], out: Path) -> dict:
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False)
     for ax, run in zip(axes[0], runs):
         for sysres in run["systems"]:
-            pts = sorted(sysres.get("points", []), key=lambda p: p["recall"])
+            partial = (sysres.get("partial") or {}).get("points", [])  # a child killed later (OOM) measured these
+            pts = sorted(sysres.get("points") or partial, key=lambda p: p["recall"])
             if pts:
-                ax.plot([p["recall"] for p in pts], [p["qps_1thread"] for p in pts], "o-", label=sysres["system"])
+                label = sysres["system"] + (f" ({sysres['error']} later)" if sysres.get("error") else "")
+                ax.plot([p["recall"] for p in pts], [p["qps_1thread"] for p in pts], "o-", label=label)
         ax.set_title(f"{run['dataset']} {run['n']:,}: {run['limit_mb']} MiB cgroup")
         ax.set_xlabel("recall@10")
         ax.set_ylabel("QPS, 1 thread (1 / mean latency)")

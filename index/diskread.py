@@ -74,7 +74,7 @@ class DiskSearcher:
         d = self.postings.dir
         rec = self.postings.rec_size
         offs, counts = d.offset[pids], d.count[pids].astype(np.int64)
-        keys = list(zip(pids.tolist(), offs.tolist()))
+        keys = list(zip(pids.tolist(), offs.tolist(), counts.tolist()))  # an append changes the count, not the offset
         hits, local = self.cache.gather(keys)
         miss = np.nonzero(local < 0)[0]
         if len(miss) == 0:

@@ -41,7 +41,7 @@ def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bo
     if codes is None:
         return disk, None
     try:
-        return disk, TierSearcher(codes, disk, quantizer, files.postings.dir, files.vectors.dim, verify=verify)
+        return disk, TierSearcher(codes, disk, quantizer, files.postings, files.vectors.dim, verify=verify)
     except BaseException:
         codes.close()
         disk.close()
@@ -49,20 +49,18 @@ def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bo
 
 
 class TierSearcher:
-    def __init__(self, codes, disk, quantizer, directory, dim: int, *, verify: bool = True):
+    def __init__(self, codes, disk, quantizer, store, dim: int, *, verify: bool = True):
         """codes: storage.scan_codes.ScanCodeFile; disk: the DiskSearcher that reads rows and stale postings;
-        directory: the posting directory the index serves (stale entries are those it contradicts)."""
+        store: the PostingStore the index serves. Its directory is read at every query (a mutable index replaces
+        it on splits and bumps counts on appends): an entry set it contradicts is stale."""
         if verify:
             bad = codes.verify()
             if bad:
                 codes.raise_corrupt(bad[0])
-        self.codes, self.disk, self.dim = codes, disk, dim
+        self.codes, self.disk, self.dim, self.store = codes, disk, dim, store
         self.dpad = padded_dim(dim, codes.code_bytes)
-        n = min(codes.n_postings, len(directory))
-        fresh = np.zeros(len(directory), bool)
-        t = codes.table
-        fresh[:n] = (t["src_crc"][:n] == directory.crc[:n]) & (t["src_count"][:n] == directory.count[:n])
-        self.fresh = fresh
+        self.src_crc = codes.table["src_crc"].astype(np.uint32)
+        self.src_count = codes.table["src_count"].astype(np.int64)
         self.start, self.count = codes.start, codes.count
         self.codebook = np.ascontiguousarray(codes.codebook)                   # [M, 256, dsub]
         self.base = codes.base[:, :dim]                                        # int8 [P, dim]
@@ -78,9 +76,16 @@ class TierSearcher:
         """Drop the codes' mapping (the DiskSearcher is its owner's to close)."""
         self.codes.close()
 
+    def fresh(self, pids: np.ndarray, directory=None) -> np.ndarray:
+        """bool per posting id: its entries match the posting as the directory has it now."""
+        d = directory if directory is not None else self.store.dir
+        ok = pids < len(self.src_crc)
+        p = np.where(ok, pids, 0)
+        return ok & (self.src_crc[p] == d.crc[pids]) & (self.src_count[p] == d.count[pids])
+
     def stale_postings(self) -> int:
-        """Postings the tier cannot answer for (read from the posting file instead)."""
-        return int((~self.fresh).sum())
+        """Postings the tier cannot answer for now (read from the posting file instead)."""
+        return int((~self.fresh(np.arange(len(self.store.dir)))).sum())
 
     def search(self, P: np.ndarray, qs: np.ndarray, prepared, is_l2: bool, state, allow, k: int, p,
                threads: int = 1):
@@ -118,7 +123,7 @@ class TierSearcher:
                    rerank_eps: float) -> tuple[np.ndarray, np.ndarray, int, int]:
         """(rows [k] padded -1, exact distances [k] padded inf, records scanned, bytes read)."""
         pids = pids[pids >= 0]
-        fresh = self.fresh[pids]
+        fresh = self.fresh(pids)
         cand, est, scanned = self.estimates(pids[fresh], q, is_l2, state, allow, rerank_k)
         cand = cand[: rerank_cut(est, k, rerank_eps)]
         read = 0

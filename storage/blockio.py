@@ -163,7 +163,9 @@ class BlockReader:
         lengths = np.asarray(lengths, np.int64)
         offsets = np.asarray(offsets, np.int64)
         if len(offsets) and int((offsets + lengths).max()) > self.size:
-            raise EOFError(f"{self.path}: read past the end of the file ({self.size} bytes)")
+            self.size = os.fstat(self.fd).st_size  # the file may have grown since (a writer appending extents)
+            if int((offsets + lengths).max()) > self.size:
+                raise EOFError(f"{self.path}: read past the end of the file ({self.size} bytes)")
         r_off, r_len, starts = plan(offsets, lengths)
         buf = aligned_empty(int(r_len.sum()))
         if len(r_off):

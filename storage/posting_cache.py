@@ -25,8 +25,8 @@ class PostingCache:
         self.hits = self.misses = self.evictions = 0
         self._ring = np.empty(self.budget, np.uint8)   # pages become resident as they are first written
         self._head = 0
-        self._entries: dict[tuple[int, int], tuple[int, int]] = {}   # key -> (start, length)
-        self._order: deque[tuple[tuple[int, int], int, int]] = deque()  # (key, start, length), oldest first
+        self._entries: dict[tuple, tuple[int, int]] = {}   # key -> (start, length)
+        self._order: deque[tuple[tuple, int, int]] = deque()  # (key, start, length), oldest first
         self._lock = threading.Lock()
 
     @property
@@ -34,7 +34,7 @@ class PostingCache:
         """Bytes held by live entries."""
         return sum(n for _, n in self._entries.values())
 
-    def gather(self, keys: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    def gather(self, keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
         """The cached bytes of `keys`, concatenated: (buffer, start of each key in it, -1 where absent)."""
         starts = np.full(len(keys), -1, np.int64)
         with self._lock:
@@ -50,7 +50,7 @@ class PostingCache:
             self.misses += len(keys) - len(found)
         return out, starts
 
-    def put(self, key: tuple[int, int], data: np.ndarray) -> None:
+    def put(self, key: tuple, data: np.ndarray) -> None:
         """Copy `data` in at the head, dropping the oldest entries it overwrites; ignored if it alone exceeds
         the budget (or is empty) or the key is already cached."""
         n = int(data.nbytes)

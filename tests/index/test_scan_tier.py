@@ -217,3 +217,21 @@ def test_vdbctl_check_reports_damaged_scan_codes(tmp_path, tiered):
         fh.write(b"\xff\x00\xff")
     damaged = CliRunner().invoke(cli, ["check", str(path)])
     assert damaged.exit_code == 1 and "scan.pq" in damaged.output
+
+
+def test_a_mutable_index_served_through_the_tier_finds_what_it_inserts_meanwhile(tmp_path, tiered, queries):
+    """Freshness is judged against the directory at each query: a posting that grows after the tier opened is
+    read from disk, so rows inserted in the same process are found."""
+    path = shutil.copytree(tiered, tmp_path / "live")
+    idx = MutableSpannIndex.open_writable(path)
+    try:
+        idx.use_disk(64)
+        assert idx.tier is not None and idx.tier.stale_postings() == 0
+        near = queries[:10] + np.float32(0.01)
+        rows = idx.add_rows(near, np.arange(5 * 10**6, 5 * 10**6 + 10))
+        idx.insert(rows)
+        assert idx.tier.stale_postings() > 0
+        found, _ = idx.search_rows(queries[:10], 10, _params(8))
+        assert np.array_equal(found[:, 0], rows)
+    finally:
+        idx.close()

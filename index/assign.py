@@ -39,12 +39,15 @@ class Assignment:
 
 
 def select_heads(x: np.ndarray, heads: np.ndarray, head_index: HeadIndex, params: BuildParams,
-                 excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 excluded: np.ndarray | None = None, excluded_in_index: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RNG-rule head choice for head-space vectors x; returns (sel [n, R] padded -1, sel_d, nsel).
 
-    `heads` is indexed by posting id; `excluded` (bool per posting id) marks retired heads, never chosen."""
+    `heads` is indexed by posting id; `excluded` (bool per posting id) marks retired heads, never chosen;
+    `excluded_in_index` says how many of them the head index still holds (None: all of them)."""
     extra = int(excluded.sum()) if excluded is not None else 0
-    n_cand = params.candidates + min(extra, params.candidates)
+    held = extra if excluded_in_index is None else min(extra, excluded_in_index)
+    n_cand = params.candidates + over_fetch(params.candidates, held, head_index.size)
     d, cand = head_index.search(x, n_cand, ef_search=max(2 * n_cand, 64))
     if extra:
         dead = (cand < 0) | excluded[np.maximum(cand, 0)]
@@ -61,6 +64,15 @@ def select_heads(x: np.ndarray, heads: np.ndarray, head_index: HeadIndex, params
         fd, fi = flat.search(np.ascontiguousarray(x[lost]), 1)
         sel[lost, 0], sel_d[lost, 0], nsel[lost] = live[fi[:, 0]], fd[:, 0], 1
     return sel, sel_d, nsel
+
+
+def over_fetch(wanted: int, retired_held: int, size: int) -> int:
+    """Candidates to fetch beyond `wanted` so that about `wanted` live ones remain when `retired_held` of the
+    index's `size` heads are retired: twice the expected number among them, plus two, at most `wanted`. (A fixed
+    `wanted` extra doubled the head search's effort, the maintenance thread's largest cost, issue 13.)"""
+    if retired_held <= 0:
+        return 0
+    return min(wanted, int(np.ceil(2.0 * wanted * retired_held / max(size, 1))) + 2)
 
 
 def closure_assign(data, n_rows: int, heads: np.ndarray, head_index: HeadIndex, params: BuildParams,

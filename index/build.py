@@ -355,14 +355,17 @@ def write_metadata(d: IndexDir, ext_ids: np.ndarray, heads: np.ndarray, head_ind
         "n_rows": int(n), "n_heads": int(len(heads)), "build_params": params.to_dict(), "build_stats": stats,
         "quantizer": "int8-per-dim", "checkpoint_lsn": 0,
     }
+    stored_ids = ext_ids
     if is_dense(ext_ids):
-        # external id == row: a read-only open keeps no id array in RAM (valid while n_rows == dense_rows)
-        manifest["id_map"], manifest["dense_rows"] = "dense", int(n)
+        # external id == row: no id array is stored or kept in RAM for these rows, only for rows appended
+        # later ("int2ext" holds the rows from "int2ext_from" on; index/ids.py)
+        manifest["id_map"], manifest["dense_rows"], manifest["int2ext_from"] = "dense", int(n), int(n)
+        stored_ids = np.zeros(0, np.int64)
     order = np.argsort(ext_ids, kind="stable")
     with d.meta.write() as w:
         w.put_array("directory", d.postings.dir.to_array())
         w.put_array("state", np.zeros(n, np.uint8))
-        w.put_array("int2ext", ext_ids)
+        w.put_array("int2ext", stored_ids)
         w.put_array("quantizer", quantizer.to_array())
         w.put_array("head_index", head_index.to_bytes())
         w.put_ids(ext_ids[order], order.astype(np.int64), sorted_new=True)

@@ -73,8 +73,12 @@ class _ReadWriteLock:
 class HeadIndex:
     def __init__(self, index: faiss.Index, angular: bool, kind: str):
         self.index, self.angular, self.kind = index, angular, kind
+        self.changes = 0  # add / remove calls since it was built or read: a checkpoint rewrites it only if > 0
         self._rw = _ReadWriteLock()
         self._inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+        ids = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap2) else np.arange(index.ntotal)
+        # every head added after a search started has an id >= the next_id read before it (ids only grow)
+        self.next_id = int(ids.max()) + 1 if len(ids) else 0
 
     @classmethod
     def build(cls, heads: np.ndarray, *, angular: bool, kind: str = "auto", m: int = 32,
@@ -107,8 +111,9 @@ class HeadIndex:
             return np.full((len(hq), 1), np.inf, np.float32), np.full((len(hq), 1), -1, np.int64)
         _apply_threads()
         with self._rw.read():
-            if self.kind != "flat":
-                d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=max(ef_search, n)))
+            if self.kind != "flat":  # a beam wider than the graph finds nothing more (and faiss takes an int32)
+                ef = max(n, min(ef_search, self.size))
+                d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=ef))
             else:
                 d, ids = self.index.search(hq, n)
         d = np.sqrt(np.maximum(2.0 - 2.0 * d, 0.0)) if self.angular else np.sqrt(np.maximum(d, 0.0))
@@ -119,6 +124,9 @@ class HeadIndex:
         with self._rw.write():
             self.index.add_with_ids(np.ascontiguousarray(heads, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))
+            self.changes += 1
+            if len(ids):
+                self.next_id = max(self.next_id, int(np.max(ids)) + 1)
 
     def remove(self, ids: np.ndarray) -> bool:
         """Drop heads by posting id; True if this index kind supports it (flat does, faiss HNSW does not)."""
@@ -127,6 +135,7 @@ class HeadIndex:
         _apply_threads()
         with self._rw.write():
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+            self.changes += 1
         return True
 
     def to_bytes(self) -> np.ndarray:

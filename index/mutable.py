@@ -28,7 +28,9 @@ from index.epochs import ReadEpochs
 from index.distance import head_space
 from index.quantize import Int8Quantizer
 from index.rebalance import Rebalancing
-from index.rowstate import DELETED, is_live, version_of
+from index.rowstate import DELETED, grown, is_live, version_of
+from index.ids import RowIds
+from index.livedisk import LiveDiskServing
 from index.spann import SpannIndex, release_free_memory
 from index.types import BuildParams, Metric
 from storage import IndexDir
@@ -37,6 +39,7 @@ from storage.crashpoints import crashpoint
 from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
+HOME_EF_SEARCH = 16  # head-index effort when the write path files a row under its nearest head (home_heads)
 
 
 @dataclass
@@ -55,22 +58,25 @@ class MaintenanceStats:
         return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
 
-class MutableSpannIndex(Rebalancing, SpannIndex):
+class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
     def __init__(self, files: IndexDir):
         super().__init__(files)
         self.params = self.build_params.resolved(self.dim)
         self.lock = threading.RLock()
         self.maint_lock = threading.RLock()
         self.stats = MaintenanceStats()
-        n = len(self.state)
-        self._state_buf = _grow(self.state, max(1024, n))
-        self._ext_buf = _grow(self.int2ext, max(1024, n), fill=-1)
-        self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
+        # The state array is this process's own copy already: rows appended later grow it (and the ids of
+        # appended rows); the dense prefix of a build's ids is never materialized (index/ids.py)
+        self._state_buf = self.state
+        self._dense_rows = self.int2ext.dense_rows
+        self._tail_buf = self.int2ext.tail
         self._excluded = self._retired_mask()
         self._pending_file: tuple[str, int] | None = None   # a compacted posting file not yet checkpointed
         self._old_store: PostingStore | None = None         # the store a compaction replaced
         self.epochs = ReadEpochs()                          # readers hold one while they may read a row
         self._reclaimable: tuple[np.ndarray, int] | None = None  # (committed dead rows, epoch) for reclaim_rows
+        # (head index, its changes) as the last commit stored it: the one read at open is stored already
+        self._committed_head = (self.head_index, 0) if self.head_index is not None else None
 
     @classmethod
     def open_writable(cls, path: str | os.PathLike, *, verify: str = "lazy") -> "MutableSpannIndex":
@@ -109,13 +115,20 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         with self.lock:
             first = self.files.vectors.append(vectors)
             n = first + len(vectors)
+            t_first, t_n = first - self._dense_rows, n - self._dense_rows
             if n > len(self._state_buf):
-                self._state_buf = _grow(self._state_buf[:first], 2 * n)
-                self._ext_buf = _grow(self._ext_buf[:first], 2 * n, fill=-1)
+                self._state_buf = grown(self._state_buf[:first], n)
+            if t_n > len(self._tail_buf):
+                self._tail_buf = grown(self._tail_buf[:t_first], t_n, fill=-1)
             self._state_buf[first:n] = 0
-            self._ext_buf[first:n] = ext_ids
-            self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
+            self._tail_buf[t_first:t_n] = ext_ids
+            self._publish_rows(n)
             return np.arange(first, n, dtype=np.int64)
+
+    def _publish_rows(self, n: int) -> None:
+        # the state first: an id map is never longer than the state array it reads the deleted bits from
+        self.state = self._state_buf[:n]
+        self.int2ext = RowIds(self._dense_rows, self._tail_buf[: n - self._dense_rows], self)
 
     def reserve_rows(self, extra: int) -> None:
         """Allocate space for `extra` rows beyond the current ones, so appending them cannot fail for space (a
@@ -127,13 +140,34 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         """Mark rows deleted: every record of theirs stops counting at once."""
         with self.lock:
             self.state[rows] |= DELETED
-            self.int2ext[rows] = -1
+            appended = rows[rows >= self._dense_rows] - self._dense_rows
+            self._tail_buf[appended] = -1  # the stored form says so too (the dense prefix: the state does)
+
+    def home_heads(self, vectors: np.ndarray) -> np.ndarray:
+        """Where the engine's memtable files each prepared vector until it is indexed, so that a search scans
+        only the unindexed rows of the heads it probes: int64 [n, 2] of (its nearest live head, the first head
+        id this choice could not see). -1 heads before the index has any. Any thread: a search also scans the
+        rows filed under a head retired since, and those whose query's nearest head is newer than their
+        filing (index/kernels/exact.py small_exact_topk), so a vector is found by a query equal to it."""
+        out = np.full((len(vectors), 2), -1, np.int64)
+        head_index, excluded = self.head_index, self._excluded
+        if head_index is None or head_index.size == 0 or len(vectors) == 0:
+            return out
+        out[:, 1] = head_index.next_id  # read before the search: heads added later have larger ids
+        extra = min(int(excluded.sum()), 8)
+        _, near = head_index.search(head_space(vectors, self.metric), 1 + extra, HOME_EF_SEARCH)
+        unknown = (near < 0) | (near >= len(excluded))  # -1, or a head added after `excluded` was read
+        dead = unknown | excluded[np.where(unknown, 0, near)]
+        out[:, 0] = np.take_along_axis(near, np.argsort(dead, axis=1, kind="stable")[:, :1], 1)[:, 0]
+        return out
 
     def truncate_rows(self, n: int) -> None:
         """Recovery: forget rows >= n (written after the checkpoint; the WAL replay writes them again)."""
         with self.lock:
             self.files.vectors.set_rows(n)
-            self.state, self.int2ext = self._state_buf[:n], self._ext_buf[:n]
+            if n < self._dense_rows:
+                raise ValueError(f"cannot truncate to {n} rows: the build's {self._dense_rows} rows are committed")
+            self._publish_rows(n)
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """Prepared float32 vectors of rows, checksums verified."""
@@ -181,7 +215,8 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         x = self.vectors_of(rows)
         hs = head_space(x, self.metric)
         sel, _, _ = select_heads(hs, self._heads_matrix(), self.head_index, self.params,
-                                 excluded if excluded is not None else self._excluded)
+                                 excluded if excluded is not None else self._excluded,
+                                 None if excluded is not None else self._retired_in_head_index)
         codes = self.quantizer.encode(x)
         owner, slot = np.nonzero(sel >= 0)
         pids = sel[owner, slot]
@@ -232,6 +267,7 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
             if self._old_store is not None:
                 self._old_store.close()
             self._old_store = replaced
+            self._renew_disk()  # a disk searcher reads the new file from now on (index/livedisk.py)
             self._pending_file = (f"postings-{gen}.dat", gen)
             crashpoint("compact")
             self.stats.extra["compactions"] = self.stats.extra.get("compactions", 0) + 1
@@ -267,22 +303,32 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
     def snapshot(self) -> tuple[dict, dict]:
         """(manifest fields, arrays) describing the current state; call with maint_lock and lock held."""
         arrays = {"directory": self.files.postings.dir.to_array(), "state": self.state.copy(),
-                  "int2ext": self.int2ext.copy()}
+                  "int2ext": self.int2ext.tail.copy()}  # the rows from "int2ext_from" on (index/ids.py)
         if self.quantizer is not None:
             arrays["quantizer"] = self.quantizer.to_array()
-            arrays["head_index"] = self.head_index.to_bytes()
+            if self._head_index_changed():  # serialized it is a copy of the head index (82 MB at 10M rows),
+                arrays["head_index"] = self.head_index.to_bytes()  # and LMDB copies it again: only when changed
         fields_ = {"n_rows": int(self.n_rows), "n_heads": int(self.files.heads.rows),
+                   "int2ext_from": self._dense_rows,
                    "postings_file": self.files.postings.path.name,
                    "postings_gen": int(self._pending_file[1]) if self._pending_file else
                    int(self.files.manifest.get("postings_gen", 0))}
         return fields_, arrays
+
+    def _head_index_changed(self) -> bool:
+        """The head index differs from the one the last commit stored (or read): another object, or edited."""
+        committed = self._committed_head
+        return committed is None or committed[0] is not self.head_index or committed[1] != self.head_index.changes
 
     def commit(self, manifest: dict, arrays: dict, *, id_puts=None, id_deletes=None, payload_puts=None) -> None:
         """Make a checkpoint durable: the data files are fsync'd, then one LMDB transaction stores the manifest,
         the arrays (those of snapshot() and any of the caller's own) and the caller's id map and payload changes.
         id_puts: (ext ids, rows); id_deletes: ext ids; payload_puts: (ext ids, list of dict or None)."""
         epoch = self.epochs.advance()  # readers from now on see at least the snapshot's deletes
+        head = (self.head_index, self.head_index.changes) if "head_index" in arrays else None
         self.files.commit(manifest, arrays, id_puts=id_puts, id_deletes=id_deletes, payload_puts=payload_puts)
+        if head is not None:
+            self._committed_head = head
         if "state" in arrays:
             dead = ~is_live(arrays["state"])
             pending = arrays.get("pending")
@@ -336,6 +382,7 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         if self._old_store is not None:
             self._old_store.close()
             self._old_store = None
+        self._close_replaced_disk()
         super().close()
 
     def disk_usage(self) -> dict:
@@ -351,9 +398,3 @@ class MutableSpannIndex(Rebalancing, SpannIndex):
         alive = (d.flags & FLAG_RETIRED) == 0
         return {**self.stats.as_dict(), "postings": int(alive.sum()), "retired_postings": int((~alive).sum()),
                 "posting_garbage_bytes": self.files.postings.garbage_bytes()}
-
-
-def _grow(a: np.ndarray, capacity: int, fill=0) -> np.ndarray:
-    out = np.full(capacity, fill, dtype=a.dtype)
-    out[: len(a)] = a
-    return out

@@ -15,17 +15,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.assign import over_fetch
 from index.calibrate import nprobe_for
 from index.centroids import HeadIndex
 from index.diskread import DiskSearcher
 from index.distance import as_matrix, from_kernel, head_space, prepare_base
 from index.errors import InvalidParameterError
-from index.ids import DenseIds
+from index.ids import RowIds, tail_of_stored
 from index.committed import CommittedState
 from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer, kernel_queries
 from index.rowstate import is_live
-from index.tierscan import TierSearcher, open_disk_searchers
+from index.diskserve import DiskServing
+from index.tierscan import TierSearcher
 from index.types import FALLBACK_NPROBE, BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
@@ -40,13 +42,14 @@ class SearchStats:
     postings_probed: int = 0
     records_scanned: int = 0
     bytes_read: int = 0           # posting pages + re-ranked rows, in whole pages as the kernel sees them
+    probes: np.ndarray | None = None  # the posting ids the last call scanned per query (-1: none)
 
     def as_dict(self) -> dict:
         return {"postings_probed": self.postings_probed, "records_scanned": self.records_scanned,
                 "bytes_read": self.bytes_read}
 
 
-class SpannIndex(CommittedState):
+class SpannIndex(CommittedState, DiskServing):
     def __init__(self, files: IndexDir):
         self.files = files
         m = files.manifest
@@ -60,10 +63,7 @@ class SpannIndex(CommittedState):
         self.head_index = files.meta.read_array("head_index", lambda b: HeadIndex.from_bytes(b, self.metric.angular))
         n_rows = int(m["n_rows"])
         self.state = _row_array(files.meta.get_array("state"), n_rows, np.uint8, self.path, "state")
-        if m.get("id_map") == "dense" and m.get("dense_rows") == n_rows:
-            self.int2ext = DenseIds(n_rows)  # no rows appended since the build: a deleted row is never returned
-        else:
-            self.int2ext = _row_array(files.meta.get_array("int2ext"), n_rows, np.int64, self.path, "int2ext")
+        self.int2ext = self._load_ids(m, n_rows)
         n_heads = int(m["n_heads"])
         bad_heads = files.heads.verify()  # few rows, and every insert and split reads them: check them all now
         if bad_heads:
@@ -77,6 +77,22 @@ class SpannIndex(CommittedState):
         self.calibration = m.get("calibration")
         self.disk: DiskSearcher | None = None  # set by use_disk(): postings and rows read with O_DIRECT
         self.tier: TierSearcher | None = None  # set by use_disk() when the scan codes fit the budget
+
+    def _load_ids(self, m: dict, n_rows: int) -> RowIds:
+        """The row -> external id map: computed for the dense prefix of a build given no ids, stored for the rest
+        (index/ids.py)."""
+        dense = int(m.get("dense_rows", 0)) if m.get("id_map") == "dense" else 0
+        if not 0 <= dense <= n_rows:
+            raise FormatError(f"{self.path}: the manifest's dense_rows {dense} exceeds its {n_rows} rows")
+        if dense == n_rows:
+            return RowIds(dense, np.zeros(0, np.int64), self)  # nothing appended since the build: no array read
+        start = m.get("int2ext_from")
+        found = self.files.meta.read_array("int2ext", lambda a: [tail_of_stored(a, start, dense, n_rows)])
+        tail = found[0] if found is not None else tail_of_stored(None, start, dense, n_rows)
+        if tail is None:
+            raise FormatError(f"{self.path}: the stored 'int2ext' array does not hold rows "
+                              f"{start or 0}..{n_rows - 1} as the manifest says")
+        return RowIds(dense, tail, self)
 
     def _head_ids(self) -> np.ndarray:
         if self.head_index is None:
@@ -103,26 +119,6 @@ class SpannIndex(CommittedState):
             raise
         release_free_memory()
         return index
-
-    def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True,
-                 scan_tier: bool = True) -> None:
-        """Serve searches from disk within `memory_budget_mb` (see open). With `scan_tier` and a scan-code file
-        that fits what the resident structures leave of the budget, postings are scanned from it in RAM
-        (index/tierscan.py) and the rest of the budget caches postings for the stale ones."""
-        if memory_budget_mb < 0:
-            raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
-        self.stop_disk()
-        room = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
-        self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
-                                                   verify=verify, scan_tier=scan_tier)
-
-    def stop_disk(self) -> None:
-        """Back to reading through mmap: release the disk searchers (and the scan tier's mapping)."""
-        if self.tier is not None:
-            self.tier.close()
-        if self.disk is not None:
-            self.disk.close()
-        self.disk = self.tier = None
 
     def close(self) -> None:
         """Release the files and the directory lock."""
@@ -182,7 +178,9 @@ class SpannIndex(CommittedState):
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
             return np.full((len(qs), 0), -1, np.int64)
-        extra = min(self._retired_in_head_index, 2 * p.nprobe)  # over-fetch so retired heads do not eat probes
+        # over-fetch so that retired heads do not eat probes (by their share: a fixed 2 x nprobe doubled the
+        # head search's cost once any head was retired, issue 13)
+        extra = over_fetch(p.nprobe, self._retired_in_head_index, head_index.size)
         hd, hids = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
         hids = np.where(hids < len(directory), hids, -1)  # heads added after the snapshot
         if extra:
@@ -197,6 +195,8 @@ class SpannIndex(CommittedState):
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
         """Search with prepared (stored-form) queries; returns (internal rows, kernel distances)."""
         p = p.with_nprobe(self.default_nprobe(p.target_recall))
+        if p.rerank_k > max(k, len(self.state)):  # more candidates than rows changes no answer, only the memory
+            p = p.replace(rerank_k=max(k, len(self.state)))  # the kernels allocate (a client may send 4e9)
         if self.disk is not None and rerank:
             return self._search_disk(qs, k, p, allow, threads, stats)
         if p.prefetch and rerank:
@@ -240,25 +240,13 @@ class SpannIndex(CommittedState):
             if bad >= 0:
                 self.files.vectors.raise_corrupt_row(int(bad))
         if stats is not None:
+            stats.probes = P
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += sum(store.bytes_of(row[row >= 0]) for row in P)
             if rerank:  # each re-ranked row is one random read of its page(s) (an upper bound with rerank_eps)
                 stats.bytes_read += int(np.minimum(scanned, p.rerank_k).sum()) * _row_pages(self.dim) * 4096
         return out_ids, out_d
-
-    def _search_disk(self, qs, k: int, p: SearchParams, allow, threads: int, stats: SearchStats | None):
-        P = self.probe(qs, p, self.files.postings.dir)
-        is_l2 = self.metric is Metric.L2
-        allow = allow if allow is not None else np.zeros(0, np.uint8)
-        searcher = self.tier if self.tier is not None else self.disk
-        prepared = kernel_queries(self.quantizer, qs, is_l2)
-        ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)
-        if stats is not None:
-            stats.postings_probed += int((P >= 0).sum())
-            stats.records_scanned += int(scanned.sum())
-            stats.bytes_read += int(read.sum())
-        return ids, d
 
     # -- what the calibration reads (index/calibrate.py) ------------------------------------------------
     def live_mask(self) -> np.ndarray:

@@ -120,7 +120,8 @@ class _Aio:
 
 
 class BlockReader:
-    """Batched reads of one read-only file (see the module docstring). Safe to share between threads."""
+    """Batched reads of one file (see the module docstring), which another writer may grow but never rewrites
+    under the ranges read. Safe to share between threads."""
 
     def __init__(self, path: str | os.PathLike, *, direct: bool = True):
         self.path = str(path)
@@ -163,7 +164,7 @@ class BlockReader:
         lengths = np.asarray(lengths, np.int64)
         offsets = np.asarray(offsets, np.int64)
         if len(offsets) and int((offsets + lengths).max()) > self.size:
-            self.size = os.fstat(self.fd).st_size  # the file may have grown since (a writer appending extents)
+            self.size = os.fstat(self.fd).st_size  # a file its writer grew since (a mutable index appends)
             if int((offsets + lengths).max()) > self.size:
                 raise EOFError(f"{self.path}: read past the end of the file ({self.size} bytes)")
         r_off, r_len, starts = plan(offsets, lengths)

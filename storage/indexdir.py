@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from storage.crashpoints import crashpoint
-from storage.errors import FormatError, InUseError, LockedError
+from storage.errors import CorruptionError, FormatError, InUseError, LockedError
 from storage.fileheader import HEADER_SIZE
 from storage.fileio import allocated_bytes, copy_prefix, fsync_dir
 from storage.lock import DirLock
@@ -85,6 +85,9 @@ class IndexDir:
             if manifest.get("format_version") != FORMAT_VERSION:
                 raise FormatError(f"{path}: format version {manifest.get('format_version')} is not supported "
                                   f"(this vdb reads {FORMAT_VERSION})")
+            for name in (VECTORS, HEADS, manifest.get("postings_file", POSTINGS)):
+                if not (path / name).is_file():  # say which one, as damage: not a FileNotFoundError from deep down
+                    raise CorruptionError(path / name, "missing, but the last commit references it")
             vectors = VectorFile.open(path / VECTORS, manifest["n_rows"], writable=writable)
             opened.append(vectors)
             heads = VectorFile.open(path / HEADS, manifest["n_heads"], writable=writable)

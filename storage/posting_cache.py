@@ -5,8 +5,8 @@ The cache is one preallocated ring of `budget` bytes, written like a log: a post
 at the head, and the oldest entries the head runs over are dropped (first in, first out). One buffer, allocated
 once, is what makes the budget hold: caching each posting in its own small numpy array went through malloc, and
 with several threads the allocator's per-thread arenas kept freed entries around until a 1 GiB cgroup killed
-the process (measured: docs/benchmarks.md). Keys are (posting id, directory offset), so a posting moved by copy
-on write is a different entry.
+the process (measured: docs/benchmarks.md). Keys are (posting id, directory offset, record count): a posting moved
+by copy on write, or grown in place by an append, is a different entry (the bytes under a key never change).
 
 Thread-safe: `gather` copies the hits out under the same short lock `put` writes under, so a reader never sees
 bytes that an admission is overwriting.

@@ -151,6 +151,13 @@ class PostingStore:
                     self.raise_corrupt(pid)
                 self._verified[pid] = True
 
+    def check_consistent(self, pid: int) -> bool:
+        """Whether posting `pid`'s valid records match its checksum, with count and checksum read as one pair (an
+        append in place updates the two together under this lock): the check for a reader that saw a mismatch
+        on a (count, checksum) pair it read unlocked, which an append may have torn."""
+        with self._verify_lock:
+            return self._check(pid)
+
     def _check(self, pid: int) -> bool:
         d = self.dir
         off, n = int(d.offset[pid]), int(d.count[pid])
@@ -255,8 +262,10 @@ class PostingStore:
         data = np.ascontiguousarray(records, dtype=self.record_dtype)
         if n + len(data) <= cap:
             self._file.pwrite(data, int(d.offset[pid]) + n * self.rec_size)
-            d.crc[pid] = zlib.crc32(data, int(d.crc[pid]))
-            d.count[pid] = n + len(data)  # publish last: readers never see unwritten records
+            crc = zlib.crc32(data, int(d.crc[pid]))
+            with self._verify_lock:  # a verifier reads (count, crc) as one pair: never the new crc with the old count
+                d.crc[pid] = crc
+                d.count[pid] = n + len(data)  # publish last: readers never see unwritten records
             return
         old = self.records(pid)
         self.rewrite(pid, np.concatenate([old, data]), capacity=max(grow_to or 0, 2 * (n + len(data))))
@@ -284,9 +293,10 @@ class PostingStore:
 
     def garbage_bytes(self) -> int:
         """Bytes in the file not referenced by any live extent (reclaimed by compaction)."""
-        alive = (self.dir.flags & fmt.FLAG_RETIRED) == 0
-        live = fmt.extent_bytes(self.dir.capacity[alive], self.dir.flags[alive], self.rec_size).sum()
-        return int(max(0, self._end - HEADER_SIZE - live))
+        d, end = self.dir, self._end  # one directory: a split publishing a longer one meanwhile (stats run
+        alive = (d.flags & fmt.FLAG_RETIRED) == 0  # beside the writer) made the mask and the arrays disagree
+        live = fmt.extent_bytes(d.capacity[alive], d.flags[alive], self.rec_size).sum()
+        return int(max(0, end - HEADER_SIZE - live))
 
     def sync(self) -> None:
         self._file.sync()

@@ -35,6 +35,9 @@ def _weights(dim: int) -> np.ndarray:
     return (2 * np.arange(dim, dtype=np.uint64) + 1)
 
 
+VERIFY_CHUNK_BYTES = 2 << 20  # float32 bytes per step of verify()
+
+
 def row_checksums(vectors: np.ndarray, first_row: int) -> np.ndarray:
     """Checksums (u32) for float32 `vectors` that will be stored at rows first_row, first_row+1, ..."""
     words = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -184,11 +187,14 @@ class VectorFile:
         raise CorruptionError(self.path, f"checksum mismatch in vector row {row}",
                               offset=HEADER_SIZE + row * self.row_size, length=self.row_size)
 
-    def verify(self, chunk: int = 65536, skip: np.ndarray | None = None) -> list[int]:
-        """Return every row whose checksum fails (used by `vdbctl check`), except rows marked in `skip` (bool per
-        row: dead rows, whose blocks reclaim may have freed)."""
+    def verify(self, chunk: int | None = None, skip: np.ndarray | None = None) -> list[int]:
+        """Return every row whose checksum fails (used by `vdbctl check`, and on the head rows by every open),
+        except rows marked in `skip` (bool per row: dead rows, whose blocks reclaim may have freed). `chunk`: rows
+        per step; by default about VERIFY_CHUNK_BYTES of them (a step holds a copy and a uint64 widening: 65,536
+        rows of 128 dims held ~100 MB while an index of 200K heads opened)."""
         if skip is not None:
             return [r for r in self.verify(chunk) if not (r < len(skip) and skip[r])]
+        chunk = chunk or max(64, VERIFY_CHUNK_BYTES // (4 * max(self.dim, 1)))
         bad: list[int] = []
         m = self.matrix()
         for start in range(0, self.rows, chunk):

@@ -247,32 +247,36 @@ def cmd_diskann(args) -> dict:
 
 
 def cmd_attach(args) -> dict:
-    """vdb.connect + attach_collection + search in the cgroup (tools/benchkit/attach_probe.py), on a copy of
-    the built index whose big files are hard links (searches never write them; the metadata is copied)."""
+    """vdb.connect(memory_budget_mb=limit - baseline - headroom) + attach_collection + search, then a few writes,
+    in the cgroup (tools/benchkit/attach_probe.py), on a copy of the built index (the writes append to its
+    files, so they are copied, not linked)."""
     import shutil
-    f = files_of(args)
-    vdb_dir, _ = index_paths(args)
+    f = files_of(args) if not args.index_dir else {"queries": args.queries_file, "truth": args.truth_file}
+    vdb_dir = Path(args.index_dir) if args.index_dir else index_paths(args)[0]
     scratch = WORK / "attach"
     shutil.rmtree(scratch, ignore_errors=True)
     copy = scratch / "index"
     copy.mkdir(parents=True)
     for name in ("vectors.f32", "heads.f32", "postings.dat"):
-        os.link(vdb_dir / name, copy / name)
+        shutil.copyfile(vdb_dir / name, copy / name)
     shutil.copytree(vdb_dir / "meta", copy / "meta")
     cg = MemCgroup(f"vdb-bench-attach-{os.getpid()}", args.limit_mb << 20)
     out_path = scratch / "attach.json"
     try:
+        env = {**os.environ, **({"PYTHONPATH": args.code} if args.code else {})}   # --code: another checkout
         cmd = ["taskset", "-c", args.cpus, sys.executable, str(ROOT / "tools/benchkit/attach_probe.py"), str(copy),
-               str(scratch / "data"), str(f["queries"]), str(f["truth"]), str(out_path)]
-        proc = subprocess.run(cmd, preexec_fn=cg.preexec(), capture_output=True, text=True)
+               str(scratch / "data"), str(f["queries"]), str(f["truth"]), str(out_path),
+               str(args.limit_mb - args.baseline_mb - args.headroom_mb)]
+        proc = subprocess.run(cmd, preexec_fn=cg.preexec(), capture_output=True, text=True, env=env)
         res = json.loads(out_path.read_text()) if proc.returncode == 0 else \
             {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
         res["cgroup"] = cg.report()
     finally:
         cg.remove()
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"dataset": args.dataset, "n": args.n, "limit_mb": args.limit_mb, "command": " ".join(sys.argv),
-            "git_revision": git_revision(), "attach": res}
+    return {"dataset": args.index_dir or args.dataset, "n": args.n, "limit_mb": args.limit_mb,
+            "command": " ".join(sys.argv), "git_revision": git_revision(), "code": args.code or str(ROOT),
+            "loadavg": os.getloadavg(), "attach": res}
 
 
 def cmd_plot(paths: list[str], out: Path) -> dict:
@@ -335,6 +339,10 @@ def parse_args(argv=None):
     ap.add_argument("--diskann-L", type=int, default=100)
     ap.add_argument("--diskann-pq", type=int, default=32)
     ap.add_argument("--diskann-Ls", default="10,20,40,80")
+    ap.add_argument("--index-dir", default=None, help="attach: a built index instead of --dataset's")
+    ap.add_argument("--queries-file", default=None, help="attach with --index-dir: its queries (.npy)")
+    ap.add_argument("--truth-file", default=None, help="attach with --index-dir: their exact top-10 (.npy)")
+    ap.add_argument("--code", default=None, help="attach: PYTHONPATH of the vdb the probe runs (a peer)")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
 

@@ -63,6 +63,8 @@ def main():
     ap.add_argument("--rate", type=float, default=0.0, help="paced writer: vectors/s (0: unpaced)")
     ap.add_argument("--gil-switch-ms", type=float, default=None)
     ap.add_argument("--maintenance-batch", type=int, default=None)
+    ap.add_argument("--bulk-cache", default=None,
+                    help="directory keeping the bulk build of this --n/--dim between runs (copied, not rebuilt)")
     args = ap.parse_args()
     if args.gil_switch_ms is not None:
         vdb.tune_process(load_settings({"gil_switch_ms": args.gil_switch_ms}))
@@ -76,7 +78,14 @@ def main():
     rng = np.random.default_rng(0)
     deleted = rng.choice(n0, int(args.n * 0.05), replace=False)
     t = time.perf_counter()
-    build_index(x[:n0], scratch / "bulk", params=BuildParams())
+    cache = Path(args.bulk_cache) / f"bulk-{args.n}x{args.dim}" if args.bulk_cache else None
+    copied = cache is not None and cache.exists()
+    if copied:
+        shutil.copytree(cache, scratch / "bulk")  # the same build as before: a before/after pair shares it
+    else:
+        build_index(x[:n0], scratch / "bulk", params=BuildParams())
+        if cache is not None:
+            shutil.copytree(scratch / "bulk", cache)
     build_s = time.perf_counter() - t
     with SpannIndex.open(scratch / "bulk") as idx:
         before = idx.info()["posting_lengths"]
@@ -134,7 +143,13 @@ def main():
     got, _ = db.search("c", q, top_k=10, nprobe=args.nprobe, use_cache=False)
     online_recall = recall_at_k(got, truth, 10)
     db.close()
-    build_index(x[live], scratch / "fresh", ids=live, params=BuildParams())
+    fresh_cache = Path(args.bulk_cache) / f"fresh-{args.n}x{args.dim}" if args.bulk_cache else None
+    if fresh_cache is not None and fresh_cache.exists():
+        shutil.copytree(fresh_cache, scratch / "fresh")
+    else:
+        build_index(x[live], scratch / "fresh", ids=live, params=BuildParams())
+        if fresh_cache is not None:
+            shutil.copytree(scratch / "fresh", fresh_cache)
     with SpannIndex.open(scratch / "fresh") as fresh:
         fresh_recall = recall_at_k(fresh.search(q, 10, nprobe=args.nprobe)[0], truth, 10)
         fresh_lengths = fresh.info()["posting_lengths"]
@@ -143,7 +158,7 @@ def main():
         "durability": "fsync", "target_rate_vps": args.rate, "gil_switch_interval_ms": sys.getswitchinterval() * 1e3,
         "maintenance_batch": args.maintenance_batch, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "loadavg_end": os.getloadavg()},
-        "bulk_build_s": round(build_s, 1),
+        "bulk_build_s": round(build_s, 1), "bulk_build_copied": copied,
         "inserted": int(len(new_ids)), "deleted": int(len(deleted)),
         "insert_only_vps_acked": round(len(new_ids) / alone_ack_s, 1),
         "insert_only_vps_indexed": round(len(new_ids) / alone_s, 1),

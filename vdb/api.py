@@ -94,7 +94,10 @@ class VectorDB(Protocol):
                       allow_partial: bool = False) -> SearchResult:
         """Full-text (BM25 over the collection's `text_field`), vector, or hybrid search. `text`: one query string
         or a list; `vector`: one query [dim] or [nq, dim] (as many as texts when both are given). Text alone
-        ranks by BM25 (distances = -score), a vector alone is `search`, both are fused: fusion="rrf"
+        ranks by BM25 (distances = -score) over the documents holding any of its terms: a query is plain words,
+        analysed as the indexed texts are (no query syntax: quotes, `field:`, operators and wildcards are words
+        or punctuation, and only `text_field` is searched; a lone surrogate is InvalidArgumentError). A vector
+        alone is `search`, both are fused: fusion="rrf"
         (reciprocal rank fusion, sum of 1 / (rrf_k + rank)) or "weighted" (alpha * dense + (1 - alpha) * text,
         each list's scores min-max normalised per query), over the top `candidates` of each list (default
         max(top_k, 50)); distances = -fused score. `filter` applies to both lists; the vector knobs, cache

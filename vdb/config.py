@@ -59,19 +59,28 @@ SETTINGS: tuple[Setting, ...] = (
             "hybrid_search; empty: no text index", lambda v: v == "" or all(p for p in v.split("."))),
     Setting("text_commit_interval_s", 1.0, "how often new texts move from RAM into the on-disk text index "
             "(they are searchable at once either way)", _positive),
-    Setting("memory_budget_mb", 0.0, "RAM a built index served read-only from disk may use (vdbctl search "
-            "--memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident structures plus a cache of the "
-            "postings read most; postings and re-rank rows are read with O_DIRECT, in one batch per query. An index "
-            "built with scan codes (--set scan_code_bytes=-1: scan.pq) whose codes fit the budget scans its postings "
-            "from them in RAM (mlock'ed) and reads only re-rank rows. 0: read through mmap and the kernel's page "
-            "cache. Collections (which change) always read through mmap",
-            lambda v: v >= 0),
+    Setting("memory_budget_mb", 0.0, "RAM an index served from disk may use, per collection (vdb.connect / vdbctl "
+            "serve, vdbctl search --memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident "
+            "structures plus a cache of the postings read most; the postings and re-rank rows a search needs are "
+            "read with O_DIRECT, in one batch per query, so the page cache holds none of them. An index built with "
+            "scan codes (--set scan_code_bytes=-1: scan.pq) whose codes fit the budget scans its postings from them "
+            "in RAM (mlock'ed) and reads only re-rank rows (and the postings changed since the codes were written). "
+            "A collection's unindexed writes (its memtable, at most max_pending_rows vectors) are searched exactly "
+            "on top of it. 0: read through mmap and the kernel's page cache", lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),
+    Setting("max_query_text_kb", 64, "longest query text of hybrid_search, in KiB of UTF-8 (a passage is a few KiB; "
+            "a 4 MB text of 500,000 distinct words took 6.5 s and 0.9 GB to answer)", _positive),
+    Setting("max_query_terms", 1024, "most distinct terms in one query text of hybrid_search, after analysis "
+            "(Lucene's default limit of boolean clauses)", _positive),
     Setting("exact_filter_rows", 4_000, "filtered searches matching at most this many rows run exactly (above: "
             "the index with a widened probe, finished exactly when it comes up short)",
             _positive),
+    Setting("memtable_scan_all_rows", 1024, "a search scans every acknowledged row not yet in postings while "
+            "there are at most this many; above, only the rows filed under the heads it probes (each row is filed "
+            "under its nearest head as it is written), as it scans only the probed postings",
+            lambda v: v >= 0),
     # semantic cache
     Setting("cache_mb", 0.0, "semantic cache size per collection in MiB (0 disables)", lambda v: v >= 0),
     Setting("cache_error_budget", 0.0, "uncertified near hits allowed (fraction of k that may differ); 0 = "
@@ -107,7 +116,9 @@ COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkp
                        "text_field", "text_commit_interval_s")
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
-ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows")
+ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows",
+                                         "memtable_scan_all_rows", "max_query_text_kb", "max_query_terms",
+                                         "memory_budget_mb")
 SECRETS = frozenset(s.name for s in SETTINGS if s.secret)
 
 

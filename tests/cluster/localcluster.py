@@ -16,9 +16,9 @@ FAST = dict(ping_s=0.05, lease_s=0.4, follower_lease_s=0.8, call_timeout_s=5.0)
 
 
 class LocalCluster:
-    def __init__(self, root, *, shards=1, replicas=2, monitor=True, **spec):
+    def __init__(self, root, *, shards=1, replicas=2, monitor=True, settings=None, **spec):
         self.spec = ClusterSpec(data_root=str(root), shards=shards, replicas=replicas,
-                                settings={"checkpoint_interval_s": 3600}, **{**FAST, **spec})
+                                settings={"checkpoint_interval_s": 3600, **(settings or {})}, **{**FAST, **spec})
         self.peers: dict[str, LocalPeer] = {}
         self.controller = Controller(self.spec.to_dict(), connect=self.peers.get, monitor=monitor)
         self.cpeer = LocalPeer(self.controller, "controller")

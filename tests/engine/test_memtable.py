@@ -89,3 +89,37 @@ def test_the_compiled_scan_and_the_matrix_product_agree_on_a_large_memtable(metr
             assert np.array_equal(few_r[i], want)
             assert np.allclose(few_d[i], many_d[i], rtol=1e-4, atol=1e-4)
     assert 10 in few_r[0] and 20 in few_r[0] and list(few_r[0]).index(10) < list(few_r[0]).index(20)
+
+
+def test_a_search_scans_only_the_rows_filed_under_its_probed_heads():
+    """Rows filed under heads at write time (issue 13): a query scans the rows of the heads it probes, of
+    retired heads, unfiled rows, and rows filed before its nearest head existed; nothing else. Below
+    scan_all_rows, or with no probes, every row."""
+    rng = np.random.default_rng(5)
+    n, dim, n_heads = 3000, 8, 40
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    heads = np.stack([rng.integers(-1, n_heads + 5, n), rng.integers(30, 45, n)], 1)  # some past `retired`
+    mt = Memtable()
+    for part in np.array_split(np.arange(n), 4):
+        mt.add(part, vecs[part], heads[part])
+    state = np.zeros(n, np.uint8)
+    state[rng.choice(n, 300, replace=False)] = DELETED
+    retired = np.zeros(n_heads, bool)
+    retired[[3, 17]] = True
+    q = rng.standard_normal((4, dim)).astype(np.float32)
+    probes = np.stack([rng.choice(n_heads, 5, replace=False) for _ in range(4)])
+    probes[1, 0] = 35   # a nearest head newer than some filings
+    probes[2, 3] = -1   # a pruned probe
+    got_r, got_d = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None, probes, retired, scan_all_rows=0)
+    for i in range(4):
+        h, bound = heads[:, 0], heads[:, 1]
+        known = (h >= 0) & (h < n_heads)
+        scanned = ~known | np.isin(h, probes[i][probes[i] >= 0]) | retired[np.where(known, h, 0)] & known \
+            | (probes[i, 0] >= bound)
+        want_r, want_d = _brute(np.flatnonzero(scanned), vecs[scanned], q[i], 10, state)
+        assert np.array_equal(got_r[i], want_r)
+        assert np.allclose(got_d[i], want_d, rtol=1e-4)
+    whole_r, _ = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None, probes, retired, scan_all_rows=n)
+    for i in range(4):
+        assert np.array_equal(whole_r[i], _brute(np.arange(n), vecs, q[i], 10, state)[0])
+    assert not np.array_equal(whole_r, got_r)  # the filing did narrow the scan

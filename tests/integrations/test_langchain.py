@@ -98,3 +98,25 @@ def test_delete_everything_and_a_store_over_a_server(tmp_path):
         r.stop()
     with pytest.raises(vdb.InvalidArgumentError):
         VdbVectorStore(HashEmbeddings())
+
+
+def test_hostile_filters_and_mmr_modes_are_typed(store):
+    """Found by review: a non-string filter key raised AttributeError (InternalError over the wire), and mode=
+    (documented for every search method) made MMR raise TypeError."""
+    for bad in ({1: "a"}, {None: 1}, {"$or": [{2: "x"}]}, {"$not": {None: 1}}):
+        with pytest.raises(vdb.InvalidArgumentError, match="filter keys must be strings"):
+            store.similarity_search("x", filter=bad)
+    # a filter never leaves the metadata: the store's own payload fields are not reachable through it
+    assert store.similarity_search("cat", k=7, filter={"lc_id": "d0"}) == []
+    assert store.similarity_search("cat", k=7, filter={"text": DOCS[0]}) == []
+    for mode in ("bm25", "hybrid"):
+        got = [d.id for d in store.max_marginal_relevance_search("stars night", k=2, fetch_k=5, mode=mode,
+                                                                 filter={"kind": "sky"})]
+        assert sorted(got) == ["d4", "d5"], (mode, got)
+    retr = store.as_retriever(search_type="mmr", search_kwargs={"k": 1, "fetch_k": 3, "mode": "bm25"})
+    assert [d.id for d in retr.invoke("fish")] == ["d6"]
+    with pytest.raises(vdb.InvalidArgumentError, match="needs the query text"):
+        store.max_marginal_relevance_search_by_vector(HashEmbeddings().embed_query("x"), mode="bm25")
+    with pytest.raises(vdb.InvalidArgumentError, match="mode must be one of"):
+        store.max_marginal_relevance_search("x", mode="sparse")
+    assert len(store.max_marginal_relevance_search("stars", k=5, fetch_k=2)) == 5  # k > fetch_k: fetches k

@@ -181,3 +181,90 @@ def test_bytes_of_counts_the_pages_a_packed_posting_straddles(tmp_path):
     assert s.bytes_of(np.array([0])) == fmt.PAGE_SIZE      # inside the first data page
     assert s.bytes_of(np.array([1])) == 2 * fmt.PAGE_SIZE  # records 250..259 cross into the next page
     s.close()
+
+
+class _PublishedBetweenReads(PostingStore):
+    """A store whose directory is replaced by a longer one right after it is first read, as a split on the
+    maintenance thread can do between two reads of `dir` by a stats() call on another thread."""
+
+    @property
+    def dir(self):
+        d = self.__dict__["current"]
+        if self.__dict__.get("next") is not None:
+            self.__dict__["current"], self.__dict__["next"] = self.__dict__["next"], None
+        return d
+
+    @dir.setter
+    def dir(self, value):
+        self.__dict__["current"] = value
+
+
+def test_garbage_bytes_reads_one_directory(tmp_path):
+    """Regression: garbage_bytes read `dir` three times; a split publishing between the reads made the mask
+    and the arrays of different lengths (IndexError: INTERNAL from stats while writes went on)."""
+    s = PostingStore.create(tmp_path / "p", dim=8)
+    s.add_postings([_records(s, [1, 2]), _records(s, [3])], [10, 10])
+    want = s.garbage_bytes()
+    s.__class__ = _PublishedBetweenReads
+    s.__dict__["current"] = s.__dict__.pop("dir")
+    s.__dict__["next"] = s.__dict__["current"].grown(2)
+    assert s.garbage_bytes() == want
+    s.__class__ = PostingStore
+    s.__dict__["dir"] = s.__dict__.pop("current")
+    s.close()
+
+
+def test_a_verifier_never_sees_an_append_between_its_checksum_and_its_count(tmp_path):
+    """An append in place sets a posting's checksum, then its count. A first read that checked the pair between
+    the two compared the new checksum with the old count: a false CorruptionError under writes (found by the
+    attach-path review). The writer is stopped exactly between the two statements (a line trace), a verifier
+    thread reads the posting then, and must not fail once the writer goes on."""
+    import linecache
+    import sys
+    import threading
+
+    created = PostingStore.create(tmp_path / "p", dim=8)
+    (pid,) = created.add_postings([_records(created, [1, 2])], [50])
+    directory = created.dir.to_array()
+    created.sync()
+    created.close()
+    # reopened for writing: its postings are verified on first read (a writable index opened from disk)
+    s = PostingStore.open(tmp_path / "p", directory, writable=True, verify="lazy")
+    at_count, go_on = threading.Event(), threading.Event()
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_name == "append" and event == "line":
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+            if "d.count[pid] = n + len(data)" in line:
+                at_count.set()
+                go_on.wait(30)
+        return tracer
+
+    def writer():
+        sys.settrace(tracer)
+        try:
+            s.append(pid, _records(s, [3, 4, 5], seed=1))
+        finally:
+            sys.settrace(None)
+
+    outcome = {}
+
+    def verifier():
+        try:
+            outcome["records"] = s.records(pid)["id"].tolist()
+        except CorruptionError as e:
+            outcome["error"] = e
+
+    w = threading.Thread(target=writer)
+    w.start()
+    assert at_count.wait(30), "the writer never reached the count update"
+    v = threading.Thread(target=verifier)
+    v.start()
+    v.join(2)   # the unfixed reader fails at once; the fixed one waits for the writer's pair
+    go_on.set()
+    w.join(30)
+    v.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["records"] in ([1, 2], [1, 2, 3, 4, 5])
+    assert s.records(pid)["id"].tolist() == [1, 2, 3, 4, 5]
+    s.close()

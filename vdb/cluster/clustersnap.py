@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vdb.engine.snapshot import read_manifest, restore_snapshot, unpacked
-from vdb.errors import FailedPreconditionError
+from vdb.errors import DataLossError, FailedPreconditionError
 
 CLUSTER_MANIFEST, CLUSTER_FORMAT, VERSION = "CLUSTER.json", "vdb-cluster-snapshot", 1
 
@@ -38,10 +38,16 @@ def shard_dirs(snapshot_dir, shards: int) -> list[Path]:
     as one shard); FailedPreconditionError when the counts differ."""
     snapshot_dir = Path(snapshot_dir)
     if (snapshot_dir / CLUSTER_MANIFEST).exists():
-        summary = json.loads((snapshot_dir / CLUSTER_MANIFEST).read_text())
-        if summary.get("format") != CLUSTER_FORMAT or summary.get("version") != VERSION:
+        try:
+            summary = json.loads((snapshot_dir / CLUSTER_MANIFEST).read_text())
+        except ValueError as e:
+            raise DataLossError(f"{snapshot_dir / CLUSTER_MANIFEST}: not valid JSON ({e})") from None
+        if not isinstance(summary, dict) or summary.get("format") != CLUSTER_FORMAT or \
+                summary.get("version") != VERSION:
             raise FailedPreconditionError(f"{snapshot_dir}: not a {CLUSTER_FORMAT} version {VERSION}")
-        have = summary["shards"]
+        have = summary.get("shards")
+        if type(have) is not int or have < 1:
+            raise DataLossError(f"{snapshot_dir / CLUSTER_MANIFEST}: 'shards' is {have!r}, not an integer >= 1")
         dirs = [shard_dir(snapshot_dir, s) for s in range(have)]
     else:
         read_manifest(snapshot_dir)

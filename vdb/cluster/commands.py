@@ -115,12 +115,12 @@ def down_command(address, name, purge):
 def route_command(address, name, host, port):
     """Serve one more (stateless) router in the foreground, anywhere that reaches the Ray cluster."""
     from vdb.cluster import deploy, rayside
-    from vdb.cluster.routing import make_router
-    from vdb.config import load_settings, tune_process
+    from vdb.cluster.routing import make_router, router_settings
+    from vdb.config import tune_process
     from vdb.service.server import serve
     _join(address)
     spec = deploy.find(name)
-    settings = load_settings({"host": host, "port": port, "api_key": spec.settings.get("api_key", "")})
+    settings = router_settings(spec, host=host, port=port)  # the replicas' keys (read-only too) and TLS
     tune_process(settings)
     serve(make_router(rayside.controller_peer(spec), spec), settings, what=f"router of cluster {name!r}",
           ready=lambda p: click.echo(json.dumps({"routing": f"{host}:{p}", "cluster": name}), err=True))

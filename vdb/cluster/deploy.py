@@ -23,6 +23,7 @@ from ray.util.placement_group import get_placement_group, placement_group, remov
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from vdb.cluster import clustersnap, rayside, transfer
+from vdb.cluster.peer import PeerUnreachable
 from vdb.cluster.controller import Controller
 from vdb.cluster.replica import Replica
 from vdb.cluster.routing import RouterServer
@@ -77,10 +78,14 @@ def wait_ready(spec: ClusterSpec, timeout: float) -> dict:
     """Block until every shard has a primary and R readable replicas in the shard map."""
     deadline = time.monotonic() + timeout
     while True:
-        m = controller(spec).call("shard_map", timeout=spec.call_timeout_s)
-        if len(m["shards"]) == spec.shards and all(
-                sh["primary"] and len(sh["readers"]) == spec.replicas for sh in m["shards"]):
-            return m
+        try:
+            m = controller(spec).call("shard_map", timeout=spec.call_timeout_s)
+        except PeerUnreachable as e:  # a controller still starting (a busy node) is waited for, like the rest
+            m = f"the controller does not answer yet ({e})"
+        else:
+            if len(m["shards"]) == spec.shards and all(
+                    sh["primary"] and len(sh["readers"]) == spec.replicas for sh in m["shards"]):
+                return m
         if time.monotonic() > deadline:
             raise UnavailableError(f"cluster {spec.name!r} not ready after {timeout:.0f} s: {m}")
         time.sleep(0.2)
@@ -193,9 +198,25 @@ def restore(spec: ClusterSpec, src, collection: str, workdir) -> dict:
     seeds its followers). Returns {"lsns": [...], "collection": ...}."""
     lsns = []
     with unpacked(src, workdir) as snap:
-        for s, shard_dir in enumerate(clustersnap.shard_dirs(snap, spec.shards)):
+        dirs = clustersnap.shard_dirs(snap, spec.shards)
+        for shard_dir in dirs:  # every shard checks out before any is restored: never half a collection
             verify_snapshot(shard_dir)
-            lsns.append(transfer.push(_primary(spec, s), shard_dir, int(spec.chunk_mb * (1 << 20)),
-                                      spec.transfer_timeout_s + spec.call_timeout_s, begin=(0, collection, "", []),
-                                      as_primary=True))
+        try:
+            for s, shard_dir in enumerate(dirs):
+                lsns.append(transfer.push(_primary(spec, s), shard_dir, int(spec.chunk_mb * (1 << 20)),
+                                          spec.transfer_timeout_s + spec.call_timeout_s,
+                                          begin=(0, collection, "", []), as_primary=True))
+        except BaseException:
+            _drop_restored(spec, collection, len(lsns))
+            raise
     return {"collection": collection, "lsns": lsns}
+
+
+def _drop_restored(spec: ClusterSpec, collection: str, shards: int) -> None:
+    """Undo a restore that failed on a later shard: drop it from the first `shards` (best effort, logged)."""
+    for s in range(shards):
+        try:
+            _primary(spec, s).call("drop_collection", collection, None, timeout=spec.call_timeout_s)
+        except Exception as e:
+            log.error("restore of %r failed on shard %d; dropping it from shard %d failed too (%r): drop it by "
+                      "hand", collection, shards, s, e)

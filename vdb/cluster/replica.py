@@ -27,10 +27,10 @@ from vdb.cluster.peer import PeerGone, PeerUnreachable, StaleTerm
 from vdb.cluster.shipping import Leader
 from vdb.cluster.spec import ClusterSpec
 from vdb.cluster.state import ReplicaState
-from vdb.cluster.transfer import Incoming
+from vdb.cluster.transfer import Incoming, Outgoing
 from vdb.config import load_settings
-from vdb.engine.snapshot import check_relpath, content_digest, restore_snapshot, take_snapshot
-from vdb.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from vdb.engine.snapshot import content_digest, restore_snapshot, take_snapshot
+from vdb.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 
 log = logging.getLogger(__name__)
 SERVER_KEYS = ("api_key", "read_only_api_key", "tls_cert", "tls_key", "max_message_mb", "workers")
@@ -66,10 +66,9 @@ class Replica:
         self.primary_lease_until = self.follower_lease_until = 0.0
         self.backlogs: dict[str, Backlog] = {}
         self._reconcile()
-        self.incoming = Incoming(self.path / "incoming")
-        self._outgoing = self.path / "outgoing"
-        shutil.rmtree(self._outgoing, ignore_errors=True)
-        self._outgoing.mkdir(parents=True)
+        idle_s = 2 * (self.spec.transfer_timeout_s + self.spec.call_timeout_s)  # a sender's call surely gave up
+        self.incoming = Incoming(self.path / "incoming", idle_s)
+        self.outgoing = Outgoing(self.path / "outgoing", idle_s)
         self.host = self._host()
         self.server, port = self._serve()
         self.address = f"{self.host}:{port}"
@@ -339,8 +338,8 @@ class Replica:
     def _restore_as_primary(self, name: str, snap) -> int:
         with self.writing() as leader:
             with self._lock:
-                if name in self.state.collections:
-                    raise InvalidArgumentError(f"collection {name!r} already exists")
+                if name in self.state.collections:  # as a restore on one node says it
+                    raise AlreadyExistsError(f"collection {name!r} already exists")
                 manifest = restore_snapshot(self.db, name, snap)
                 self.state.set_collection(name, uuid.uuid4().hex, [[leader.term, 1]])
                 self._attach_backlog(name)
@@ -352,7 +351,7 @@ class Replica:
     def local_snapshot(self, name: str):
         """(directory, uuid, history) of a fresh snapshot of `name`, removed afterwards."""
         v = self.collections_view()[name]
-        snap = self._outgoing / uuid.uuid4().hex
+        snap = self.outgoing.seed_path()
         try:
             take_snapshot(v.collection, snap)
             yield snap, v.uuid, v.history
@@ -362,23 +361,15 @@ class Replica:
     def snapshot_begin(self, name: str) -> tuple[str, dict]:
         """(token, manifest) of a snapshot of `name` taken now on this node, to be pulled with snapshot_chunk."""
         self.check_readable()
-        token = uuid.uuid4().hex
-        manifest = take_snapshot(self.db.collection(name), self._outgoing / token)
-        return token, manifest
+        return self.outgoing.begin(self.db.collection(name))
 
     def snapshot_chunk(self, token: str, rel: str, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of one file of snapshot `token`."""
-        if token not in os.listdir(self._outgoing):
-            raise NotFoundError(f"no snapshot {token!r} here")
-        check_relpath(rel, token)
-        with open(self._outgoing / token / "index" / rel, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return self.outgoing.chunk(token, rel, offset, size)
 
     def snapshot_end(self, token: str) -> None:
         """Remove a pulled snapshot."""
-        if token in os.listdir(self._outgoing):
-            shutil.rmtree(self._outgoing / token, ignore_errors=True)
+        self.outgoing.end(token)
 
     # -- inspection and shutdown --------------------------------------------------------------------------
     def digest(self, name: str) -> dict:

@@ -23,13 +23,35 @@ from vdb.service.router import ClusterConfig, Router
 log = logging.getLogger(__name__)
 RETRYABLE = (UnavailableError, DeadlineExceededError)
 BACKOFF_S = (0.02, 0.5)
+# The replicas' server settings a router serves with too: the same keys, the same TLS, the same message limit
+# (a router that served plaintext in front of TLS replicas would carry their clients' keys in the clear).
+ROUTER_SERVER_KEYS = ("api_key", "read_only_api_key", "tls_cert", "tls_key", "max_message_mb")
+
+
+def router_settings(spec, **overrides):
+    """The loaded vdb settings a router of cluster `spec` serves with (host, port, ... in `overrides`)."""
+    from vdb.config import load_settings
+    return load_settings({**{k: v for k, v in spec.settings.items() if k in ROUTER_SERVER_KEYS}, **overrides})
+
+
+def replica_channel(spec) -> dict:
+    """How a router reaches the replicas (vdb.Client keywords): their TLS certificate as the trust root (a
+    self-signed one, or a chain file that ends in its CA), and their message limit."""
+    settings = router_settings(spec)
+    out = {"max_message_bytes": int(settings["max_message_mb"]) << 20}
+    if settings["tls_cert"]:
+        with open(settings["tls_cert"], "rb") as f:
+            out["root_certificates"] = f.read()
+    return out
 
 
 class ShardMapView:
     """The controller's shard map, kept fresh by a background thread; gRPC clients per replica address."""
 
-    def __init__(self, controller, *, poll_s: float, timeout_s: float, api_key: str | None = None):
+    def __init__(self, controller, *, poll_s: float, timeout_s: float, api_key: str | None = None,
+                 channel: dict | None = None):
         self.controller, self.poll_s, self.timeout_s, self.api_key = controller, poll_s, timeout_s, api_key
+        self.channel = channel or {}  # replica_channel(spec)
         self.map = {"version": 0, "shards": []}
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
@@ -66,7 +88,7 @@ class ShardMapView:
         c = self._clients.get(address)
         if c is None:
             c = self._clients.setdefault(address, Client(address, api_key=self.api_key, timeout=self.timeout_s,
-                                                         retries=0))
+                                                         retries=0, **self.channel))
         return c
 
     def close(self) -> None:
@@ -190,9 +212,11 @@ class ReplicatedRouter(Router):
 def make_router(controller, spec, *, overfetch: float = 1.5, timeout_s: float = 30.0) -> ReplicatedRouter:
     """A Router (a VectorDB) over the cluster whose controller is `controller` (a Peer)."""
     api_key = spec.settings.get("api_key") or None
-    view = ShardMapView(controller, poll_s=spec.ping_s, timeout_s=timeout_s, api_key=api_key)
+    view = ShardMapView(controller, poll_s=spec.ping_s, timeout_s=timeout_s, api_key=api_key,
+                        channel=replica_channel(spec))
+    limits = {k: spec.settings[k] for k in ("max_top_k", "max_batch") if k in spec.settings}  # the replicas'
     config = ClusterConfig(shards=tuple(f"shard-{s}" for s in range(spec.shards)), overfetch=overfetch,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, **limits)
     return ReplicatedRouter(config, view)
 
 
@@ -202,14 +226,12 @@ class RouterServer:
     def __init__(self, spec: dict, port: int, overfetch: float = 1.5, timeout_s: float = 30.0):
         from vdb.cluster import rayside
         from vdb.cluster.spec import ClusterSpec
-        from vdb.config import load_settings
         from vdb.service.server import create_server
         self.spec = ClusterSpec.from_dict(spec)
         self.router = make_router(rayside.controller_peer(self.spec), self.spec, overfetch=overfetch,
                                   timeout_s=timeout_s)
         host = rayside.node_ip() if self.spec.host == "node" else self.spec.host
-        settings = {k: v for k, v in self.spec.settings.items() if k in ("api_key", "read_only_api_key")}
-        self.server, bound = create_server(self.router, load_settings({**settings, "host": host, "port": port}))
+        self.server, bound = create_server(self.router, router_settings(self.spec, host=host, port=port))
         self.server.start()
         self._address = f"{host}:{bound}"
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path
 
-from vdb.engine.snapshot import INDEX, MANIFEST, read_manifest, verify_snapshot
+from vdb.engine.snapshot import INDEX, MANIFEST, check_relpath, read_manifest, take_snapshot, verify_snapshot
 from vdb.errors import InvalidArgumentError, NotFoundError
 
 
@@ -36,26 +37,32 @@ def push(peer, snapshot_dir, chunk_bytes: int, timeout: float, begin: tuple, **b
 
 
 class Incoming:
-    """The receiving side: staging directories under `root`, one per transfer, checked chunk by chunk."""
+    """The receiving side: staging directories under `root`, one per transfer, checked chunk by chunk. A
+    transfer whose sender fell silent for `idle_s` (it died, or gave up) is removed at the next begin: each
+    holds a whole collection, and a primary that dies mid-seed, again and again, must not fill the disk."""
 
-    def __init__(self, root):
-        self.root = Path(root)
+    def __init__(self, root, idle_s: float):
+        self.root, self.idle_s = Path(root), idle_s
         shutil.rmtree(self.root, ignore_errors=True)  # transfers a crash interrupted
         self._open: dict[str, dict] = {}
 
     def begin(self, manifest: dict, **meta) -> str:
         """A new transfer of the snapshot `manifest` describes; `meta` is kept for end(). Returns its token."""
+        now = time.monotonic()
+        for old in [k for k, t in list(self._open.items()) if now - t["last"] > self.idle_s]:
+            self.discard(old)
         token = uuid.uuid4().hex
         staging = self.root / token
         (staging / INDEX).mkdir(parents=True)
         (staging / MANIFEST).write_text(json.dumps(manifest))
         read_manifest(staging)  # format and version before any byte arrives
-        self._open[token] = {"dir": staging, "files": manifest["files"], "written": {}, "meta": meta}
+        self._open[token] = {"dir": staging, "files": manifest["files"], "written": {}, "meta": meta, "last": now}
         return token
 
     def chunk(self, token: str, rel: str, offset: int, data: bytes) -> None:
         """Write one chunk; chunks of a file arrive in order, and only files the manifest names."""
         t = self._get(token)
+        t["last"] = time.monotonic()
         if rel not in t["files"]:
             raise InvalidArgumentError(f"transfer {token}: {rel!r} is not in the snapshot's manifest")
         if offset != t["written"].get(rel, 0):
@@ -82,3 +89,50 @@ class Incoming:
         if t is None:
             raise NotFoundError(f"no snapshot transfer {token!r} in progress")
         return t
+
+
+class Outgoing:
+    """The sending side of pulled snapshots (`vdbctl snapshot --cluster` pulls one off each primary's node):
+    one directory per pull under `root`. A pull whose puller fell silent for `idle_s` (killed by a cron
+    timeout, say) is removed at the next begin, so abandoned pulls cannot fill the node's disk. Seeding
+    snapshots (`seed_path`) live beside them and are their owner's to remove."""
+
+    def __init__(self, root, idle_s: float):
+        self.root, self.idle_s = Path(root), idle_s
+        shutil.rmtree(self.root, ignore_errors=True)  # pulls a crash interrupted
+        self.root.mkdir(parents=True)
+        self._last: dict[str, float] = {}
+
+    def seed_path(self) -> Path:
+        """A new path for a snapshot the caller takes, uses and removes itself."""
+        return self.root / f"seed-{uuid.uuid4().hex}"
+
+    def begin(self, collection) -> tuple[str, dict]:
+        """(token, manifest) of a snapshot of the open Collection taken now, to be pulled with chunk()."""
+        now = time.monotonic()
+        for old in [k for k, t in list(self._last.items()) if now - t > self.idle_s]:
+            self.end(old)
+        token = uuid.uuid4().hex
+        self._last[token] = now
+        try:
+            manifest = take_snapshot(collection, self.root / token)
+        except BaseException:
+            self.end(token)
+            raise
+        self._last[token] = time.monotonic()
+        return token, manifest
+
+    def chunk(self, token: str, rel: str, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of one file of pull `token`."""
+        if token not in self._last:
+            raise NotFoundError(f"no snapshot {token!r} here (ended, or abandoned for {self.idle_s:.0f} s)")
+        self._last[token] = time.monotonic()
+        check_relpath(rel, token)
+        with open(self.root / token / INDEX / rel, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def end(self, token: str) -> None:
+        """Remove pull `token` (nothing if it is gone already)."""
+        if self._last.pop(token, None) is not None:
+            shutil.rmtree(self.root / token, ignore_errors=True)

@@ -25,6 +25,7 @@ from vdb.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgum
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CATALOG = "catalog.json"
+TRASH = ".trash-"  # DATA/.trash-*: directories nobody needs (removed collections, interrupted unpacks); swept at open
 
 
 def check_name(name) -> str:
@@ -112,6 +113,11 @@ class Catalog:
         self._entries[name] = {"path": str(rel)}
         self._save()
 
+    def forget(self, name: str) -> None:
+        """Drop the entry and keep its files (an attached directory that failed to open stays the user's)."""
+        del self._entries[name]
+        self._save()
+
     def remove(self, name: str) -> None:
         path = self.path_of(name)
         del self._entries[name]
@@ -121,7 +127,7 @@ class Catalog:
 
     def _trash(self, path: Path) -> None:
         """Rename first (atomic, durable), then delete: a crash never leaves a half-deleted collection in place."""
-        trash = self.root / f".trash-{uuid.uuid4().hex[:8]}"
+        trash = self.root / f"{TRASH}{uuid.uuid4().hex[:8]}"
         os.rename(path, trash)
         fsync_dir(path.parent)  # a rename between two directories is durable once both are fsync'd
         fsync_dir(self.root)
@@ -131,6 +137,13 @@ class Catalog:
         doc = {"collections": self._entries, "crc32": zlib.crc32(_canonical(self._entries))}
         atomic_write_bytes(self.root / CATALOG, json.dumps(doc, indent=1).encode())
 
+    def persist(self) -> None:
+        """Write the catalog file if this data directory has none yet. Before the files of a collection that
+        arrive with a write-ahead log (a restore) are written: without a catalog, a crash would leave them
+        looking like a served collection whose catalog was lost, and the directory would not open."""
+        if not (self.root / CATALOG).exists():
+            self._save()
+
     def sweep_trash(self) -> None:
-        for p in self.root.glob(".trash-*"):
+        for p in self.root.glob(f"{TRASH}*"):
             shutil.rmtree(p, ignore_errors=True)

@@ -10,7 +10,8 @@ Two entry points:
 
 Checked: every posting's and row's checksum (vectors and heads), every metadata record (manifest, arrays, id
 map, payloads); every live row is reachable (a valid record in some posting, or pending); no deleted row is
-reachable through the id map; the id map and the per-row ids agree both ways; every payload belongs to a live id.
+reachable through the id map; the id map and the per-row ids agree both ways; every payload belongs to a live id; the text index's files pass their CRCs (stored: a note, since the next
+open rebuilds a damaged one).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from storage.wal.format import CONSUMERS_FILE
 from storage.wal.fs import RealFS
 from storage.wal.reader import WalCorruptionError, segment_records
 from storage.wal.recovery import inspect_log
-from vdb.engine import walcodec
+from vdb.engine import textsearch, walcodec
 from vdb.errors import translate
 
 WAL_CONSUMER = "index"  # the consumer name a collection registers (collection.py)
@@ -51,6 +52,7 @@ def check_collection(c) -> dict:
             if len(wrong):
                 violations.append(f"{len(wrong)} ids map to a row other than their live row (first row {wrong[0]})")
         checked.update(_counts(state, reached, len(c.memtable)))
+    violations += textsearch.check(c)
     return {"collection": c.name, "ok": not violations, "violations": _unique(violations), "checked": checked}
 
 
@@ -95,6 +97,7 @@ def check_stored(path, name: str | None = None) -> dict:
             violations += _row_invariants(state, int2ext, reached, ids, int(is_live(state).sum()))
             violations += _stored_id_map(state, int2ext, ids, payload_ids)
         checked.update(_counts(state, reached, 0 if pending is None else len(pending)))
+        report["notes"] += textsearch.stored_notes(path)
         if (path / "wal").is_dir():
             _check_wal(path / "wal", int(idx.manifest.get("checkpoint_lsn", 0)), idx.dim, report, checked,
                        violations)

@@ -74,6 +74,8 @@ class Collection(ReadPath):
         except BaseException:
             self.wal.close()
             raise
+        if settings.get("memory_budget_mb", 0) > 0:  # committed postings and rows read from disk, within it
+            index.serve_from_disk(float(settings["memory_budget_mb"]))
         self.cache = SemanticCache.for_backend(self, settings) if settings.get("cache_mb", 0) > 0 else None
         self.maintainer = Maintainer(self)
         self.maintainer.start()
@@ -104,7 +106,8 @@ class Collection(ReadPath):
     def _recover(self) -> None:
         pending = self.index.committed_array("pending")
         if pending is not None and len(pending):
-            self.memtable.add(pending.astype(np.int64), self.index.vectors_of(pending))
+            vectors = self.index.vectors_of(pending)
+            self.memtable.add(pending.astype(np.int64), vectors, self.index.home_heads(vectors))
         textsearch.recover(self.text, self.index)  # text index: up to the checkpoint, before the replay
         replayed = 0
         for rec in self.wal.replay(self.checkpoint_lsn):
@@ -126,7 +129,10 @@ class Collection(ReadPath):
         data = walcodec.encode_upsert(ids, x, payloads)
         check_record_size(len(data), WAL_RECORD_LIMIT)
         self._wait_for_room(timeout)
-        return self._log_and_apply(walcodec.UPSERT, data, walcodec.Upsert(ids, x, payloads), new_rows=len(ids))
+        # filed under their heads before the log's lock and the apply order: the head search runs in parallel
+        heads = self.index.home_heads(x)
+        return self._log_and_apply(walcodec.UPSERT, data, walcodec.Upsert(ids, x, payloads, heads),
+                                   new_rows=len(ids))
 
     def delete(self, ids) -> int:
         self._check_usable()
@@ -214,7 +220,9 @@ class Collection(ReadPath):
                 rows = idx.add_rows(op.vectors, op.ids)
                 payloads = op.payloads or [None] * len(rows)
                 self.idmap.upserted(op.ids, rows, payloads)
-                self.memtable.add(rows, op.vectors)
+                # a replayed or replicated record has no heads yet: the search for them is derived, not logged
+                heads = op.heads if op.heads is not None else idx.home_heads(op.vectors)
+                self.memtable.add(rows, op.vectors, heads)
                 self.live += len(rows) - n_old
                 if self._pindex is not None:
                     self._pindex.set_rows(rows, payloads, idx.n_rows)
@@ -304,6 +312,7 @@ class Collection(ReadPath):
         checkpoint; see vdb/engine/repair.py."""
         self._check_usable()
         done = self.index.repair_postings(self.memtable.rows())
+        done.update(textsearch.repair(self))  # text index: rebuilt from the payloads when its files are damaged
         self.flush()
         return done
 
@@ -326,6 +335,7 @@ class Collection(ReadPath):
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
+            "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
         }
 
     def _disk_stats(self, wal: dict) -> dict:

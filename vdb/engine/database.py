@@ -99,8 +99,9 @@ class Database:
         """Collections that could not be opened, with the reason (what `vdbctl check` and repair act on)."""
         return {name: err.message for name, err in self._broken.items()}
 
-    def _open_collection(self, name: str) -> Collection:
-        index = MutableSpannIndex.open_writable(self.catalog.path_of(name))
+    def _open_collection(self, name: str, index: MutableSpannIndex | None = None) -> Collection:
+        """The collection `name` over its index directory (opened here unless the caller opened it)."""
+        index = index if index is not None else MutableSpannIndex.open_writable(self.catalog.path_of(name))
         try:
             stored = index.manifest.get("collection", {})
             settings = engine_settings(self.settings, stored)
@@ -162,10 +163,19 @@ class Database:
         with self._mutex:
             if name in self.catalog:
                 raise AlreadyExistsError(f"collection {name!r} already exists")
-            index = MutableSpannIndex.open_writable(index_path)  # validates the directory
-            index.close()
-            self.catalog.add(name, Path(index_path).resolve())
-            self._collections[name] = self._open_collection(name)
+            # Opened once: it validates the directory and is the collection's index (a second open held two
+            # head indexes at the peak)
+            index = MutableSpannIndex.open_writable(index_path)
+            try:
+                self.catalog.add(name, Path(index_path).resolve())
+            except BaseException:
+                index.close()
+                raise
+            try:
+                self._collections[name] = self._open_collection(name, index)
+            except BaseException:
+                self.catalog.forget(name)
+                raise
             return self.describe_collection(name)
 
     @public
@@ -177,6 +187,7 @@ class Database:
             if name in self.catalog:
                 raise AlreadyExistsError(f"collection {name!r} already exists")
             path = self.catalog.new_path(name)
+            self.catalog.persist()  # a crash in fill() then leaves an unlisted directory, which new_path replaces
             try:
                 fill(path)
             except BaseException:

@@ -32,14 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from index.rowstate import is_live
+from storage.crashpoints import crashpoint
 from storage.fileio import fsync_dir, fsync_tree
 from storage.wal import start_log
-from vdb.errors import DataLossError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from vdb.engine.catalog import TRASH
+from vdb.errors import (DataLossError, FailedPreconditionError, InvalidArgumentError, NotFoundError,
+                        ResourceExhaustedError, translate)
 
 FORMAT, VERSION = "vdb-snapshot", 1
 MANIFEST, INDEX = "MANIFEST.json", "index"
 WAL_DIR = "wal"                    # a collection's WAL directory (vdb/engine/collection.py opens DIR/wal)
 ARCHIVE_SUFFIXES = (".tar",)
+REQUIRED = ("meta/data.mdb", "vectors.f32", "heads.f32")  # and a posting file, named by the LMDB manifest
 _HASH_CHUNK = 8 << 20
 
 
@@ -77,7 +81,11 @@ def take_snapshot(collection, dest) -> dict:
 
 def write_snapshot(db, name: str, out) -> dict:
     """Snapshot collection `name` of an open Database into `out`: a new directory, or a .tar archive."""
-    out = Path(out)
+    with _full_disk_exhausts():
+        return _write_snapshot(db, name, Path(out))
+
+
+def _write_snapshot(db, name: str, out: Path) -> dict:
     if out.exists():
         raise InvalidArgumentError(f"{out} already exists")
     collection = db.collection(name)
@@ -113,7 +121,7 @@ def pack(snapshot_dir, archive) -> None:
 
 
 def read_manifest(snapshot_dir) -> dict:
-    """The manifest of a snapshot directory, checked for format and version (not the file checksums)."""
+    """The manifest of a snapshot directory, checked for format, version and shape (not the file checksums)."""
     path = Path(snapshot_dir) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -121,14 +129,41 @@ def read_manifest(snapshot_dir) -> dict:
         raise NotFoundError(f"{snapshot_dir}: no {MANIFEST}; not a vdb snapshot") from None
     except ValueError as e:
         raise DataLossError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise DataLossError(f"{path}: a manifest is a JSON object, not {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise FailedPreconditionError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
     if manifest.get("version") != VERSION:
         raise FailedPreconditionError(f"{path}: snapshot version {manifest.get('version')} is not supported "
                                       f"(this vdb reads {VERSION})")
-    for rel in manifest.get("files", {}):
-        check_relpath(rel, path)
+    _check_shape(manifest, path)
     return manifest
+
+
+def _check_shape(manifest: dict, path: Path) -> None:
+    """A manifest is input (restore reads numbers and file names from it): every field has its type and
+    range, every file its size and digest, and the files a collection cannot open without are listed."""
+    for key, low in (("lsn", 0), ("count", 0), ("dim", 1)):
+        value = manifest.get(key)
+        if type(value) is not int or value < low:
+            raise DataLossError(f"{path}: {key!r} is {value!r}, not an integer >= {low}")
+    if not isinstance(manifest.get("metric"), str):
+        raise DataLossError(f"{path}: 'metric' is {manifest.get('metric')!r}, not a string")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise DataLossError(f"{path}: 'files' is {type(files).__name__}, not an object of path: entry")
+    for rel, entry in files.items():
+        check_relpath(rel, path)
+        if not (isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0
+                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64):
+            raise DataLossError(f"{path}: the entry of {rel!r} is not {{\"bytes\": n, \"sha256\": hex}}")
+    dirs = {p.as_posix() for rel in files for p in Path(rel).parents}
+    clash = sorted(dirs & set(files))
+    if clash:
+        raise DataLossError(f"{path}: {clash[0]!r} is listed as a file and as a directory")
+    missing = [rel for rel in REQUIRED if rel not in files]
+    if missing:
+        raise DataLossError(f"{path}: the snapshot lacks {', '.join(missing)}, without which no collection opens")
 
 
 def check_relpath(rel, where="") -> str:
@@ -164,9 +199,10 @@ def unpacked(src, workdir):
     if not is_archive(src):
         yield src
         return
-    tmp = Path(workdir) / f".unpack-{uuid.uuid4().hex[:8]}"
+    tmp = Path(workdir) / f"{TRASH}unpack-{uuid.uuid4().hex[:8]}"  # in a data directory: swept if we crash
     try:
         _unpack(src, tmp)
+        crashpoint("restore-unpacked")
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,6 +219,11 @@ def restore_snapshot(db, name: str, src) -> dict:
     """Restore a snapshot (directory or archive) as the new collection `name` of an open Database; returns
     the restored manifest. The collection then equals its source at the snapshot's LSN, and its next write
     gets LSN + 1."""
+    with _full_disk_exhausts():
+        return _restore_snapshot(db, name, src)
+
+
+def _restore_snapshot(db, name: str, src) -> dict:
     with opened_snapshot(src, db.path) as (snap, manifest):
         def fill(path: Path) -> None:
             path.mkdir(parents=True)
@@ -191,13 +232,14 @@ def restore_snapshot(db, name: str, src) -> dict:
                 shutil.copyfile(snap / INDEX / rel, path / rel)
             start_log(path / WAL_DIR, manifest["lsn"] + 1)
             fsync_tree(path)
+            crashpoint("restore-filled")
 
-        db.adopt_collection(name, fill)
-        count = db.count(name)
-        if count != manifest["count"]:
+        info = db.adopt_collection(name, fill)
+        got = {"count": info["count"], "dim": info["dim"], "metric": info["metric"]}
+        said = {k: manifest[k] for k in got}
+        if got != said:
             db.drop_collection(name)
-            raise DataLossError(f"{src}: the restored collection holds {count} vectors, the manifest says "
-                                f"{manifest['count']}")
+            raise DataLossError(f"{src}: the restored collection has {got}, the manifest says {said}")
     return manifest
 
 
@@ -215,6 +257,18 @@ def content_digest(collection, batch: int = 4096) -> dict:
             h.update(json.dumps(r.payload, sort_keys=True, separators=(",", ":")).encode())
     return {"count": int(len(ids)), "sha256": h.hexdigest(),
             "ids_sha256": hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()}
+
+
+@contextmanager
+def _full_disk_exhausts():
+    """A full disk under a snapshot or restore is RESOURCE_EXHAUSTED (free space, retry), not an OSError."""
+    try:
+        yield
+    except OSError as e:
+        err = translate(e)
+        if isinstance(err, ResourceExhaustedError):
+            raise err from e
+        raise
 
 
 def _file_entry(path: Path) -> dict:
@@ -246,3 +300,5 @@ def _unpack(archive: Path, dest: Path) -> None:
                     shutil.copyfileobj(fin, fout, _HASH_CHUNK)
     except tarfile.TarError as e:
         raise DataLossError(f"{archive}: not a readable snapshot archive ({e})") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:  # one name as a file and a directory
+        raise DataLossError(f"{archive}: entries that clash ({e})") from None

@@ -6,8 +6,9 @@ commits it at each checkpoint and closes it. Everything else about text lives he
 
 Hybrid query (`hybrid_search`): the dense list is the collection's own search (filter, knobs and semantic cache
 as for `search`), the text list is BM25 over the same filter and the rows' live state; each list is cut to
-`candidates` entries and the two are fused (vdb/text/fusion.py: RRF or weighted). Text alone answers with BM25
-scores, a vector alone is a plain vector search. Answers carry "distances" that are smaller-is-better like every
+`candidates` entries (and those tied with the last one, up to TIE_SLACK more: which members of a tied group a
+search returns first is arbitrary) and the two are fused (vdb/text/fusion.py: RRF or weighted). Text alone
+answers with BM25 scores, a vector alone is a plain vector search. Answers carry "distances" that are smaller-is-better like every
 search of vdb: the vector distance for a vector alone, -BM25 for text alone, -fused score for both.
 """
 from __future__ import annotations
@@ -18,10 +19,10 @@ import numpy as np
 
 from index.distance import as_matrix
 from index.rowstate import is_live
-from vdb.errors import FailedPreconditionError, InvalidArgumentError
+from vdb.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from vdb.query.filters import compile_filter
 from vdb.text import fusion
-from vdb.text.options import check_options, query_texts
+from vdb.text.options import TIE_SLACK, check_options, query_texts
 
 RECOVERY_CHUNK = 4096
 
@@ -43,6 +44,10 @@ class NoTextIndex:
     def stats(self) -> dict:
         """The collection's stats say there is no text index."""
         return {"enabled": False}
+
+    def verify(self) -> list[str]:
+        """Nothing to check."""
+        return []
 
 
 def open_text_index(path: Path, settings):
@@ -68,6 +73,30 @@ def recover(text, index) -> None:
     text.start()
 
 
+# -- check and repair ---------------------------------------------------------------------------------------
+def check(c) -> list[str]:
+    """`vdbctl check` of the text index: its committed files (while damaged, text searches fail with DATA_LOSS)."""
+    return [f"text index: {p}" for p in c.text.verify()]
+
+
+def repair(c) -> dict:
+    """`vdbctl repair`: a damaged text index is rebuilt from the live rows' payloads, writes held off meanwhile."""
+    if not c.text.verify():
+        return {}
+    with c.index.lock:  # the write path applies under this lock: no write falls between the rebuild's reads
+        c.text.rebuild(c.idmap.live_payload_rows(), c.index.n_rows)
+    return {"text_index_rebuilt": True}
+
+
+def stored_notes(path: Path) -> list[str]:
+    """`vdbctl check` of a stored collection: a damaged text index is derived data the next open rebuilds."""
+    if not (Path(path) / "text" / "state.json").exists():
+        return []
+    from vdb.text.verify import damage
+    return [f"text index damaged, the next open rebuilds it from the payloads: {p}"
+            for p in damage(Path(path) / "text" / "tantivy")]
+
+
 # -- queries ------------------------------------------------------------------------------------------------
 def text_rows(c, texts: list[str], k: int, node):
     """BM25 top-k of each text among the live rows that pass the compiled filter `node`: external ids and
@@ -89,12 +118,29 @@ def text_rows(c, texts: list[str], k: int, node):
     return ext, np.where(ext >= 0, scores, -np.inf)
 
 
+def _check_sizes(c, texts: list[str]) -> None:
+    """A query's cost grows with its length and its distinct terms (one posting list each): both are bounded
+    (max_query_text_kb, max_query_terms), so no request can hold the server for seconds and gigabytes."""
+    max_bytes, max_terms = c.settings["max_query_text_kb"] << 10, c.settings["max_query_terms"]
+    for i, t in enumerate(texts):
+        if len(t) > max_bytes or len(t.encode()) > max_bytes:  # len(t) first: no copy of a huge text
+            raise ResourceExhaustedError(f"text {i}: {len(t.encode())} bytes, more than max_query_text_kb="
+                                       f"{c.settings['max_query_text_kb']}")
+        if c.text.enabled and len(terms := c.text.terms(t)) > max_terms:
+            raise ResourceExhaustedError(f"text {i}: {len(terms)} distinct terms, more than max_query_terms="
+                                       f"{max_terms}")
+
+
 def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: float, rrf_k: int, candidates,
                   filter, knobs: dict, use_cache: bool, explain):
     """(ids [nq, top_k], distances [nq, top_k]) for text, vectors or both; see the module docstring."""
     texts = query_texts(text)
     if texts is None and vectors is None:
         raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
+    if texts is not None and len(texts) > c.settings["max_batch"]:  # as search's limit on query vectors
+        raise ResourceExhaustedError(f"{len(texts)} queries exceed max_batch={c.settings['max_batch']}")
+    if texts is not None:
+        _check_sizes(c, texts)
     depth = check_options(fusion_name, alpha, rrf_k, candidates, top_k, c.settings["max_top_k"])
     if vectors is None:
         node = compile_filter(filter) if filter is not None else None
@@ -108,9 +154,10 @@ def hybrid_search(c, text, vectors, top_k: int, *, fusion_name: str, alpha: floa
     if len(texts) != nq:
         raise InvalidArgumentError(f"{len(texts)} texts but {nq} query vectors")
     node = compile_filter(filter) if filter is not None else None
-    t_ids, t_scores = text_rows(c, texts, depth, node)
-    d_ids, d_dist = c.search(vectors, depth, filter=filter, use_cache=use_cache, explain=explain, **knobs)
-    dense = (d_ids, np.where(d_ids >= 0, -d_dist.astype(np.float64), -np.inf))
+    fetch = min(depth + TIE_SLACK, c.settings["max_top_k"])  # each list: `depth` and whatever ties its last entry
+    t_ids, t_scores = fusion.cut_after_ties(*text_rows(c, texts, fetch, node), depth)
+    d_ids, d_dist = c.search(vectors, fetch, filter=filter, use_cache=use_cache, explain=explain, **knobs)
+    dense = fusion.cut_after_ties(d_ids, np.where(d_ids >= 0, -d_dist.astype(np.float64), -np.inf), depth)
     if fusion_name == "rrf":
         ids, fused = fusion.rrf([dense, (t_ids, t_scores)], int(top_k), int(rrf_k))
     else:

@@ -24,6 +24,7 @@ class Upsert:
     ids: np.ndarray                     # int64 [n]
     vectors: np.ndarray                 # float32 [n, dim], stored form
     payloads: list[dict | None] | None
+    heads: np.ndarray | None = None     # the writer's nearest head per vector (not logged: see Collection._apply)
 
 
 @dataclass(frozen=True)

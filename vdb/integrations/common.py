@@ -62,6 +62,8 @@ def to_vdb_filter(spec: dict | None) -> dict | None:
         raise vdb.InvalidArgumentError(f"filter must be a dict in vdb's filter language, got {spec!r}")
     out = {}
     for key, value in spec.items():
+        if not isinstance(key, str):  # JSON has string keys only; an int or None key would stop the mapping untyped
+            raise vdb.InvalidArgumentError(f"filter keys must be strings, got {key!r}")
         if key in ("$and", "$or"):
             out[key] = [to_vdb_filter(v) for v in value] if isinstance(value, list) else value
         elif key == "$not":

@@ -175,17 +175,29 @@ class VdbVectorStore(VectorStore):
 
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
                                       **kwargs: Any) -> list[Document]:
-        """Diverse results: fetch_k nearest, then maximal marginal relevance picks k of them."""
-        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
-                                                            lambda_mult, **kwargs)
+        """Diverse results: the fetch_k best of the search `mode` (dense, bm25 or hybrid), then maximal marginal
+        relevance to the query's embedding picks k of them."""
+        return self._mmr(query, self._embedding.embed_query(query), k, fetch_k, lambda_mult, **kwargs)
 
     def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
                                                 lambda_mult: float = 0.5, **kwargs: Any) -> list[Document]:
-        """As max_marginal_relevance_search, from an embedding."""
+        """As max_marginal_relevance_search, from an embedding (mode dense only: the text modes need the query)."""
+        return self._mmr(None, embedding, k, fetch_k, lambda_mult, **kwargs)
+
+    def _mmr(self, query: str | None, embedding, k: int, fetch_k: int, lambda_mult: float, *, mode: str = "dense",
+             filter: dict | None = None, **kwargs: Any) -> list[Document]:
+        if mode not in MODES:
+            raise vdb.InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "dense" and query is None:
+            raise vdb.InvalidArgumentError(f"mode {mode!r} needs the query text: use max_marginal_relevance_search")
         if not self._exists():
             return []
-        res = self.db.search(self.collection, np.asarray(embedding, np.float32), top_k=max(fetch_k, k),
-                             filter=to_vdb_filter(kwargs.pop("filter", None)), **kwargs)
+        q, f, fetch = np.asarray(embedding, np.float32), to_vdb_filter(filter), max(fetch_k, k)
+        if mode == "dense":
+            res = self.db.search(self.collection, q, top_k=fetch, filter=f, **kwargs)
+        else:
+            res = self.db.hybrid_search(self.collection, text=query, vector=None if mode == "bm25" else q,
+                                        top_k=fetch, filter=f, **kwargs)
         ids = [int(i) for i in res.ids if i >= 0]
         if not ids:
             return []

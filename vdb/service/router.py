@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vdb.api import Record, SearchResult
-from vdb.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
+from vdb.config import BY_NAME
+from vdb.errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from vdb.service.client import Client
 from vdb.text.fusion import rrf as fusion_rrf, weighted as fusion_weighted
 from vdb.text.options import check_options, query_texts
@@ -52,6 +53,10 @@ class ClusterConfig:
     timeout_s: float = 30.0
     api_key: str = ""            # sent to the shards
     workers: int = 16
+    # the shards' limits (the settings table's), so that a request gets the answer one node would give it: a
+    # batch the router splits is still one batch, and an over-fetch is cut to what a shard accepts
+    max_top_k: int = BY_NAME["max_top_k"].default
+    max_batch: int = BY_NAME["max_batch"].default
 
     @classmethod
     def load(cls, path) -> "ClusterConfig":
@@ -64,7 +69,8 @@ class ClusterConfig:
         if not shards:
             raise InvalidArgumentError(f"cluster config {path}: no [[shards]] with an address")
         router = raw.get("router", {})
-        unknown = set(router) - {"host", "port", "overfetch", "timeout_s", "api_key", "workers"}
+        unknown = set(router) - {"host", "port", "overfetch", "timeout_s", "api_key", "workers", "max_top_k",
+                                 "max_batch"}
         if unknown:
             raise InvalidArgumentError(f"cluster config {path}: unknown router keys {sorted(unknown)}")
         return cls(shards=shards, **router)
@@ -113,6 +119,12 @@ class Router:
         return ids, dists, _sum_explain([p.explain for p in parts]) if explain else None, missing
 
     def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
+        """{shard: positions in `ids`} of the shards that own them. No ids: shard 0 gets the empty request, and
+        answers it as one node would (its refusal, or its empty answer)."""
+        if len(ids) > self.config.max_batch:
+            raise ResourceExhaustedError(f"batch of {len(ids)} exceeds max_batch={self.config.max_batch}; split it")
+        if len(ids) == 0:
+            return {0: np.zeros(0, np.int64)}
         owner = shard_of(ids, len(self._shards))
         return {int(s): np.nonzero(owner == s)[0] for s in np.unique(owner)}
 
@@ -173,7 +185,7 @@ class Router:
             raise InvalidArgumentError(f"top_k must be an integer >= 1, got {top_k!r}")
         q = np.asarray(queries, dtype=np.float32)
         qm = np.atleast_2d(q)
-        shard_k = int(math.ceil(top_k * self.config.overfetch))
+        shard_k = self._shard_k(top_k)
         kwargs = dict(filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps, use_cache=use_cache,
                       explain=explain)
         ids, dists, ex, missing = self._gather("search", (name, qm, shard_k), kwargs, top_k, explain, allow_partial)
@@ -189,14 +201,14 @@ class Router:
         RRF ranks are global ranks. BM25 statistics are each shard's own (as Elasticsearch's default
         query-then-fetch): with hash sharding the shards' statistics agree closely."""
         texts = query_texts(text)
+        if texts is None and vector is None:
+            raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
+        depth = check_options(fusion, alpha, rrf_k, candidates, top_k, self.config.max_top_k)  # as one node does
         if texts is None:
-            if vector is None:
-                raise InvalidArgumentError("hybrid_search needs text, a vector, or both")
             return self.search(name, vector, top_k, filter=filter, nprobe=nprobe, rerank_k=rerank_k, eps=eps,
                                use_cache=use_cache, explain=explain, allow_partial=allow_partial)
-        depth = check_options(fusion, alpha, rrf_k, candidates, top_k, 1 << 31)
         want = int(top_k) if vector is None else depth
-        shard_k = int(math.ceil(want * self.config.overfetch))
+        shard_k = self._shard_k(want)
         t_ids, t_dists, ex, missing = self._gather("hybrid_search", (name, texts, None, shard_k),
                                                    {"filter": filter, "explain": explain}, want, explain, allow_partial)
         if vector is not None:
@@ -212,6 +224,11 @@ class Router:
         if (text is None or isinstance(text, str)) and (vector is None or np.ndim(vector) == 1):
             return SearchResult(t_ids[0], t_dists[0], ex, missing)
         return SearchResult(t_ids, t_dists, ex, missing)
+
+    def _shard_k(self, k: int) -> int:
+        """What each shard is asked for: k over-fetched, but never past the shards' max_top_k (a k one node
+        accepts must not be refused because of the over-fetch)."""
+        return max(int(k), min(int(math.ceil(k * self.config.overfetch)), self.config.max_top_k))
 
     def count(self, name: str) -> int:
         """Live vectors summed over the shards."""

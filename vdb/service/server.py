@@ -160,7 +160,10 @@ class VectorDBServicer:
 
     @rpc
     def HybridSearch(self, req, context):
-        res = self.db.hybrid_search(req.collection, **convert.hybrid_kwargs(req))
+        kwargs = convert.hybrid_kwargs(req)
+        n_queries = max(len(kwargs["text"] or ()), 0 if kwargs["vector"] is None else len(kwargs["vector"]))
+        self._charge_search(n_queries, req.params.top_k, True, context)  # before the work, as BatchSearch
+        res = self.db.hybrid_search(req.collection, **kwargs)
         return pb.HybridSearchResponse(packed=convert.packed_results(res.ids, res.distances, res.explain,
                                                                      missing_shards=res.missing_shards))
 

@@ -5,12 +5,16 @@ best first. The output is (ids [nq, k], fused scores [nq, k]) best first, -1 / -
 
     rrf:       fused(d) = sum over lists of 1 / (rrf_k + rank(d)), rank 1-based; a list that misses d adds 0.
                (Cormack, Clarke & Buettcher, SIGIR'09; rrf_k = 60 as there.) Only ranks matter, so BM25 scores
-               and vector distances need no common scale.
+               and vector distances need no common scale. Entries of one list with equal scores (within
+               TIE_RTOL: float32 distances of one vector computed by two kernels differ in the last bit) share
+               the best rank of their group (1, 2, 2, 4): the order a search happens to give tied entries
+               (duplicate documents have equal distances, and the cache and the index order them differently)
+               must not change the fused scores.
     weighted:  each list's scores are min-max normalised to [0, 1] per query (the best gets 1, the worst 0; a
                list whose scores are all equal gives 1), then fused(d) = sum_i w_i * norm_i(d), a missing d
                adding 0 (Weaviate's "relative score fusion"). With two lists, dense and text, w = (alpha,
                1 - alpha).
-Ties are broken by the order in which ids were first met (lists in the order given, best first).
+Fused ties are broken by the smaller id, so the answer does not depend on the order of tied entries either.
 """
 from __future__ import annotations
 
@@ -18,13 +22,13 @@ import numpy as np
 
 RRF_K = 60            # Cormack et al.'s constant
 FUSIONS = ("rrf", "weighted")
+TIE_RTOL = 1e-6       # scores this close (relative, at least 1e-6 absolute) are equal: float32's precision is 6e-8
 
 
 def rrf(lists, k: int, rrf_k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
     """Reciprocal rank fusion of `lists` (see the module docstring)."""
     def contributions(ids, scores):
-        ranks = np.arange(1, ids.shape[1] + 1, dtype=np.float64)
-        return np.broadcast_to(1.0 / (rrf_k + ranks), ids.shape)
+        return 1.0 / (rrf_k + _tied_ranks(scores))
     return _fuse(lists, k, [contributions] * len(lists), [1.0] * len(lists))
 
 
@@ -33,6 +37,37 @@ def weighted(lists, weights, k: int) -> tuple[np.ndarray, np.ndarray]:
     if len(weights) != len(lists):
         raise ValueError(f"{len(lists)} lists but {len(weights)} weights")
     return _fuse(lists, k, [_minmax] * len(lists), list(weights))
+
+
+def tied(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether scores a and b are equal for ranking (TIE_RTOL); -inf padding ties only with itself."""
+    with np.errstate(invalid="ignore"):
+        close = np.abs(a - b) <= TIE_RTOL * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+    return close | (a == b)
+
+
+def cut_after_ties(ids: np.ndarray, scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best-first lists cut to `depth` entries, plus the entries after it that tie with the last kept one
+    (-1 / -inf padded): which members of a tied group a search returned first must not decide which are fused."""
+    ids, scores = np.array(ids, np.int64), np.array(scores, np.float64)
+    if ids.shape[1] <= depth:
+        return ids, scores
+    keep = np.zeros(ids.shape, bool)
+    keep[:, :depth] = True
+    if depth > 0:
+        last = scores[:, depth - 1: depth]
+        keep[:, depth:] = np.logical_and.accumulate(tied(last, scores[:, depth:]) & (ids[:, depth:] >= 0), axis=1)
+    return np.where(keep, ids, -1), np.where(keep, scores, -np.inf)
+
+
+def _tied_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks of best-first rows of scores, equal neighbours sharing the first one's rank."""
+    nq, m = scores.shape
+    if m == 0:
+        return np.zeros((nq, 0), np.float64)
+    pos = np.broadcast_to(np.arange(m), (nq, m))
+    starts = np.concatenate([np.ones((nq, 1), bool), ~tied(scores[:, :-1], scores[:, 1:])], axis=1)
+    return np.maximum.accumulate(np.where(starts, pos, 0), axis=1).astype(np.float64) + 1.0
 
 
 def _minmax(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -61,7 +96,7 @@ def _fuse(lists, k: int, transforms, weights) -> tuple[np.ndarray, np.ndarray]:
             continue
         keys = np.fromiter(acc.keys(), np.int64, len(acc))
         vals = np.fromiter(acc.values(), np.float64, len(acc))
-        order = np.argsort(-vals, kind="stable")[:k]  # stable: first-met order breaks ties
+        order = np.lexsort((keys, -vals))[:k]  # best fused score first, the smaller id among equals
         out_ids[q, :len(order)] = keys[order]
         out_scores[q, :len(order)] = vals[order]
     return out_ids, out_scores

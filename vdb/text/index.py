@@ -21,7 +21,9 @@ after each tantivy commit, names a watermark W: every live row below W was in th
 before the WAL replay, with the number of rows the checkpoint covers, n) takes W' = min(W, n), deletes every
 document at or above W' (they may come from writes whose WAL record never became durable), and re-adds the live
 rows in [W', n) from the checkpointed payloads; the replay feeds the rest through `applied()`. A missing,
-damaged or foreign index starts over with W' = 0. After an unclean stop, documents of rows that died after the
+damaged (a file failing its footer CRC: verify.py, checked at every open) or foreign index starts over with
+W' = 0; damage found while open makes text searches DataLossError until `repair` rebuilds the index from the
+live payloads (`rebuild`). After an unclean stop, documents of rows that died after the
 last commit are deleted as well, so that they stop counting in the BM25 statistics.
 """
 from __future__ import annotations
@@ -37,8 +39,10 @@ import tantivy
 
 from storage.crashpoints import crashpoint
 from storage.fileio import atomic_write_bytes
+from vdb.errors import DataLossError, VdbError
 from vdb.query.filters import lookup
 from vdb.text.fresh import FreshTier
+from vdb.text.verify import damage
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -98,6 +102,11 @@ class TextIndex:
         where = self.path / "tantivy"
         if reset and where.exists():
             shutil.rmtree(where)
+        problems = [] if reset else damage(where)  # tantivy itself checks no CRC, and a missing meta.json
+        if problems:                               # would just make it start an empty index
+            log.warning("text index %s is damaged (%s); rebuilding it from the payloads", where, problems[0])
+            shutil.rmtree(where, ignore_errors=True)
+            self._watermark, self._clean = 0, False
         where.mkdir(parents=True, exist_ok=True)
         try:
             self._index = tantivy.Index(self._schema, path=str(where), reuse=True)
@@ -250,7 +259,13 @@ class TextIndex:
         rows = np.full((len(texts), k), -1, np.int64)
         scores = np.full((len(texts), k), -np.inf, np.float32)
         for qi, text in enumerate(texts):
-            hits = self._search_one(self.terms(text), k, allow, restrict)
+            try:
+                hits = self._search_one(self.terms(text), k, allow, restrict)
+            except (KeyboardInterrupt, SystemExit, VdbError):
+                raise
+            except BaseException as e:  # pyo3's PanicException is a BaseException: tantivy panics on damaged bytes
+                raise DataLossError(f"text index {self.path}: a search failed ({type(e).__name__}: {e}); its files "
+                                    f"are damaged: `vdbctl repair` (or reopening) rebuilds it from the payloads") from e
             for j, (s, r) in enumerate(hits):
                 rows[qi, j], scores[qi, j] = r, s
         return rows, scores
@@ -286,6 +301,24 @@ class TextIndex:
             if len(out) >= k or len(hits) < limit:
                 return out
             offset, limit = offset + limit, 2 * limit
+
+    # -- check and repair -------------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """What `vdbctl check` reports of the committed files: missing, or failing tantivy's footer CRC."""
+        with self._commit_lock:
+            return damage(self.path / "tantivy")
+
+    def rebuild(self, rows_payloads, n_rows: int) -> None:
+        """Start over from `rows_payloads` ((row, payload) of every live row) with an empty tantivy index; the
+        caller holds off the write path (applied()) meanwhile."""
+        rows = sorted(rows_payloads, key=lambda rp: rp[0])
+        with self._commit_lock, self._lock:  # searches wait: none sees the index half rebuilt
+            self._writer.rollback()
+            self._writer.wait_merging_threads()  # releases tantivy's writer lock before the files go
+            self.fresh, self._deletes, self._watermark, self._upto = FreshTier(), [], 0, 0
+            self._open_tantivy(reset=True)
+            self._write_state(clean=False)
+            self.applied(np.array([r for r, _ in rows], np.int64), [p for _, p in rows], (), int(n_rows))
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def stats(self) -> dict:

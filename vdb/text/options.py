@@ -8,6 +8,7 @@ from vdb.text.fusion import FUSIONS
 
 DEFAULT_CANDIDATES = 50          # per list, before fusion (at least top_k)
 DEFAULT_ALPHA = 0.5
+TIE_SLACK = 16                   # each list is fetched this much deeper, to keep a tied group the cut would split
 
 
 def query_texts(text) -> list[str] | None:
@@ -19,6 +20,11 @@ def query_texts(text) -> list[str] | None:
         raise InvalidArgumentError("text must be a string or a list of strings")
     if not items:
         raise InvalidArgumentError("text: give at least one query string")
+    for i, t in enumerate(items):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: a Python str, but no UTF-8 (the analyser and protobuf refuse it)
+            raise InvalidArgumentError(f"text {i}: string is not valid Unicode (it holds a lone surrogate)") from None
     return list(items)
 
 

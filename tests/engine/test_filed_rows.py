@@ -1,0 +1,101 @@
+"""Acknowledged rows not yet in postings are filed under their nearest head as they are written, and a search
+scans only the unindexed rows of the heads it probes (issue 13). These tests hold the index's maint_lock so
+that the rows stay unindexed, then check read-your-writes through the filing: overwrites, deletes, and splits
+that retire the heads rows were filed under while a search runs on another thread."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import vdb
+from vdb.inputs.synthetic import ClusteredMixture
+
+DIM = 8
+OPTIONS = dict(bootstrap_rows=300, split_limit=24, head_ratio=0.1)
+TIGHT = dict(nprobe=2, eps=0.0, use_cache=False)  # the nearest two heads only: the filing decides what is seen
+
+
+def _db(tmp_path, **extra):
+    db = vdb.connect(tmp_path / "d", memtable_scan_all_rows=0, checkpoint_interval_s=3600, **extra)
+    db.create_collection("c", dim=DIM, **OPTIONS)
+    return db
+
+
+def _data(n, seed):
+    return ClusteredMixture(DIM, 10, 1).sample(n, seed)
+
+
+def test_unindexed_rows_are_found_through_their_heads(tmp_path):
+    db = _db(tmp_path)
+    try:
+        base = _data(2000, 2)
+        db.upsert("c", np.arange(2000), base)
+        db.flush("c")
+        c = db.collection("c")
+        new = _data(600, 3)
+        ids = np.arange(10_000, 10_600)
+        with c.index.maint_lock:  # the maintenance thread cannot index them meanwhile
+            db.upsert("c", ids, new)
+            assert db.stats("c")["pending_rows"] == 600
+            for i in range(0, 600, 7):
+                got, d = db.search("c", new[i], top_k=1, **TIGHT)
+                assert got[0] == ids[i] and d[0] < 1e-4
+            moved = new[5] + 40.0  # an overwrite files the new row under the head of its new place
+            db.upsert("c", [ids[5]], moved[None])
+            got, d = db.search("c", moved, top_k=1, **TIGHT)
+            assert got[0] == ids[5] and d[0] < 1e-4
+            got, d = db.search("c", new[5], top_k=3, **TIGHT)
+            assert not ((got == ids[5]) & (d < 1.0)).any()  # the replaced vector is gone
+            db.delete("c", [ids[6]])
+            got, _ = db.search("c", new[6], top_k=3, **TIGHT)
+            assert ids[6] not in got
+        db.flush("c")
+        got, _ = db.search("c", moved, top_k=1, nprobe=8)
+        assert got[0] == ids[5]
+    finally:
+        db.close()
+
+
+def test_splits_retiring_the_heads_of_unindexed_rows_never_hide_them_from_a_search(tmp_path):
+    """Rows stay filed under heads that splits retire (and next to heads that splits create) while another
+    thread searches for each of them: every search finds its row. The splits come from indexing a second set of
+    rows under the held maint_lock, as a maintenance step does."""
+    db = _db(tmp_path)
+    try:
+        db.upsert("c", np.arange(1500), _data(1500, 4))
+        db.flush("c")
+        c = db.collection("c")
+        watched, feed = _data(400, 5), _data(3000, 6)
+        watched_ids, feed_ids = np.arange(20_000, 20_400), np.arange(30_000, 33_000)
+        splits_before = db.stats("c")["maintenance"]["splits"]
+        missed: list[int] = []
+        done = threading.Event()
+
+        def search_each_watched_row():
+            while not done.is_set():
+                for i in range(len(watched)):
+                    got, _ = db.search("c", watched[i], top_k=1, **TIGHT)
+                    if got[0] != watched_ids[i]:
+                        missed.append(i)
+
+        with c.index.maint_lock:
+            db.upsert("c", watched_ids, watched)  # filed now; never indexed while the lock is held
+            searcher = threading.Thread(target=search_each_watched_row)
+            searcher.start()
+            try:
+                for part in np.array_split(np.arange(len(feed)), 30):
+                    db.upsert("c", feed_ids[part], feed[part])
+                    c.index.insert(c.rows_of(feed_ids[part]))  # into postings: splits, new heads, retirements
+            finally:
+                done.set()
+                searcher.join()
+            assert db.stats("c")["maintenance"]["splits"] > splits_before + 10
+            assert db.stats("c")["pending_rows"] >= len(watched)
+            for i in range(len(watched)):  # and once more after the last split
+                got, _ = db.search("c", watched[i], top_k=1, **TIGHT)
+                if got[0] != watched_ids[i]:
+                    missed.append(i)
+        assert missed == []
+    finally:
+        db.close()

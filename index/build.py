@@ -172,6 +172,10 @@ def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildPa
             summary["calibration"] = _calibrate_dir(d, params.target_recall, samples=params.calibration_samples,
                                                     seed=params.seed)
             timings["calibrate"] = round(time.perf_counter() - t, 3)
+        if params.scan_code_bytes:
+            t = time.perf_counter()
+            summary["scan_codes"] = _scan_codes_dir(d, params.scan_code_bytes, params.seed)
+            timings["scan_codes"] = round(time.perf_counter() - t, 3)
         d.close(release_lock=False)  # held until published: a concurrent build's sweep must not take it
         publish_dir(tmp, out_dir, overwrite=overwrite)
     except BaseException:
@@ -221,6 +225,38 @@ def _calibrate_dir(d: IndexDir, target_recall: float, *, samples: int, seed: int
     cal = calibrate(SpannIndex(d), target_recall, samples=samples, seed=seed)
     d.commit({**d.manifest, "calibration": cal}, {})
     return cal
+
+
+def scan_codes_index(path: str | os.PathLike, code_bytes: int, *, seed: int = 0) -> dict:
+    """Encode the scan tier (index/scancodes.py) of the index at `path`, replacing any it had. Returns what
+    build_scan_codes did."""
+    d = IndexDir.open(path, writable=True)
+    try:
+        return _scan_codes_dir(d, code_bytes, seed)
+    finally:
+        d.close()
+
+
+def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
+    """Encode the scan tier, then calibrate nprobe through it (its PQ estimates pick the re-rank candidates, so
+    its recall curve is its own): stored as the manifest's `tier_calibration`, used while the tier serves."""
+    from index.scancodes import build_scan_codes
+    from index.spann import SpannIndex
+    manifest = d.reload_manifest()
+    index = SpannIndex(d)
+    out = build_scan_codes(index, code_bytes, seed=seed)
+    cal = manifest.get("calibration")
+    if cal and cal.get("target_recall"):
+        t = time.perf_counter()
+        codes_mb = (d.path / "scan.pq").stat().st_size / 2**20
+        index.use_disk(index.resident_bytes()["total"] / 2**20 + codes_mb + 1.0)  # the tier and a small cache
+        try:
+            out["calibration"] = calibrate(index, cal["target_recall"], samples=cal.get("samples", 500), seed=seed)
+        finally:
+            index.stop_disk()
+        d.commit({**d.manifest, "tier_calibration": out["calibration"]}, {})
+        out["calibration_s"] = round(time.perf_counter() - t, 2)
+    return out
 
 
 def _remove_tree(path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 
 from index.kernels import mark_reachable
 from index.rowstate import is_live
+from storage import StorageError
 from storage.posting_format import FLAG_RETIRED
 
 
@@ -24,8 +25,21 @@ class CommittedState:
             if len(bad_rows) > 20:
                 violations.append(f"... and {len(bad_rows) - 20} more rows of {f.path}")
         violations += self.files.meta.verify()
-        return violations, {"postings": store.n_postings, "vector_rows": vectors.rows, "head_rows": heads.rows,
-                            "postings_ok": not bad}
+        checked = {"postings": store.n_postings, "vector_rows": vectors.rows, "head_rows": heads.rows,
+                   "postings_ok": not bad}
+        try:
+            codes = self.files.open_scan_codes()
+        except StorageError as e:  # a damaged header, layout or table: the whole file is unusable
+            violations.append(str(e))
+            checked["scan_codes"] = "unreadable"
+            return violations, checked
+        if codes is not None:
+            bad_codes = codes.verify()
+            violations += [f"scan codes of {'the codebook' if p < 0 else f'posting {p}'} fail their checksum "
+                           f"({codes.path})" for p in bad_codes[:20]]
+            checked["scan_code_postings"] = codes.n_postings
+            codes.close()
+        return violations, checked
 
     # -- what the last commit stored for the caller (its id map, payloads and arrays) ----------------------
     def committed_array(self, name: str) -> np.ndarray | None:

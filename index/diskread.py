@@ -99,17 +99,16 @@ class DiskSearcher:
         local[miss] = starts
         return (np.concatenate([buf, hits]) if len(hits) else buf), local, counts, len(buf)
 
-    def _rows(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
-        """float32 [m, dim + 1] rows (checksum word last) read from the vector file in one wave."""
+    def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
+        """float32 [m, dim + 1] rows (checksum word last) read from the vector file in one wave; bytes read."""
         size = self.vectors.row_size
         buf, starts = self.row_reader.read(HEADER_SIZE + rows * size, np.full(len(rows), size))
         take = starts[:, None] + np.arange(size)[None, :]
         return buf[take].view(np.float32).reshape(len(rows), self.vectors.dim + 1), len(buf)
 
-    def search_one(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, k: int, rerank_k: int,
-                   rerank_eps: float) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """(rows [k] padded -1, exact distances [k] padded inf, records scanned, bytes read)."""
-        pids = pids[pids >= 0]
+    def candidates(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, rerank_k: int):
+        """INT8 scan of postings `pids` (read now or cached): (rows [<= rerank_k], INT8 distances ascending,
+        records scanned, bytes read)."""
         buf, local, counts, read = self._postings(pids)
         words = len(buf) // 4 * 4
         order = np.arange(len(pids), dtype=np.int64)
@@ -118,17 +117,28 @@ class DiskSearcher:
                                           qc, q, state, allow, self._no_rows, self._no_rows.view(np.uint32),
                                           rerank_k, rerank_k, False)
         n = int((cand >= 0).sum())
-        n = rerank_cut(cd[:n], k, rerank_eps)
-        cand = cand[:n]
+        return cand[:n], cd[:n], int(scanned), read
+
+    def rerank(self, cand: np.ndarray, q, is_l2: bool, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Exact distances of `cand` from their float32 rows (one read wave, checksums verified): (rows [k]
+        padded -1, distances [k] padded inf, bytes read)."""
         ids = np.full(k, -1, np.int64)
         dists = np.full(k, np.inf, np.float32)
-        if n == 0:
-            return ids, dists, int(scanned), read
-        block, row_bytes = self._rows(cand)
-        exact = np.empty(n, np.float32)
+        if len(cand) == 0:
+            return ids, dists, 0
+        block, row_bytes = self.read_rows(cand)
+        exact = np.empty(len(cand), np.float32)
         bad = exact_block(block, block.view(np.uint32), cand, q, is_l2, exact)
         if bad >= 0:
             self.vectors.raise_corrupt_row(int(bad))
         top = np.argsort(exact, kind="stable")[:k]
         ids[: len(top)], dists[: len(top)] = cand[top], exact[top]
-        return ids, dists, int(scanned), read + row_bytes
+        return ids, dists, row_bytes
+
+    def search_one(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, k: int, rerank_k: int,
+                   rerank_eps: float) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """(rows [k] padded -1, exact distances [k] padded inf, records scanned, bytes read)."""
+        cand, cd, scanned, read = self.candidates(pids[pids >= 0], q, qa, qw, qc, is_l2, state, allow, rerank_k)
+        n = rerank_cut(cd, k, rerank_eps)
+        ids, dists, row_bytes = self.rerank(cand[:n], q, is_l2, k)
+        return ids, dists, scanned, read + row_bytes

@@ -26,6 +26,8 @@ from index.committed import CommittedState
 from index.kernels import exact_rows, search_many
 from index.quantize import Int8Quantizer, kernel_queries
 from index.rowstate import is_live
+from index.diskserve import DiskServing
+from index.tierscan import TierSearcher
 from index.types import FALLBACK_NPROBE, BuildParams, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
@@ -47,7 +49,7 @@ class SearchStats:
                 "bytes_read": self.bytes_read}
 
 
-class SpannIndex(CommittedState):
+class SpannIndex(CommittedState, DiskServing):
     def __init__(self, files: IndexDir):
         self.files = files
         m = files.manifest
@@ -74,6 +76,7 @@ class SpannIndex(CommittedState):
         self._resident_cache: int | None = None
         self.calibration = m.get("calibration")
         self.disk: DiskSearcher | None = None  # set by use_disk(): postings and rows read with O_DIRECT
+        self.tier: TierSearcher | None = None  # set by use_disk() when the scan codes fit the budget
 
     def _load_ids(self, m: dict, n_rows: int) -> RowIds:
         """The row -> external id map: computed for the dense prefix of a build given no ids, stored for the rest
@@ -100,46 +103,39 @@ class SpannIndex(CommittedState):
     # -- lifecycle --------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, *, verify: str = "lazy", memory_budget_mb: float | None = None,
-             direct_io: bool = True) -> "SpannIndex":
+             direct_io: bool = True, scan_tier: bool = True) -> "SpannIndex":
         """Open a built index read-only (shared lock). verify: lazy (each posting on first read) | full | none.
 
-        memory_budget_mb: serve from disk within this much RAM (index/diskread.py): what the resident
-        structures leave of it caches the postings read most; reads bypass the page cache (`direct_io`).
+        memory_budget_mb: serve from disk within this much RAM (index/diskread.py, and index/tierscan.py if the
+        index has scan codes that fit and `scan_tier`); reads bypass the page cache (`direct_io`).
         None: read through mmap and the page cache."""
         files = IndexDir.open(path, writable=False, verify=verify)
         try:
             index = cls(files)
             if memory_budget_mb is not None:
-                index.use_disk(memory_budget_mb, direct_io=direct_io, verify=verify != "none")
+                index.use_disk(memory_budget_mb, direct_io=direct_io, verify=verify != "none", scan_tier=scan_tier)
         except BaseException:
             files.close()
             raise
         release_free_memory()
         return index
 
-    def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True) -> None:
-        """Serve searches from disk within `memory_budget_mb` (see open)."""
-        if memory_budget_mb < 0:
-            raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
-        cache = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
-        self.disk = DiskSearcher(self.files.postings, self.files.vectors, max(0, cache), verify=verify,
-                                 direct=direct_io)
-
     def close(self) -> None:
         """Release the files and the directory lock."""
-        if self.disk is not None:
-            self.disk.close()
+        self.stop_disk()
         self.files.close()
 
     def default_nprobe(self, target_recall: float = 0.0) -> int:
         """The nprobe an automatic search (nprobe 0) uses: calibrated by the build for its target recall, or
         for `target_recall` from the calibration curve; FALLBACK_NPROBE for an uncalibrated index."""
-        return nprobe_for(self.calibration, target_recall, FALLBACK_NPROBE)
+        tiered = self.tier is not None and self.manifest.get("tier_calibration")  # measured through the tier
+        return nprobe_for(self.manifest["tier_calibration"] if tiered else self.calibration, target_recall,
+                          FALLBACK_NPROBE)
 
     def __enter__(self) -> "SpannIndex":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # noqa: D105
         self.close()
 
     @property
@@ -251,19 +247,6 @@ class SpannIndex(CommittedState):
             if rerank:  # each re-ranked row is one random read of its page(s) (an upper bound with rerank_eps)
                 stats.bytes_read += int(np.minimum(scanned, p.rerank_k).sum()) * _row_pages(self.dim) * 4096
         return out_ids, out_d
-
-    def _search_disk(self, qs, k: int, p: SearchParams, allow, threads: int, stats: SearchStats | None):
-        P = self.probe(qs, p, self.files.postings.dir)
-        is_l2 = self.metric is Metric.L2
-        allow = allow if allow is not None else np.zeros(0, np.uint8)
-        ids, d, scanned, read = self.disk.search(P, qs, kernel_queries(self.quantizer, qs, is_l2), is_l2, self.state, allow, k, p,
-                                                 threads)
-        if stats is not None:
-            stats.probes = P
-            stats.postings_probed += int((P >= 0).sum())
-            stats.records_scanned += int(scanned.sum())
-            stats.bytes_read += int(read.sum())
-        return ids, d
 
     # -- what the calibration reads (index/calibrate.py) ------------------------------------------------
     def live_mask(self) -> np.ndarray:

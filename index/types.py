@@ -77,6 +77,9 @@ class BuildParams:
     target_recall: float = 0.9        # the build calibrates the default nprobe to reach this recall@10 on
                                       # held-out samples (index/calibrate.py); 0 skips the calibration
     calibration_samples: int = 500    # stored rows used as queries for it
+    scan_code_bytes: int = 0          # > 0: also encode every posting record into this many PQ bytes (scan.pq,
+                                      # index/scancodes.py) that an index served from disk scans in RAM;
+                                      # -1: automatic (types.scan_code_bytes: dim / 4)
 
     def resolved(self, dim: int) -> "BuildParams":
         """Validate and fill the automatic choices that depend on the data."""
@@ -103,6 +106,7 @@ class BuildParams:
             (self.hnsw_m >= 4, "hnsw_m must be >= 4"),
             (0 <= self.target_recall < 1, "target_recall must be in [0, 1)"),
             (self.calibration_samples >= 10, "calibration_samples must be >= 10"),
+            (-1 <= self.scan_code_bytes <= 256, "scan_code_bytes must be in [-1, 256]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -185,3 +189,18 @@ class SearchParams:
 
 
 _SEARCH_FIELDS = frozenset(f.name for f in fields(SearchParams))
+
+
+# The scan tier (index/scancodes.py, index/tierscan.py): PQ codes of every posting record held in RAM
+SCAN_BITS_PER_DIM = 2       # automatic PQ code size: dim / 4 bytes (9 more per entry: row, version, norm). Measured
+                            # on 1M x 128 at nprobe 8, recall@10 after re-ranking the best 12 / 32 estimates:
+                            # 16 B 0.571 / 0.814, 32 B 0.768 / 0.898, 64 B 0.893 / 0.905, INT8 0.903 / 0.905
+                            # (docs/benchmarks/disk-c128-1m-scan-quality.json); 32 B is what 10M fits in 1 GiB
+SCAN_TRAIN_SAMPLES = 65_536  # residuals the product quantizer is trained on
+DISK_TIER_RERANK_EPS = 0.05  # automatic rerank_eps with the scan tier (relative to the k-th PQ distance): 32 B
+                            # codes at 1M, nprobe 16: 0.02 -> recall 0.82 with 12.6 rows, 0.05 -> 0.90 with 17.2
+
+
+def scan_code_bytes(dim: int) -> int:
+    """The automatic scan-code size for vectors of `dim` dimensions (SCAN_BITS_PER_DIM per dimension)."""
+    return max(1, -(-dim * SCAN_BITS_PER_DIM // 8))

@@ -5,6 +5,7 @@
     DIR/vectors.f32   full-precision rows by internal id (storage.vectors)
     DIR/heads.f32     head (centroid) rows by posting id, same format
     DIR/postings.dat  INT8 posting extents (storage.postings)
+    DIR/scan.pq       optional: compact codes of every posting record for RAM-resident scans (storage.scan_codes)
     DIR/wal/          a collection's write-ahead log (storage.wal), once the directory is served as one
 
 This is the narrow port through which the index layer reaches storage.
@@ -23,9 +24,11 @@ from storage.lock import DirLock
 from storage.wal.format import SEGMENT_HEADER_SIZE
 from storage.meta import MetaStore
 from storage.postings import PostingStore
+from storage.scan_codes import ScanCodeFile, open_scan_codes, write_scan_codes
 from storage.vectors import VectorFile
 
 META, VECTORS, HEADS, POSTINGS, WAL = "meta", "vectors.f32", "heads.f32", "postings.dat", "wal"
+SCAN_CODES = "scan.pq"
 BUILD_SUFFIX = ".build-"  # a build writes into .<name>.build-<id> beside its output, then renames it
 FORMAT_NAME = "vdb-index"
 FORMAT_VERSION = 1
@@ -165,6 +168,15 @@ class IndexDir:
             copy_prefix(src, dest / src.name, nbytes)
             out.append(src.name)
         return out
+
+    def open_scan_codes(self) -> ScanCodeFile | None:
+        """The directory's scan-code file, opened now (None if it has none). Optional: an index serves without
+        it, and an entry of a posting changed since it was written is stale (the reader checks the CRCs)."""
+        return open_scan_codes(self.path / SCAN_CODES)
+
+    def write_scan_codes(self, *arrays) -> None:
+        """Publish a new scan-code file atomically (storage.scan_codes.write_scan_codes's arguments after path)."""
+        write_scan_codes(self.path / SCAN_CODES, *arrays)
 
     def disk_bytes(self) -> dict[str, int]:
         """Logical bytes per file (sparse growth tails excluded)."""

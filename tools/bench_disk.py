@@ -142,9 +142,16 @@ def cmd_serve(args) -> dict:
             budget = args.limit_mb - args.baseline_mb - args.headroom_mb
             points = [{"in_flight": True}] + [{"nprobe": p} for p in args.nprobes] + \
                 [{"rerank_eps": e} for e in args.rerank_eps]
+            points += json.loads(args.vdb_points) if args.vdb_points else []
             spec = {**common, "system": "vdb", "index": str(vdb_dir), "budget_mb": budget, "points": points,
                     "files": [str(vdb_dir)]}
             out["systems"].append(run_child(cg, spec, f"vdb-{args.dataset}-{args.limit_mb}"))
+        if "vdb-int8" in args.systems:  # the same index from disk without its scan tier (the previous path)
+            budget = args.limit_mb - args.baseline_mb - args.headroom_mb
+            points = [{"in_flight": True}] + [{"nprobe": p} for p in args.int8_nprobes]
+            spec = {**common, "system": "vdb-int8", "index": str(vdb_dir), "budget_mb": budget, "points": points,
+                    "files": [str(vdb_dir)]}
+            out["systems"].append(run_child(cg, spec, f"vdbint8-{args.dataset}-{args.limit_mb}"))
         if "vdb-mmap" in args.systems:  # the same index through mmap and the page cache, no budget
             spec = {**common, "system": "vdb-mmap", "index": str(vdb_dir), "budget_mb": None,
                     "points": [{"in_flight": True}], "files": [str(vdb_dir)], "n": args.faiss_n_queries}
@@ -162,6 +169,17 @@ def cmd_serve(args) -> dict:
         out["fio"] = [fio(post, 1, args.fio_s), fio(post, 32, args.fio_s)]
     out["loadavg_end"] = os.getloadavg()
     return out
+
+
+def cmd_scancodes(args) -> dict:
+    """Encode the scan tier of the built vdb index (index/scancodes.py), replacing any it had."""
+    from index.build import scan_codes_index
+    vdb_dir, _ = index_paths(args)
+    with PeakAnon(0.05) as peak:
+        res = scan_codes_index(vdb_dir, args.code_bytes)
+    res.update(anon_peak_bytes=peak.peak, file_bytes=(vdb_dir / "scan.pq").stat().st_size,
+               command=" ".join(sys.argv), git_revision=git_revision(), loadavg=os.getloadavg())
+    return res
 
 
 def cmd_diskann(args) -> dict:
@@ -270,9 +288,11 @@ def cmd_plot(paths: list[str], out: Path) -> dict:
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False)
     for ax, run in zip(axes[0], runs):
         for sysres in run["systems"]:
-            pts = sorted(sysres.get("points", []), key=lambda p: p["recall"])
+            partial = (sysres.get("partial") or {}).get("points", [])  # a child killed later (OOM) measured these
+            pts = sorted(sysres.get("points") or partial, key=lambda p: p["recall"])
             if pts:
-                ax.plot([p["recall"] for p in pts], [p["qps_1thread"] for p in pts], "o-", label=sysres["system"])
+                label = sysres["system"] + (f" ({sysres['error']} later)" if sysres.get("error") else "")
+                ax.plot([p["recall"] for p in pts], [p["qps_1thread"] for p in pts], "o-", label=label)
         ax.set_title(f"{run['dataset']} {run['n']:,}: {run['limit_mb']} MiB cgroup")
         ax.set_xlabel("recall@10")
         ax.set_ylabel("QPS, 1 thread (1 / mean latency)")
@@ -286,7 +306,7 @@ def cmd_plot(paths: list[str], out: Path) -> dict:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=("prepare", "build", "serve", "fio", "plot", "diskann", "attach"))
+    ap.add_argument("cmd", choices=("prepare", "build", "serve", "fio", "plot", "diskann", "attach", "scancodes"))
     ap.add_argument("inputs", nargs="*", help="plot: the serve JSONs (one panel each)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="c128")
     ap.add_argument("--n", type=int, default=10_000_000)
@@ -300,6 +320,10 @@ def parse_args(argv=None):
     ap.add_argument("--warm", type=int, default=1000)
     ap.add_argument("--n-queries", type=int, default=1000, help="single queries per operating point")
     ap.add_argument("--nprobes", type=lambda v: [int(x) for x in v.split(",") if x], default=[16, 32, 64])
+    ap.add_argument("--int8-nprobes", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="vdb-int8 (no scan tier): nprobe points besides the default")
+    ap.add_argument("--vdb-points", default="", help='more vdb points as JSON, e.g. [{"nprobe": 8, "rerank_eps": 0.1}]')
+    ap.add_argument("--code-bytes", type=int, default=-1, help="scancodes: PQ bytes per entry (-1: automatic, dim / 4)")
     ap.add_argument("--rerank-eps", type=lambda v: [float(x) for x in v.split(",") if x], default=[])
     ap.add_argument("--faiss-nprobes", type=lambda v: [int(x) for x in v.split(",") if x], default=[4, 8, 16, 32])
     ap.add_argument("--faiss-flight-nprobe", type=int, default=16)
@@ -334,6 +358,8 @@ def main(argv=None) -> None:
         res = cmd_serve(args)
     elif args.cmd == "attach":
         res = cmd_attach(args)
+    elif args.cmd == "scancodes":
+        res = cmd_scancodes(args)
     elif args.cmd == "diskann":
         res = cmd_diskann(args)
     elif args.cmd == "plot":

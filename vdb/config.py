@@ -67,9 +67,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("memory_budget_mb", 0.0, "RAM an index served from disk may use, per collection (vdb.connect / vdbctl "
             "serve, vdbctl search --memory-budget-mb, SpannIndex.open(memory_budget_mb=...)): its resident "
             "structures plus a cache of the postings read most; the postings and re-rank rows a search needs are "
-            "read with O_DIRECT, in one batch per query, so the page cache holds none of them. A collection's "
-            "unindexed writes (its memtable, at most max_pending_rows vectors) are searched exactly on top of "
-            "it. 0: read through mmap and the kernel's page cache", lambda v: v >= 0),
+            "read with O_DIRECT, in one batch per query, so the page cache holds none of them. An index built with "
+            "scan codes (--set scan_code_bytes=-1: scan.pq) whose codes fit the budget scans its postings from them "
+            "in RAM (mlock'ed) and reads only re-rank rows (and the postings changed since the codes were written). "
+            "A collection's unindexed writes (its memtable, at most max_pending_rows vectors) are searched exactly "
+            "on top of it. 0: read through mmap and the kernel's page cache", lambda v: v >= 0),
     # request limits
     Setting("max_top_k", 10_000, "largest top_k a search may ask for", _positive),
     Setting("max_batch", 10_000, "most vectors per upsert / queries per batch search / ids per get", _positive),

@@ -100,3 +100,35 @@ def test_a_build_packs_postings_and_keeps_no_id_array_for_dense_ids(built_l2, tm
 def _params():
     from index import SearchParams
     return SearchParams().resolved(10)
+
+
+def test_vdbctl_check_passes_a_freshly_built_index_with_dense_ids(built_l2):
+    from click.testing import CliRunner
+    from vdb.cli import cli
+    with SpannIndex.open(built_l2) as idx:
+        assert idx.int2ext.nbytes == 0  # the build was given no ids: no id array in RAM
+    result = CliRunner().invoke(cli, ["check", str(built_l2)])
+    assert result.exit_code == 0, result.output
+
+
+def test_the_disk_path_reads_a_posting_again_after_it_grew(tmp_path, built_l2, queries):
+    """The posting cache is keyed by (posting, offset, count): an append keeps the offset and raises the count,
+    so a cached copy from before it must not be served (it would be scanned as if it held the new records),
+    and the reader re-checks the file's size before calling a read past its end."""
+    from index.mutable import MutableSpannIndex
+    path = shutil.copytree(built_l2, tmp_path / "g")
+    idx = MutableSpannIndex.open_writable(path)
+    try:
+        idx.use_disk(64, scan_tier=False)
+        first = idx.add_rows(queries[:10] + np.float32(0.02), np.arange(7 * 10**6, 7 * 10**6 + 10))
+        idx.insert(first)   # a packed posting's first append moves it to a fresh extent with slack
+        found, _ = idx.search_rows(queries[:10], 10, _params())  # caches those postings
+        assert np.array_equal(found[:, 0], first)
+        offsets = idx.files.postings.dir.offset.copy()
+        rows = idx.add_rows(queries[:10] + np.float32(0.001), np.arange(8 * 10**6, 8 * 10**6 + 10))
+        idx.insert(rows)    # appended into the slack: same offsets, higher counts
+        moved = idx.files.postings.dir.offset[: len(offsets)] != offsets
+        found, _ = idx.search_rows(queries[:10], 10, _params())
+        assert not moved.all() and np.array_equal(found[:, 0], rows)
+    finally:
+        idx.close()

@@ -153,10 +153,10 @@ def _rate(a: dict, b: dict) -> float:
 
 
 # -- the two systems ---------------------------------------------------------------------------------------
-def vdb_opener(path: str, budget_mb: float):
+def vdb_opener(path: str, budget_mb: float, scan_tier: bool = True):
     def opener():
         from index import SpannIndex
-        idx = SpannIndex.open(path, memory_budget_mb=budget_mb)
+        idx = SpannIndex.open(path, memory_budget_mb=budget_mb, scan_tier=scan_tier)
 
         def make(params):
             knobs = {k: v for k, v in params.items() if k != "in_flight"}
@@ -166,6 +166,9 @@ def vdb_opener(path: str, budget_mb: float):
                 "default_nprobe": idx.default_nprobe()}
         if idx.disk is not None:
             info.update(direct_io=idx.disk.post_reader.direct, cache_budget_bytes=idx.disk.cache.budget)
+        if idx.tier is not None:
+            info.update(scan_tier_bytes=idx.tier.nbytes, scan_tier_locked=idx.tier.locked,
+                        scan_tier_stale_postings=idx.tier.stale_postings(), scan_code_bytes=idx.tier.codes.code_bytes)
         opener.idx = idx
         return make, idx.close, info
     return opener
@@ -192,8 +195,8 @@ def main() -> None:
     truth = np.load(spec["truth"])
     from vdb.config import tune_process
     tune_process()  # faiss head search on one OpenMP thread (spin-waiting OpenMP costs ms on a busy machine)
-    if spec["system"] == "vdb":
-        opener = vdb_opener(spec["index"], spec["budget_mb"])
+    if spec["system"] in ("vdb", "vdb-int8"):  # vdb-int8: the same index served from disk without its scan tier
+        opener = vdb_opener(spec["index"], spec["budget_mb"], scan_tier=spec["system"] == "vdb")
         counters = lambda: opener.idx.disk.io_stats()  # noqa: E731
     elif spec["system"] == "vdb-mmap":
         opener, counters = vdb_opener(spec["index"], None), None

@@ -18,7 +18,7 @@ def status() -> dict:
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM", "VmLck"):
             out[key] = int(value.split()[0]) * 1024
     return out
 

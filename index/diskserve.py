@@ -1,0 +1,53 @@
+"""Serving a SpannIndex from disk under a memory budget: choosing the searchers (index/diskread.py, and the scan
+tier of index/tierscan.py when its codes fit) and running a search through them. A mixin of SpannIndex over its
+`files`, `quantizer`, `state`, `probe` and `resident_bytes`."""
+from __future__ import annotations
+
+import numpy as np
+
+from index.errors import InvalidParameterError
+from index.quantize import kernel_queries
+from index.tierscan import open_disk_searchers
+from index.types import Metric, SearchParams
+
+
+class DiskServing:
+    disk: "object"   # index.diskread.DiskSearcher or None
+    tier: "object"   # index.tierscan.TierSearcher or None
+
+    def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True,
+                 scan_tier: bool = True) -> None:
+        """Serve searches from disk within `memory_budget_mb` (see open). With `scan_tier` and a scan-code file
+        that fits what the resident structures leave of the budget, postings are scanned from it in RAM
+        (index/tierscan.py) and the rest of the budget caches postings for the stale ones."""
+        if memory_budget_mb < 0:
+            raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
+        room = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
+        # the searchers replaced are not closed here: searches in flight may still use them (index/livedisk.py
+        # keeps a replaced DiskSearcher open until the next renewal; a replaced tier's mapping goes with its
+        # last reference)
+        self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
+                                                   verify=verify, scan_tier=scan_tier)
+
+    def stop_disk(self) -> None:
+        """Back to reading through mmap: release the disk searchers (and the scan tier's mapping)."""
+        if self.tier is not None:
+            self.tier.close()
+        if self.disk is not None:
+            self.disk.close()
+        self.disk = self.tier = None
+
+    def _search_disk(self, qs, k: int, p: SearchParams, allow, threads: int, stats):
+        P = self.probe(qs, p, self.files.postings.dir)
+        is_l2 = self.metric is Metric.L2
+        allow = allow if allow is not None else np.zeros(0, np.uint8)
+        searcher = self.tier if self.tier is not None else self.disk
+        prepared = kernel_queries(self.quantizer, qs, is_l2)
+        ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)
+        if stats is not None:
+            stats.probes = P
+            stats.postings_probed += int((P >= 0).sum())
+            stats.records_scanned += int(scanned.sum())
+            stats.bytes_read += int(read.sum())
+        return ids, d
+

@@ -1,0 +1,237 @@
+"""The scan tier (storage/scan_codes.py, index/scancodes.py, index/tierscan.py): PQ codes of every posting record
+held in RAM, so a query served from disk reads only its re-rank rows. The file round-trips, the ADC kernel
+computes the distances to the decoded vectors, the search keeps the INT8 path's recall, a posting changed since
+the codes were written is read from disk instead, and damaged bytes are a CorruptionError, never an answer."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from index import FlatIndex, SpannIndex, recall_at_k
+from index.build import scan_codes_index
+from index.mutable import MutableSpannIndex
+from index.scancodes import padded_dim
+from storage import CorruptionError, IndexDir
+from storage.scan_codes import TABLE_DTYPE, ScanCodeFile, write_scan_codes
+
+CODE_BYTES = 8  # the 32-d test vectors: 4 dimensions per sub-quantizer
+
+
+@pytest.fixture(scope="module")
+def tiered(tmp_path_factory, built_l2):
+    """A copy of the shared l2 index with scan codes (module-wide, read-only)."""
+    path = shutil.copytree(built_l2, tmp_path_factory.mktemp("tier") / "l2")
+    scan_codes_index(path, CODE_BYTES)
+    return path
+
+
+def _decoded(codes: ScanCodeFile, qz, dim: int, pid: int) -> np.ndarray:
+    """The vectors the entries of posting `pid` decode to, in numpy (reference point + PQ residual)."""
+    s, n = int(codes.start[pid]), int(codes.count[pid])
+    m, _, dsub = codes.codebook.shape
+    resid = np.concatenate([codes.codebook[j][codes.codes[s:s + n, j]] for j in range(m)], axis=1)
+    base = qz.decode(np.asarray(codes.base[pid:pid + 1]))[0]
+    return resid[:, :dim] + base
+
+
+def test_the_file_round_trips_its_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    n_post, counts = 5, np.array([3, 0, 7, 1, 4])
+    table = np.zeros(n_post, TABLE_DTYPE)
+    table["start"] = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    table["count"], table["src_crc"], table["src_count"] = counts, rng.integers(0, 2**32, n_post), counts + 1
+    n = int(counts.sum())
+    arrays = (rng.standard_normal((4, 256, 3)).astype(np.float32), rng.integers(-128, 128, (n_post, 12), np.int8),
+              rng.integers(0, 10**6, n, np.uint32), rng.integers(0, 127, n, np.uint8),
+              rng.standard_normal(n).astype(np.float32), rng.integers(0, 256, (n, 4), np.uint8))
+    write_scan_codes(tmp_path / "scan.pq", 12, table, *arrays)
+    f = ScanCodeFile(tmp_path / "scan.pq")
+    assert (f.dim, f.n_postings, f.n_entries, f.code_bytes) == (12, n_post, n, 4)
+    for name in ("start", "count", "src_crc", "src_count"):
+        assert np.array_equal(f.table[name], table[name])
+    for got, want in zip((f.codebook, f.base, f.rows, f.versions, f.terms, f.codes), arrays):
+        assert np.array_equal(got, want)
+    assert f.verify() == []
+    assert not list(tmp_path.glob(".scan.pq.tmp-*"))  # published by rename, nothing left behind
+
+
+def test_adc_estimates_are_the_distances_to_the_decoded_vectors(tiered, queries):
+    with SpannIndex.open(tiered, memory_budget_mb=64) as idx:
+        tier = idx.tier
+        assert tier is not None and tier.codes.code_bytes == CODE_BYTES
+        assert tier.dpad == padded_dim(idx.dim, CODE_BYTES)
+        for q in queries[:5]:
+            pids = idx.probe(q[None, :], _params(8))[0]
+            pids = pids[pids >= 0]
+            rows, est, _ = tier.estimates(pids, q, True, idx.state, np.zeros(0, np.uint8), 10_000)
+            expect = {}
+            for p in pids:
+                d = ((_decoded(tier.codes, idx.quantizer, idx.dim, int(p)) - q) ** 2).sum(1)
+                for r, v in zip(tier.codes.rows[tier.start[p]: tier.start[p] + tier.count[p]], d):
+                    expect[int(r)] = min(v, expect.get(int(r), np.inf))  # a replica keeps its smaller estimate
+            assert sorted(rows.tolist()) == sorted(expect)  # every row once
+            want = np.array([expect[int(r)] for r in rows])
+            assert np.allclose(est, want, rtol=1e-3, atol=1e-2 * float(np.median(want)))
+            assert np.all(np.diff(est) >= 0)
+
+
+def test_the_tier_reads_only_rows_and_keeps_the_int8_recall(tiered, base, queries):
+    truth, _ = FlatIndex(base, "l2").search(queries, 10)
+    with SpannIndex.open(tiered, memory_budget_mb=64) as t, \
+            SpannIndex.open(tiered, memory_budget_mb=64, scan_tier=False) as d:
+        assert t.tier is not None and d.tier is None and t.tier.stale_postings() == 0
+        for eps in (0.0, 0.2):
+            a, da = t.search(queries, 10, nprobe=8, rerank_eps=eps)
+            b, _ = d.search(queries, 10, nprobe=8, rerank_eps=eps)
+            assert recall_at_k(a, truth, 10) >= recall_at_k(b, truth, 10) - 0.03
+            assert (a >= 0).all() and np.isfinite(da).all()
+        io = t.disk.io_stats()
+        assert io["postings"]["reads"] == 0 and io["rows"]["reads"] > 0
+        # the distances returned are exact: they come from the float32 rows
+        exact = ((base[a[:3]] - queries[:3, None, :]) ** 2).sum(-1)
+        assert np.allclose(da[:3], exact, rtol=1e-4)
+
+
+def test_the_tier_is_left_out_when_it_does_not_fit_the_budget(tiered, queries):
+    with SpannIndex.open(tiered, memory_budget_mb=0.01) as idx:
+        assert idx.tier is None
+        ids, _ = idx.search(queries[:5], 10, nprobe=4)
+        assert (ids >= 0).all()
+
+
+def test_postings_changed_after_encoding_are_read_from_disk(tmp_path, tiered, base, queries):
+    path = shutil.copytree(tiered, tmp_path / "m")
+    near = queries[:20] + np.float32(0.01)  # new rows right at the queries: they must be found
+    gone = FlatIndex(base, "l2").search(queries[20:40], 1)[0][:, 0]  # each query's nearest row, deleted
+    idx = MutableSpannIndex.open_writable(path)
+    rows = idx.add_rows(near, np.arange(10**6, 10**6 + len(near)))
+    idx.insert(rows)
+    idx.delete_rows(gone)
+    with idx.maint_lock, idx.lock:
+        fields, arrays = idx.snapshot()
+        idx.commit({**idx.manifest, **fields}, arrays)
+    idx.close()
+    with SpannIndex.open(path, memory_budget_mb=64) as t:
+        assert 0 < t.tier.stale_postings() < t.n_heads
+        ids, _ = t.search(queries[:40], 10, nprobe=8)
+        assert t.disk.io_stats()["postings"]["reads"] > 0
+    assert np.array_equal(ids[:20, 0], np.arange(10**6, 10**6 + 20))
+    assert not np.isin(gone, ids[20:]).any()
+
+
+@pytest.mark.parametrize("section", ["codes", "codebook", "table", "layout"])
+def test_damaged_scan_codes_are_a_corruption_error_and_vdbctl_check_lists_them(tmp_path, tiered, queries, section):
+    path = shutil.copytree(tiered, tmp_path / section)
+    f = ScanCodeFile(path / "scan.pq")
+    offset = {"codes": f.codes.ctypes.data, "codebook": f.codebook.ctypes.data, "table": f.table.ctypes.data,
+              "layout": f.buffer.ctypes.data + 4096 + 3}[section] - f.buffer.ctypes.data
+    f.close()
+    with open(path / "scan.pq", "r+b") as fh:
+        fh.seek(offset)
+        old = fh.read(2)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0x5A for b in old))
+    with pytest.raises(CorruptionError) as e:
+        SpannIndex.open(path, memory_budget_mb=64)
+    assert "scan.pq" in str(e.value)
+    with SpannIndex.open(path) as idx:  # the mmap path does not use the tier and still answers
+        assert (idx.search(queries[:3], 10)[0] >= 0).all()
+        violations, _ = idx.verify()
+    assert any("scan.pq" in v for v in violations)
+
+
+def test_a_truncated_scan_code_file_is_a_corruption_error(tmp_path, tiered):
+    path = shutil.copytree(tiered, tmp_path / "t")
+    size = (path / "scan.pq").stat().st_size
+    with open(path / "scan.pq", "r+b") as fh:
+        fh.truncate(size - 100)
+    with pytest.raises(CorruptionError):
+        SpannIndex.open(path, memory_budget_mb=64)
+
+
+def test_an_index_without_scan_codes_checks_clean_and_serves_from_disk(built_l2, queries):
+    d = IndexDir.open(built_l2)
+    try:
+        assert d.open_scan_codes() is None
+    finally:
+        d.close()
+    with SpannIndex.open(built_l2, memory_budget_mb=64) as idx:
+        assert idx.tier is None and idx.verify()[0] == []
+
+
+def _params(nprobe: int):
+    from index.types import SearchParams
+    return SearchParams(nprobe=nprobe).resolved(10)
+
+
+def test_a_build_with_scan_codes_calibrates_nprobe_through_the_tier(tmp_path, base, queries):
+    from index import BuildParams, build_index
+    from index.types import scan_code_bytes
+    summary = build_index(base[:3000], tmp_path / "b", params=BuildParams(head_ratio=0.02, seed=1,
+                                                                          scan_code_bytes=-1))
+    assert summary["scan_codes"]["code_bytes"] == scan_code_bytes(base.shape[1]) == base.shape[1] // 4
+    with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t, SpannIndex.open(tmp_path / "b") as m:
+        cal = t.manifest["tier_calibration"]
+        assert cal["curve"] and cal["target_recall"] == 0.9
+        assert t.default_nprobe() == cal["nprobe"] and m.default_nprobe() == m.calibration["nprobe"]
+        truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
+        assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.85  # the calibration's target, less noise
+
+
+@pytest.mark.parametrize("point", [pytest.param("scan-codes-written:1", marks=pytest.mark.slow),
+                                   "scan-codes-before-publish:1"])
+def test_a_writer_killed_while_replacing_the_scan_codes_leaves_the_old_file(tmp_path, tiered, queries, point):
+    import os
+    import subprocess
+    import sys
+    path = shutil.copytree(tiered, tmp_path / "k")
+    before = (path / "scan.pq").read_bytes()
+    code = f"from index.build import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VDB_CRASH_AT": point},
+                          capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (path / "scan.pq").read_bytes() == before  # the old file, whole: the new one was never renamed in
+    assert list(path.glob(".scan.pq.tmp-*"))           # what the dead writer left
+    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.tier.codes.code_bytes == CODE_BYTES and idx.verify()[0] == []
+        assert (idx.search(queries[:3], 10)[0] >= 0).all()
+    scan_codes_index(path, CODE_BYTES * 2)  # the next writer publishes and sweeps the dead one's file
+    assert not list(path.glob(".scan.pq.tmp-*"))
+    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.tier.codes.code_bytes == CODE_BYTES * 2
+
+
+def test_vdbctl_check_reports_damaged_scan_codes(tmp_path, tiered):
+    from click.testing import CliRunner
+    from vdb.cli import cli
+    path = shutil.copytree(tiered, tmp_path / "c")
+    clean = CliRunner().invoke(cli, ["check", str(path)])
+    assert clean.exit_code == 0, clean.output
+    f = ScanCodeFile(path / "scan.pq")
+    offset = f.codes.ctypes.data - f.buffer.ctypes.data + 5
+    f.close()
+    with open(path / "scan.pq", "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff\x00\xff")
+    damaged = CliRunner().invoke(cli, ["check", str(path)])
+    assert damaged.exit_code == 1 and "scan.pq" in damaged.output
+
+
+def test_a_mutable_index_served_through_the_tier_finds_what_it_inserts_meanwhile(tmp_path, tiered, queries):
+    """Freshness is judged against the directory at each query: a posting that grows after the tier opened is
+    read from disk, so rows inserted in the same process are found."""
+    path = shutil.copytree(tiered, tmp_path / "live")
+    idx = MutableSpannIndex.open_writable(path)
+    try:
+        idx.use_disk(64)
+        assert idx.tier is not None and idx.tier.stale_postings() == 0
+        near = queries[:10] + np.float32(0.01)
+        rows = idx.add_rows(near, np.arange(5 * 10**6, 5 * 10**6 + 10))
+        idx.insert(rows)
+        assert idx.tier.stale_postings() > 0
+        found, _ = idx.search_rows(queries[:10], 10, _params(8))
+        assert np.array_equal(found[:, 0], rows)
+    finally:
+        idx.close()

@@ -186,16 +186,16 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
             rng = np.random.default_rng(self.params.seed)
             sample = x[rng.choice(len(x), min(len(x), 100_000), replace=False)]
             quantizer = Int8Quantizer.train(sample)
-            hs = head_space(x, self.metric)
             n_heads = max(1, int(round(self.params.head_ratio * len(x))))
-            heads = hierarchical_heads(hs, n_heads, self.params, spherical=self.metric.angular)
+            heads = hierarchical_heads(head_space(x, self.metric), n_heads, self.params, spherical=self.metric.angular)
             empty = [np.zeros(0, self.files.postings.record_dtype)] * len(heads)
-            pids = self.files.postings.add_postings(empty, [self.params.split_limit] * len(heads))
-            self.files.heads.append(heads)
-            self.head_index = HeadIndex.build(heads, angular=self.metric.angular, kind=self.params.head_index,
-                                              m=self.params.hnsw_m, ids=pids,
-                                              ef_construction=self.params.hnsw_ef_construction)
-            self.quantizer = quantizer
+            with self.files.new_heads_or_none():  # a full disk under heads.append must not leave new postings
+                pids = self.files.postings.add_postings(empty, [self.params.split_limit] * len(heads))
+                self.files.heads.append(heads)
+                head_index = HeadIndex.build(heads, angular=self.metric.angular, kind=self.params.head_index,
+                                             m=self.params.hnsw_m, ids=pids,
+                                             ef_construction=self.params.hnsw_ef_construction)
+            self.head_index, self.quantizer = head_index, quantizer
             self._excluded = self._retired_mask()
             self.stats.bootstraps += 1
             log.info("bootstrapped %d heads from %d vectors", len(heads), len(x))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from storage.crashpoints import crashpoint
@@ -117,6 +118,19 @@ class IndexDir:
         for f in self.path.glob("postings*.dat"):
             if f.name != keep and f.name != self.postings.path.name:
                 f.unlink()
+
+    @contextmanager
+    def new_heads_or_none(self):
+        """Add postings and head rows all or nothing: if the block raises (a full disk under the head rows'
+        append, say), the postings it added and the head rows it appended are forgotten. Postings without their
+        heads would be committed by the next checkpoint, and the directory would never open again."""
+        had_postings, had_heads = self.postings.n_postings, self.heads.rows
+        try:
+            yield
+        except BaseException:
+            self.postings.forget_from(had_postings)
+            self.heads.set_rows(had_heads)
+            raise
 
     def commit(self, manifest: dict, arrays: dict, *, id_puts=None, id_deletes=None, payload_puts=None) -> None:
         """Make a checkpoint durable: fsync the data files, then one LMDB transaction with all metadata.

@@ -278,6 +278,14 @@ class PostingStore:
         new.flags[pid] = 0
         self._publish(new)
 
+    def forget_from(self, n: int) -> None:
+        """Forget postings n.. (a structural change that failed after adding them): the directory goes back to its
+        first n entries, their bytes become garbage (reclaimed by compaction)."""
+        d = self.dir
+        if n < len(d):
+            self._publish(PostingDirectory(d.offset[:n].copy(), d.capacity[:n].copy(), d.count[:n].copy(),
+                                           d.crc[:n].copy(), d.flags[:n].copy()))
+
     def retire(self, pids) -> None:
         """Mark postings as gone (their heads were split or merged away). Their bytes become garbage."""
         new = self.dir.copy()

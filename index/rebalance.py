@@ -69,11 +69,12 @@ class Rebalancing:
             return set()
         d_new = ((hs[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
         side = d_new.argmin(1)
-        new_pids = store.add_postings([live[side == 0], live[side == 1]], [self.params.split_limit + 1] * 2)
-        crashpoint("split")
         old_head = self._heads_matrix()[pid].copy()
-        self.files.heads.append(centers)
-        self.head_index.add(centers, new_pids)
+        with self.files.new_heads_or_none():  # a full disk under heads.append must not leave new postings
+            new_pids = store.add_postings([live[side == 0], live[side == 1]], [self.params.split_limit + 1] * 2)
+            crashpoint("split")
+            self.files.heads.append(centers)
+            self.head_index.add(centers, new_pids)
         self._retire([pid])
         self.stats.splits += 1
         # LIRE: vectors that the old head held closer than either new head may now belong elsewhere, and

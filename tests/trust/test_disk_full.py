@@ -67,18 +67,22 @@ def test_disk_full_over_grpc_is_resource_exhausted_and_other_calls_work(small_di
         server.stop()
 
 
-def test_a_bootstrap_that_runs_out_of_disk_leaves_an_index_that_opens(tmp_path, monkeypatch):
-    """The first heads of a collection: postings added, then head rows appended. A full disk under the append
-    left the postings without their heads; the next checkpoint committed them and the collection never opened
+@pytest.mark.parametrize("failing_append", [1, 2], ids=["bootstrap", "first-split"])
+def test_a_bootstrap_or_split_that_runs_out_of_disk_leaves_an_index_that_opens(tmp_path, monkeypatch,
+                                                                                failing_append):
+    """New heads (the first ones of a collection, or a split's): postings added, then head rows appended. A full
+    disk under the append left the postings without their heads; the next checkpoint committed them and the collection never opened
     again ("posting directory, head index and manifest disagree on the heads", seen in a full run under load).
     The failure is injected at that append (deterministic), then the disk has room again."""
     from storage.errors import DiskFullError
     from storage.vectors import VectorFile
 
-    real_append, failures = VectorFile.append, []
+    real_append, calls, failures = VectorFile.append, [], []
 
     def append(self, vectors):
-        if self.path.name == "heads.f32" and not failures:
+        if self.path.name == "heads.f32":
+            calls.append(len(vectors))
+        if self.path.name == "heads.f32" and len(calls) == failing_append and not failures:
             failures.append(len(vectors))
             raise DiskFullError(f"{self.path}: injected: no space left for the head rows")
         return real_append(self, vectors)
@@ -88,9 +92,9 @@ def test_a_bootstrap_that_runs_out_of_disk_leaves_an_index_that_opens(tmp_path, 
     x = rng.normal(size=(600, DIM)).astype(np.float32)
     path = tmp_path / "data"
     with vdb.connect(path, checkpoint_interval_s=3600) as db:
-        db.create_collection("c", dim=DIM, bootstrap_rows=500)
+        db.create_collection("c", dim=DIM, bootstrap_rows=500, split_limit=24, head_ratio=0.05)
         db.upsert("c", np.arange(600), x)
-        db.flush("c")  # the bootstrap fails once (logged by maintenance), then runs again
+        db.flush("c")  # the bootstrap or the split fails once (logged by maintenance), then runs again
         assert failures, "the injected failure did not happen"
         assert db.count("c") == 600
     with vdb.connect(path) as db:  # reopens, every acknowledged row is there and found

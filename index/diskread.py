@@ -26,6 +26,30 @@ from storage.fileheader import HEADER_SIZE
 from storage.posting_cache import PostingCache
 
 
+def each_query(search_one, P, qs, prepared, is_l2: bool, state, allow, k: int, rerank_k: int, eps: float,
+               threads: int):
+    """Run `search_one` (a searcher's one-query method) for every query on `threads` threads: (rows [nq, k],
+    distances [nq, k], records scanned [nq], bytes read [nq])."""
+    QA, qw, QC = prepared
+    nq = len(qs)
+    out_ids = np.full((nq, k), -1, np.int64)
+    out_d = np.full((nq, k), np.inf, np.float32)
+    scanned, read = np.zeros(nq, np.int64), np.zeros(nq, np.int64)
+
+    def run(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            out_ids[i], out_d[i], scanned[i], read[i] = search_one(
+                P[i], qs[i], QA[i], qw, QC[i], is_l2, state, allow, k, rerank_k, eps)
+
+    if threads <= 1 or nq < 2 * threads:
+        run(0, nq)
+    else:
+        bounds = np.linspace(0, nq, threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, bounds[:-1], bounds[1:]))
+    return out_ids, out_d, scanned, read
+
+
 class DiskSearcher:
     def __init__(self, postings, vectors, cache_bytes: int, *, verify: bool = True, direct: bool = True):
         self.postings, self.vectors = postings, vectors   # PostingStore, VectorFile (directory, paths, sizes)
@@ -48,25 +72,8 @@ class DiskSearcher:
                threads: int = 1):
         """Every query (row of P: its posting ids, -1 pruned) on `threads` threads. Returns (rows [nq, k],
         distances [nq, k], records scanned [nq], bytes read [nq])."""
-        QA, qw, QC = prepared
         eps = DISK_RERANK_EPS if p.rerank_eps is None else p.rerank_eps
-        nq = len(qs)
-        out_ids = np.full((nq, k), -1, np.int64)
-        out_d = np.full((nq, k), np.inf, np.float32)
-        scanned, read = np.zeros(nq, np.int64), np.zeros(nq, np.int64)
-
-        def run(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                out_ids[i], out_d[i], scanned[i], read[i] = self.search_one(
-                    P[i], qs[i], QA[i], qw, QC[i], is_l2, state, allow, k, p.rerank_k, eps)
-
-        if threads <= 1 or nq < 2 * threads:
-            run(0, nq)
-        else:
-            bounds = np.linspace(0, nq, threads + 1).astype(int)
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(run, bounds[:-1], bounds[1:]))
-        return out_ids, out_d, scanned, read
+        return each_query(self.search_one, P, qs, prepared, is_l2, state, allow, k, p.rerank_k, eps, threads)
 
     # -- one query ------------------------------------------------------------------------------------------
     def _postings(self, pids: np.ndarray):

@@ -13,11 +13,10 @@ left to the page cache. Its CRCs are checked when it is opened (unless verify is
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from index.diskread import DiskSearcher
+from index.diskread import DiskSearcher, each_query
 from index.kernels import rerank_cut
 from index.kernels.tier import tier_query
 from index.scancodes import padded_dim
@@ -90,25 +89,8 @@ class TierSearcher:
     def search(self, P: np.ndarray, qs: np.ndarray, prepared, is_l2: bool, state, allow, k: int, p,
                threads: int = 1):
         """As DiskSearcher.search: (rows [nq, k], distances [nq, k], records scanned [nq], bytes read [nq])."""
-        QA, qw, QC = prepared
         eps = DISK_TIER_RERANK_EPS if p.rerank_eps is None else p.rerank_eps
-        nq = len(qs)
-        out_ids = np.full((nq, k), -1, np.int64)
-        out_d = np.full((nq, k), np.inf, np.float32)
-        scanned, read = np.zeros(nq, np.int64), np.zeros(nq, np.int64)
-
-        def run(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                out_ids[i], out_d[i], scanned[i], read[i] = self.search_one(
-                    P[i], qs[i], QA[i], qw, QC[i], is_l2, state, allow, k, p.rerank_k, eps)
-
-        if threads <= 1 or nq < 2 * threads:
-            run(0, nq)
-        else:
-            bounds = np.linspace(0, nq, threads + 1).astype(int)
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(run, bounds[:-1], bounds[1:]))
-        return out_ids, out_d, scanned, read
+        return each_query(self.search_one, P, qs, prepared, is_l2, state, allow, k, p.rerank_k, eps, threads)
 
     def estimates(self, pids: np.ndarray, q: np.ndarray, is_l2: bool, state, allow, rerank_k: int):
         """PQ-estimated kernel distances of the best `rerank_k` rows of postings `pids` (all fresh):

@@ -19,7 +19,8 @@ MASK32 = 0xFFFFFFFF
 
 # -- a bounded max-heap of (distance, id) that ignores repeated ids (replicas of one vector) --------------
 @njit(nogil=True, cache=True, inline="always")
-def _sift_down(hd, hi, n, pos):
+def sift_down(hd, hi, n, pos):
+    """Restore the max-heap (distances hd, ids hi, first n entries) below `pos` (also the tier's heap)."""
     d, v = hd[pos], hi[pos]
     while True:
         c = 2 * pos + 1
@@ -54,7 +55,7 @@ def _offer(hd, hi, n, d, v):
         hd[pos], hi[pos] = d, v
         return n
     hd[0], hi[0] = d, v
-    _sift_down(hd, hi, n, 0)
+    sift_down(hd, hi, n, 0)
     return n
 
 

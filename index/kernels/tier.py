@@ -14,21 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-
-@njit(nogil=True, cache=True, inline="always")
-def _sift_down(hd, hi, n, pos):
-    d, v = hd[pos], hi[pos]
-    while True:
-        c = 2 * pos + 1
-        if c >= n:
-            break
-        if c + 1 < n and hd[c + 1] > hd[c]:
-            c += 1
-        if hd[c] <= d:
-            break
-        hd[pos], hi[pos] = hd[c], hi[c]
-        pos = c
-    hd[pos], hi[pos] = d, v
+from index.kernels.search import sift_down
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -51,7 +37,7 @@ def _offer_min(hd, hi, n, d, v):
         if hi[t] == v:
             if d < hd[t]:
                 hd[t] = d
-                _sift_down(hd, hi, n, t)
+                sift_down(hd, hi, n, t)
             return n
     if n < hd.shape[0]:
         hd[n], hi[n] = d, v
@@ -60,7 +46,7 @@ def _offer_min(hd, hi, n, d, v):
     if d >= hd[0]:
         return n
     hd[0], hi[0] = d, v
-    _sift_down(hd, hi, n, 0)
+    sift_down(hd, hi, n, 0)
     return n
 
 

@@ -36,6 +36,19 @@ def sift_down(hd, hi, n, pos):
 
 
 @njit(nogil=True, cache=True, inline="always")
+def sift_up(hd, hi, pos):
+    """Move entry `pos` of the max-heap (distances hd, ids hi) up to its place (also the tier's heap)."""
+    d, v = hd[pos], hi[pos]
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if hd[parent] >= d:
+            break
+        hd[pos], hi[pos] = hd[parent], hi[parent]
+        pos = parent
+    hd[pos], hi[pos] = d, v
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _offer(hd, hi, n, d, v):
     cap = hd.shape[0]
     if n == cap and d >= hd[0]:
@@ -44,16 +57,9 @@ def _offer(hd, hi, n, d, v):
         if hi[t] == v:
             return n
     if n < cap:
-        pos = n
-        n += 1
-        while pos > 0:
-            parent = (pos - 1) // 2
-            if hd[parent] >= d:
-                break
-            hd[pos], hi[pos] = hd[parent], hi[parent]
-            pos = parent
-        hd[pos], hi[pos] = d, v
-        return n
+        hd[n], hi[n] = d, v
+        sift_up(hd, hi, n)
+        return n + 1
     hd[0], hi[0] = d, v
     sift_down(hd, hi, n, 0)
     return n

@@ -14,19 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from index.kernels.search import sift_down
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _sift_up(hd, hi, pos):
-    d, v = hd[pos], hi[pos]
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if hd[parent] >= d:
-            break
-        hd[pos], hi[pos] = hd[parent], hi[parent]
-        pos = parent
-    hd[pos], hi[pos] = d, v
+from index.kernels.search import sift_down, sift_up
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -41,7 +29,7 @@ def _offer_min(hd, hi, n, d, v):
             return n
     if n < hd.shape[0]:
         hd[n], hi[n] = d, v
-        _sift_up(hd, hi, n)
+        sift_up(hd, hi, n)
         return n + 1
     if d >= hd[0]:
         return n

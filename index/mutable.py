@@ -220,22 +220,14 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
         codes = self.quantizer.encode(x)
         owner, slot = np.nonzero(sel >= 0)
         pids = sel[owner, slot]
-        order = np.argsort(pids, kind="stable")
+        order = np.argsort(pids, kind="stable")  # by posting, in row order within one
         owner, pids = owner[order], pids[order]
-        bounds = np.nonzero(np.diff(pids))[0] + 1
         store = self.files.postings
-        overflow = set()
-        for group in np.split(np.arange(len(pids)), bounds):
-            if len(group) == 0:
-                continue
-            pid = int(pids[group[0]])
-            members = owner[group]
-            recs = np.zeros(len(members), store.record_dtype)
-            recs["id"], recs["version"], recs["code"] = rows[members], versions[members], codes[members]
-            store.append(pid, recs, grow_to=self.params.split_limit + 1)
-            if store.dir.count[pid] > self.params.split_limit:
-                overflow.add(pid)
-        return overflow
+        recs = np.zeros(len(owner), store.record_dtype)
+        recs["id"], recs["version"], recs["code"] = rows[owner], versions[owner], codes[owner]
+        groups, first = np.unique(pids, return_index=True)
+        store.append_many(groups, np.append(first, len(pids)), recs, grow_to=self.params.split_limit + 1)
+        return set(groups[store.dir.count[groups] > self.params.split_limit].tolist())
 
     def compact_postings(self) -> int:
         """Rewrite every live posting, live records only, into a new posting file (generation N+1) and serve

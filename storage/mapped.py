@@ -71,12 +71,20 @@ class MappedFile:
         return os.fstat(self.fd).st_blocks * 512
 
     def pwrite(self, data, offset: int) -> None:
+        size = memoryview(data).nbytes
+        self.pwrite_spans(data, np.array([0]), np.array([size]), np.array([offset]))
+
+    def pwrite_spans(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray) -> None:
+        """Write data[starts[i]:ends[i]] (bytes) at offsets[i] for every i: many small writes with one size check."""
+        if len(offsets) == 0:
+            return
+        self.ensure_size(int((offsets + (ends - starts)).max()))
         view = memoryview(data).cast("B")
-        end = offset + len(view)
-        self.ensure_size(end)
-        while len(view):
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        for lo, hi, off in zip(starts.tolist(), ends.tolist(), offsets.tolist()):
+            chunk = view[lo:hi]
+            while len(chunk):
+                n = os.pwrite(self.fd, chunk, off)
+                chunk, off = chunk[n:], off + n
 
     def willneed(self, offset: int, length: int) -> None:
         """Ask the kernel to start reading [offset, offset+length) now so that several reads overlap."""

@@ -36,8 +36,9 @@ def record_dtype(dim: int) -> np.dtype:
                      ("code", "i1", (code_bytes(dim),))])
 
 
-def pages_for(capacity: int, rec_size: int) -> int:
-    return max(1, -(-capacity * rec_size // PAGE_SIZE))
+def pages_for(capacity, rec_size: int):
+    """Whole pages for `capacity` records (at least one); scalars or arrays."""
+    return np.maximum(1, -(-np.asarray(capacity, np.int64) * rec_size // PAGE_SIZE))
 
 
 def extent_bytes(capacity, flags, rec_size: int):

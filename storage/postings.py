@@ -196,7 +196,7 @@ class PostingStore:
     # -- writing (single writer) ------------------------------------------------------------------------
     def _allocate(self, capacity: int) -> tuple[int, int]:
         """Reserve a fresh extent at the end of the file; return (offset, capacity rounded up to its pages)."""
-        pages = fmt.pages_for(capacity, self.rec_size)
+        pages = int(fmt.pages_for(capacity, self.rec_size))
         off = -(-self._end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE  # after packed postings the end may be mid-page
         self._end = off + pages * fmt.PAGE_SIZE
         self._file.ensure_size(self._end)
@@ -281,17 +281,36 @@ class PostingStore:
             d.crc[pids[fits]] = crcs
             d.count[pids[fits]] = counts[fits] + lengths[fits]  # publish last: readers never see unwritten records
         moved = np.setdiff1d(np.arange(len(pids)), fits, assume_unique=True)
-        if len(moved) == 0:
-            return
-        extents = []
-        for i in moved.tolist():
-            pid = int(pids[i])
-            grown = np.concatenate([self.records(pid), data[starts[i]: starts[i + 1]]])
-            extents.append((pid, len(grown), self._write_extent(grown, max(grow_to or 0, 2 * len(grown)))))
-        new = self.dir.copy()
-        for pid, n, (off, cap, crc) in extents:
-            new.offset[pid], new.capacity[pid], new.count[pid], new.crc[pid] = off, cap, n, crc
-            new.flags[pid] = 0
+        if len(moved):
+            self._move_grown(pids[moved], starts[moved], starts[moved + 1], raw, grow_to or 0)
+
+    def _move_grown(self, pids: np.ndarray, lo: np.ndarray, hi: np.ndarray, raw: np.ndarray, grow_to: int) -> None:
+        """Copy on write for append_many: posting pids[i] gets a fresh extent at the end of the file holding its
+        records followed by raw[lo[i] * rec_size: hi[i] * rec_size], with room for max(grow_to, twice that); the
+        records staged in one buffer, one write per extent (the slack stays sparse), one directory swap."""
+        self.ensure_verified(pids)
+        d, rs, buf = self.dir, self.rec_size, self.buffer
+        old_n = d.count[pids].astype(np.int64)
+        n = old_n + hi - lo
+        pages = fmt.pages_for(np.maximum(grow_to, 2 * n), rs)
+        start = -(-self._end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE  # after packed postings the end may be mid-page
+        offsets = start + np.concatenate([[0], np.cumsum(pages)[:-1]]) * fmt.PAGE_SIZE
+        nbytes = n * rs
+        rel = np.concatenate([[0], np.cumsum(nbytes)[:-1]])  # each extent's records, back to back
+        staged = np.empty(int(nbytes.sum()), np.uint8)
+        crcs = np.zeros(len(pids), np.uint32)
+        for i, (src, k, a, b, at) in enumerate(zip(d.offset[pids].tolist(), (old_n * rs).tolist(), (lo * rs).tolist(),
+                                                   (hi * rs).tolist(), rel.tolist())):
+            staged[at: at + k] = buf[src: src + k]
+            staged[at + k: at + k + b - a] = raw[a:b]
+            crcs[i] = zlib.crc32(staged[at: at + k + b - a])
+        self._end = int(offsets[-1] + pages[-1] * fmt.PAGE_SIZE)
+        self._file.ensure_size(self._end)
+        self._file.pwrite_spans(staged, rel, rel + nbytes, offsets)
+        new = d.copy()
+        new.offset[pids], new.capacity[pids], new.count[pids] = offsets, fmt.capacity_of(pages, rs), n
+        new.crc[pids] = crcs
+        new.flags[pids] = 0
         self._publish(new)
 
     def rewrite(self, pid: int, records: np.ndarray, capacity: int | None = None) -> None:

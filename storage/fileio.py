@@ -43,11 +43,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def copy_prefix(src: str | os.PathLike, dst: str | os.PathLike, nbytes: int, chunk: int = 8 << 20) -> None:
-    """Copy the first `nbytes` of `src` into the new file `dst` and fsync it (a writer may be appending past
-    `nbytes` meanwhile); OSError if `src` is shorter."""
+def copy_prefix(src: str | os.PathLike, dst: str | os.PathLike, nbytes: int | None, chunk: int = 8 << 20) -> None:
+    """Copy the first `nbytes` of `src` (None: all of it, as long as it was when opened) into the new file `dst`
+    and fsync it (a writer may be appending past `nbytes` meanwhile); OSError if `src` is shorter."""
     with open(src, "rb") as fin, open(dst, "xb") as fout:
-        left = nbytes
+        left = os.fstat(fin.fileno()).st_size if nbytes is None else nbytes
+        nbytes = left
         while left > 0:
             data = fin.read(min(chunk, left))
             if not data:

@@ -164,8 +164,8 @@ class IndexDir:
 
     def copy_committed(self, dest: str | os.PathLike) -> list[str]:
         """Copy what the last commit references into the new directory `dest`: a consistent copy of LMDB, the
-        vector and head rows the manifest counts, the posting file up to its last extent. Returns the paths
-        written, relative to `dest`.
+        vector and head rows the manifest counts, the posting file up to its last extent, the scan codes (if
+        any). Returns the paths written, relative to `dest`.
 
         The caller excludes commits and posting / head writes meanwhile (the index's maint_lock); rows
         appended to the vector file past the committed count may go on: they are not copied."""
@@ -181,6 +181,11 @@ class IndexDir:
                             (self.postings.path, self.postings.file_bytes)):
             copy_prefix(src, dest / src.name, nbytes)
             out.append(src.name)
+        try:  # the scan codes too: each entry names the posting CRC it encoded, so the copy's stale ones stay stale
+            copy_prefix(self.path / SCAN_CODES, dest / SCAN_CODES, None)  # one open: a publish renames, never edits
+            out.append(SCAN_CODES)
+        except FileNotFoundError:
+            pass
         return out
 
     def open_scan_codes(self) -> ScanCodeFile | None:

@@ -167,15 +167,7 @@ def build_index(source, out_dir: str | os.PathLike, *, ids=None, params: BuildPa
     try:
         summary = _build_into(d, source, ext_ids, params, metric, progress, timings)
         d.vectors.finish(), d.heads.finish(), d.postings.finish()
-        if params.target_recall > 0:
-            t = time.perf_counter()
-            summary["calibration"] = _calibrate_dir(d, params.target_recall, samples=params.calibration_samples,
-                                                    seed=params.seed)
-            timings["calibrate"] = round(time.perf_counter() - t, 3)
-        if params.scan_code_bytes:
-            t = time.perf_counter()
-            summary["scan_codes"] = _scan_codes_dir(d, params.scan_code_bytes, params.seed)
-            timings["scan_codes"] = round(time.perf_counter() - t, 3)
+        summary.update(finish_index(d, params, timings))
         d.close(release_lock=False)  # held until published: a concurrent build's sweep must not take it
         publish_dir(tmp, out_dir, overwrite=overwrite)
     except BaseException:
@@ -215,6 +207,24 @@ def calibrate_index(path: str | os.PathLike, target_recall: float, *, samples: i
         return _calibrate_dir(d, target_recall, samples=samples, seed=seed)
     finally:
         d.close()
+
+
+def finish_index(d: IndexDir, params: BuildParams, timings: dict) -> dict:
+    """The steps after an index's data and metadata are written, shared by the local and the Ray build
+    (index/distributed/driver.py): calibrate the default nprobe for params.target_recall, encode the scan tier
+    if params.scan_code_bytes asks for one. Each replaces what a previous run of it wrote, so a resumed build
+    may run them again. Returns the summary's "calibration" / "scan_codes" sections."""
+    out = {}
+    if params.target_recall > 0:
+        t = time.perf_counter()
+        out["calibration"] = _calibrate_dir(d, params.target_recall, samples=params.calibration_samples,
+                                            seed=params.seed)
+        timings["calibrate"] = round(time.perf_counter() - t, 3)
+    if params.scan_code_bytes:
+        t = time.perf_counter()
+        out["scan_codes"] = _scan_codes_dir(d, params.scan_code_bytes, params.seed)
+        timings["scan_codes"] = round(time.perf_counter() - t, 3)
+    return out
 
 
 def _calibrate_dir(d: IndexDir, target_recall: float, *, samples: int, seed: int) -> dict:

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from index.build import (HeadSpaceView, ProgressFactory, _null_progress, build_head_index, prepare_output,
-                         quantizer_sample_rows, train_heads, validate_ids)
+from index.build import (HeadSpaceView, ProgressFactory, _null_progress, build_head_index, finish_index,
+                         prepare_output, quantizer_sample_rows, train_heads, validate_ids)
 from index.distributed.merge import committed_stats, merge
 from index.distributed.partition import Partition, PartitionWorker, StoredView, WorkerSpec, split_rows
 from index.distributed.staging import Plan, Progress, Staging, fingerprint
@@ -81,6 +81,7 @@ def build_index_ray(input_path: str | os.PathLike, out_dir: str | os.PathLike, *
         ray_info = _run_pool(spec, todo, record, staging, address, workers, progress, timings)
         stats = committed_stats(staging) or merge(staging, parts, plan, ext_ids, params, metric, progress,
                                                   timings)
+        stats = {**stats, **_finish(staging.index_dir, params, timings)}
         crashpoint("ray-build-before-publish")
         publish_dir(staging.index_dir, out_dir, overwrite=overwrite)
         staging.remove()  # still under the lock, so no other build can pick up a half-removed staging dir
@@ -93,6 +94,15 @@ def build_index_ray(input_path: str | os.PathLike, out_dir: str | os.PathLike, *
     ray_info.update(partitions=len(parts), partition_rows=int(partition_rows),
                     partitions_reused=len(parts) - len(todo), partitions_run=len(todo), head_sample=head_sample)
     return {**stats, "timings_s": timings, "path": str(out_dir), "ray": ray_info}
+
+
+def _finish(path: Path, params: BuildParams, timings: dict) -> dict:
+    """Calibration and scan codes, as the local build finishes (a resumed build redoes them: they replace)."""
+    d = IndexDir.open(path, writable=True)
+    try:
+        return finish_index(d, params, timings)
+    finally:
+        d.close()
 
 
 def _check_shape(source) -> tuple[int, int]:

@@ -91,6 +91,25 @@ def test_ray_build_matches_the_local_build(cluster, data, local_index, tmp_path)
     for name in ("heads.f32", "postings.dat", "vectors.f32"):
         assert _same_file(out / name, local_index / name), name
     assert not Staging.for_output(out).root.exists()
+    # calibrated as the local build is (the Ray build once left the default nprobe uncalibrated)
+    with SpannIndex.open(local_index) as a, SpannIndex.open(out) as b:
+        ray_cal, local_cal = b.files.manifest.get("calibration") or {}, a.files.manifest["calibration"]
+        assert {k: v for k, v in ray_cal.items() if k != "seconds"} == \
+            {k: v for k, v in local_cal.items() if k != "seconds"}
+        assert b.default_nprobe() == a.default_nprobe()
+
+
+def test_a_ray_build_with_scan_codes_writes_the_scan_tier(cluster, tmp_path):
+    small = tmp_path / "small.npy"
+    np.save(small, clustered(6000, DIM))
+    params = BuildParams(scan_code_bytes=8, target_recall=0)
+    summary = build_index_ray(small, tmp_path / "idx", reader=open_vectors, workers=2, partition_rows=2000,
+                              params=params)
+    with SpannIndex.open(tmp_path / "idx", memory_budget_mb=64) as idx:
+        assert idx.tier is not None and idx.tier.stale_postings() == 0
+        valid = sum(int((idx.files.postings.records(p)["version"] == idx.state[idx.files.postings.records(p)["id"]])
+                        .sum()) for p in range(idx.files.postings.n_postings))
+    assert summary["scan_codes"]["entries"] == valid > 0  # every valid posting record has its code
 
 
 def test_killed_build_resumes_reusing_completed_partitions(cluster, data, local_index, tmp_path):

@@ -267,6 +267,8 @@ class PostingStore:
         Why a batch: the maintenance thread places thousands of small groups per step, and an append call per
         group held the GIL for most of the step, which searches waited behind (issue 13)."""
         pids, starts = np.asarray(pids, np.int64), np.asarray(starts, np.int64)
+        if len(np.unique(pids)) != len(pids) or len(starts) != len(pids) + 1:
+            raise ValueError("append_many takes distinct posting ids and one start per posting plus the end")
         data = np.ascontiguousarray(records, dtype=self.record_dtype)
         raw, rs = data.view(np.uint8), self.rec_size
         d = self.dir

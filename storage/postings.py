@@ -12,6 +12,7 @@ by bumping `count` after the records are written; structural changes build a new
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import zlib
@@ -23,6 +24,8 @@ from storage import posting_format as fmt
 from storage.errors import CorruptionError, TruncatedError
 from storage.fileheader import HEADER_SIZE, FileHeader, unpack_header
 from storage.mapped import MappedFile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -267,29 +270,54 @@ class PostingStore:
         Why a batch: the maintenance thread places thousands of small groups per step, and an append call per
         group held the GIL for most of the step, which searches waited behind (issue 13)."""
         pids, starts = np.asarray(pids, np.int64), np.asarray(starts, np.int64)
-        if len(np.unique(pids)) != len(pids) or len(starts) != len(pids) + 1:
-            raise ValueError("append_many takes distinct posting ids and one start per posting plus the end")
         data = np.ascontiguousarray(records, dtype=self.record_dtype)
+        if len(np.unique(pids)) != len(pids) or len(starts) != len(pids) + 1 or \
+                (len(starts) and (starts[0] < 0 or starts[-1] > len(data) or (np.diff(starts) < 0).any())):
+            raise ValueError("append_many takes distinct posting ids and, per posting, the start of its records "
+                             "(ascending, within the records) plus the end")
         raw, rs = data.view(np.uint8), self.rec_size
         d = self.dir
         counts = d.count[pids].astype(np.int64)
         lengths = np.diff(starts)
         fits = np.nonzero(counts + lengths <= d.capacity[pids])[0]
+        moved = np.setdiff1d(np.arange(len(pids)), fits, assume_unique=True)
         lo, hi = starts[fits] * rs, starts[fits + 1] * rs
-        self._file.pwrite_spans(raw, lo, hi, d.offset[pids[fits]] + counts[fits] * rs)
+        old_end = self._end
+        try:  # every byte written before anything is published: a failure leaves the batch undone, not half done
+            grown = self._write_grown(pids[moved], starts[moved], starts[moved + 1], raw, grow_to or 0) \
+                if len(moved) else None
+            self._file.pwrite_spans(raw, lo, hi, d.offset[pids[fits]] + counts[fits] * rs)
+        except BaseException:
+            self._forget_tail(old_end)
+            raise
         crcs = np.array([zlib.crc32(raw[a:b], c) for a, b, c in zip(lo.tolist(), hi.tolist(),
                                                                      d.crc[pids[fits]].tolist())], np.uint32)
         with self._verify_lock:  # a verifier reads (count, crc) as one pair: never the new crc with the old count
             d.crc[pids[fits]] = crcs
             d.count[pids[fits]] = counts[fits] + lengths[fits]  # publish last: readers never see unwritten records
-        moved = np.setdiff1d(np.arange(len(pids)), fits, assume_unique=True)
-        if len(moved):
-            self._move_grown(pids[moved], starts[moved], starts[moved + 1], raw, grow_to or 0)
+        if grown is not None:
+            moved_pids, offsets, capacities, n, crcs = grown
+            new = d.copy()
+            new.offset[moved_pids], new.capacity[moved_pids], new.count[moved_pids] = offsets, capacities, n
+            new.crc[moved_pids] = crcs
+            new.flags[moved_pids] = 0
+            self._publish(new)
 
-    def _move_grown(self, pids: np.ndarray, lo: np.ndarray, hi: np.ndarray, raw: np.ndarray, grow_to: int) -> None:
+    def _forget_tail(self, old_end: int) -> None:
+        """Undo the extents a failed batch allocated past `old_end` (no directory names them): free their blocks
+        and let the next attempt reuse the range, so a full disk does not turn every retry into garbage."""
+        start = -(-old_end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE
+        if self._end > start:
+            try:
+                self._file.punch(start, self._end - start)
+            except OSError:  # the blocks stay allocated; the range is still reused. Never hide the first error
+                log.warning("%s: could not free %d bytes a failed append wrote", self.path, self._end - start)
+        self._end = old_end
+
+    def _write_grown(self, pids: np.ndarray, lo: np.ndarray, hi: np.ndarray, raw: np.ndarray, grow_to: int):
         """Copy on write for append_many: posting pids[i] gets a fresh extent at the end of the file holding its
         records followed by raw[lo[i] * rec_size: hi[i] * rec_size], with room for max(grow_to, twice that); the
-        records staged in one buffer, one write per extent (the slack stays sparse), one directory swap."""
+        records staged in one buffer, one write per extent (the slack stays sparse). Returns what to publish."""
         self.ensure_verified(pids)
         d, rs, buf = self.dir, self.rec_size, self.buffer
         old_n = d.count[pids].astype(np.int64)
@@ -309,11 +337,7 @@ class PostingStore:
         self._end = int(offsets[-1] + pages[-1] * fmt.PAGE_SIZE)
         self._file.ensure_size(self._end)
         self._file.pwrite_spans(staged, rel, rel + nbytes, offsets)
-        new = d.copy()
-        new.offset[pids], new.capacity[pids], new.count[pids] = offsets, fmt.capacity_of(pages, rs), n
-        new.crc[pids] = crcs
-        new.flags[pids] = 0
-        self._publish(new)
+        return pids, offsets, fmt.capacity_of(pages, rs), n, crcs
 
     def rewrite(self, pid: int, records: np.ndarray, capacity: int | None = None) -> None:
         """Replace the content of posting `pid` (copy on write into a fresh extent)."""

@@ -225,3 +225,21 @@ def test_a_log_started_after_an_lsn_continues_from_it(tmp_path):
         assert [r.lsn for r in wal.replay(41)] == [42, 43]
     with WriteAheadLog(tmp_path / "wal") as wal:
         assert wal.last_lsn == 43
+
+
+def test_a_snapshot_of_an_attached_build_never_written_restores(tmp_path):
+    """Regression: the snapshot took its count from the manifest's "live", which only a collection's checkpoint
+    writes; a bulk build attached and not written since (its checkpoint has nothing to do) was snapshotted with
+    count 0, and its restore was refused ('the restored collection has {count: 1000, ...}, the manifest says
+    {count: 0, ...}')."""
+    from index import BuildParams, build_index
+    x = np.stack([_vec(i) for i in range(1000)])
+    build_index(x, tmp_path / "bulk", params=BuildParams(head_ratio=0.05, target_recall=0))
+    with vdb.connect(tmp_path / "a") as src:
+        src.attach_collection("c", tmp_path / "bulk")
+        manifest = write_snapshot(src, "c", tmp_path / "snap")
+        want = content_digest(src.collection("c"))
+    assert manifest["count"] == 1000
+    with vdb.connect(tmp_path / "b") as dst:
+        restore_snapshot(dst, "r", tmp_path / "snap")
+        assert dst.count("r") == 1000 and content_digest(dst.collection("r")) == want

@@ -64,10 +64,13 @@ def take_snapshot(collection, dest) -> dict:
         with idx.maint_lock:  # no checkpoint, split or compaction until the copy is done
             collection.checkpoint()
             committed = idx.manifest  # the checkpoint's, which the copy holds
+            # "live" is written by a collection's checkpoint; an attached build never written since has none
+            # (its checkpoint had nothing to do): count its committed state's live rows, as an open does
+            count = committed["live"] if "live" in committed else int(is_live(idx.committed_array("state")).sum())
             files = idx.copy_committed(tmp / INDEX)
         manifest = {"format": FORMAT, "version": VERSION, "collection": collection.name,
                     "lsn": int(committed.get("checkpoint_lsn", 0)), "dim": collection.dim,
-                    "metric": collection.metric.value, "count": int(committed.get("live", 0)),
+                    "metric": collection.metric.value, "count": int(count),
                     "created": time.time(), "files": {rel: _file_entry(tmp / INDEX / rel) for rel in files}}
         _write_json(tmp / MANIFEST, manifest)
         fsync_tree(tmp)

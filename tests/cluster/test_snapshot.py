@@ -243,3 +243,14 @@ def test_a_snapshot_of_an_attached_build_never_written_restores(tmp_path):
     with vdb.connect(tmp_path / "b") as dst:
         restore_snapshot(dst, "r", tmp_path / "snap")
         assert dst.count("r") == 1000 and content_digest(dst.collection("r")) == want
+
+
+def test_a_snapshot_of_a_collection_that_never_held_a_row_restores_empty(tmp_path):
+    """Regression: counting the committed state of a collection with no "live" in its manifest failed on one that
+    has no committed state at all (TypeError on None), which broke every replica seeded from a new collection."""
+    with vdb.connect(tmp_path / "a") as src:
+        src.create_collection("c", DIM)
+        assert write_snapshot(src, "c", tmp_path / "snap")["count"] == 0
+    with vdb.connect(tmp_path / "b") as dst:
+        restore_snapshot(dst, "r", tmp_path / "snap")
+        assert dst.count("r") == 0

@@ -66,7 +66,11 @@ def take_snapshot(collection, dest) -> dict:
             committed = idx.manifest  # the checkpoint's, which the copy holds
             # "live" is written by a collection's checkpoint; an attached build never written since has none
             # (its checkpoint had nothing to do): count its committed state's live rows, as an open does
-            count = committed["live"] if "live" in committed else int(is_live(idx.committed_array("state")).sum())
+            if "live" in committed:
+                count = committed["live"]
+            else:  # an empty collection has no committed state array at all
+                state = idx.committed_array("state")
+                count = 0 if state is None else int(is_live(state).sum())
             files = idx.copy_committed(tmp / INDEX)
         manifest = {"format": FORMAT, "version": VERSION, "collection": collection.name,
                     "lsn": int(committed.get("checkpoint_lsn", 0)), "dim": collection.dim,

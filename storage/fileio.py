@@ -47,8 +47,9 @@ def copy_prefix(src: str | os.PathLike, dst: str | os.PathLike, nbytes: int | No
     """Copy the first `nbytes` of `src` (None: all of it, as long as it was when opened) into the new file `dst`
     and fsync it (a writer may be appending past `nbytes` meanwhile); OSError if `src` is shorter."""
     with open(src, "rb") as fin, open(dst, "xb") as fout:
-        left = os.fstat(fin.fileno()).st_size if nbytes is None else nbytes
-        nbytes = left
+        if nbytes is None:
+            nbytes = os.fstat(fin.fileno()).st_size
+        left = nbytes
         while left > 0:
             data = fin.read(min(chunk, left))
             if not data:

@@ -36,6 +36,11 @@ def record_dtype(dim: int) -> np.dtype:
                      ("code", "i1", (code_bytes(dim),))])
 
 
+def page_ceil(offset: int) -> int:
+    """The first page boundary at or after `offset` (after packed postings the file's end may be mid-page)."""
+    return -(-offset // PAGE_SIZE) * PAGE_SIZE
+
+
 def pages_for(capacity, rec_size: int):
     """Whole pages for `capacity` records (at least one); scalars or arrays."""
     return np.maximum(1, -(-np.asarray(capacity, np.int64) * rec_size // PAGE_SIZE))

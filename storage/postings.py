@@ -160,7 +160,7 @@ class PostingStore:
     def _allocate(self, capacity: int) -> tuple[int, int]:
         """Reserve a fresh extent at the end of the file; return (offset, capacity rounded up to its pages)."""
         pages = int(fmt.pages_for(capacity, self.rec_size))
-        off = -(-self._end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE  # after packed postings the end may be mid-page
+        off = fmt.page_ceil(self._end)
         self._end = off + pages * fmt.PAGE_SIZE
         self._file.ensure_size(self._end)
         return off, fmt.capacity_of(pages, self.rec_size)
@@ -266,7 +266,7 @@ class PostingStore:
     def _forget_tail(self, old_end: int) -> None:
         """Undo the extents a failed batch allocated past `old_end` (no directory names them): free their blocks
         and let the next attempt reuse the range, so a full disk does not turn every retry into garbage."""
-        start = -(-old_end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE
+        start = fmt.page_ceil(old_end)
         if self._end > start:
             try:
                 self._file.punch(start, self._end - start)
@@ -283,7 +283,7 @@ class PostingStore:
         old_n = d.count[pids].astype(np.int64)
         n = old_n + hi - lo
         pages = fmt.pages_for(np.maximum(grow_to, 2 * n), rs)
-        start = -(-self._end // fmt.PAGE_SIZE) * fmt.PAGE_SIZE  # after packed postings the end may be mid-page
+        start = fmt.page_ceil(self._end)
         offsets = start + np.concatenate([[0], np.cumsum(pages)[:-1]]) * fmt.PAGE_SIZE
         nbytes = n * rs
         rel = np.concatenate([[0], np.cumsum(nbytes)[:-1]])  # each extent's records, back to back

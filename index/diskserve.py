@@ -9,11 +9,13 @@ from index.errors import InvalidParameterError
 from index.quantize import kernel_queries
 from index.tierscan import open_disk_searchers
 from index.types import Metric, SearchParams
+from storage.errors import CorruptionError, FormatError
 
 
 class DiskServing:
     disk: "object"   # index.diskread.DiskSearcher or None
     tier: "object"   # index.tierscan.TierSearcher or None
+    _scan_tier_allowed = True  # the last use_disk's scan_tier (why a tier on disk does not serve)
 
     def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True,
                  scan_tier: bool = True) -> None:
@@ -28,6 +30,28 @@ class DiskServing:
         # last reference)
         self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
                                                    verify=verify, scan_tier=scan_tier)
+        self._scan_tier_allowed = scan_tier
+
+    def scan_tier_info(self) -> dict:
+        """The scan tier as stats show it. "present": the directory has scan codes (then their "postings",
+        "entries", "code_bytes" and "bytes"); "serving": searches scan them (served from disk under a budget
+        they fit); "stale_postings": while serving, the live postings changed since they were encoded, whose
+        records are read from the posting file instead (None when not serving); "locked": mlock'ed in RAM;
+        "not_serving": why codes on disk are not used. Cheap: the file's headers, or the resident arrays."""
+        tier = self.tier  # one reference: a compaction may renew it meanwhile
+        if tier is not None:
+            return {"present": True, **tier.summary, "serving": True, "locked": bool(tier.locked),
+                    "stale_postings": tier.stale_postings()}
+        try:
+            found = self.files.scan_codes_summary()
+        except (CorruptionError, FormatError) as e:  # info must still answer; opening under a budget raises it
+            return {"present": True, "damaged": str(e), "serving": False, "locked": False, "stale_postings": None}
+        if found is None:
+            return {"present": False, "serving": False, "locked": False, "stale_postings": None}
+        why = ("not served from disk (no memory budget)" if self.disk is None else
+               "scan_tier disabled" if not self._scan_tier_allowed else "does not fit the memory budget")
+        return {"present": True, **found, "serving": False, "locked": False, "stale_postings": None,
+                "not_serving": why}
 
     def stop_disk(self) -> None:
         """Back to reading through mmap: release the disk searchers (and the scan tier's mapping)."""

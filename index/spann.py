@@ -304,7 +304,8 @@ class SpannIndex(CommittedState, DiskServing):
         return parts
 
     def info(self) -> dict:
-        """What `vdbctl info` prints: counts, posting lengths, bytes on disk and resident, build parameters."""
+        """What `vdbctl info` prints: counts, posting lengths, bytes on disk and resident, build parameters, the
+        scan tier (scan_tier_info)."""
         from index.build import length_stats
         m = self.files.manifest
         d = self.files.postings.dir
@@ -318,6 +319,7 @@ class SpannIndex(CommittedState, DiskServing):
             "disk_bytes": {**disk, "total": sum(disk.values())},
             "resident_bytes": self.resident_bytes(),
             "build_params": m["build_params"], "build_stats": m.get("build_stats", {}),
+            "scan_tier": self.scan_tier_info(),
         }
 
     def drop_cache(self) -> None:

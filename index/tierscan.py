@@ -21,6 +21,7 @@ from index.kernels import rerank_cut
 from index.kernels.tier import tier_query
 from index.scancodes import padded_dim
 from index.types import DISK_TIER_RERANK_EPS
+from storage.posting_format import FLAG_RETIRED
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class TierSearcher:
         self.scale = quantizer.scale.astype(np.float32)
         self.offset = (quantizer.lo + 128.0 * quantizer.scale).astype(np.float64)
         self.locked = codes.lock_in_memory()
+        # what stats report, kept apart from the mapping (close() drops it while a stats call may still run)
+        self.summary = {"postings": int(codes.n_postings), "entries": int(codes.n_entries),
+                        "code_bytes": int(codes.code_bytes), "bytes": int(codes.nbytes)}
 
     @property
     def nbytes(self) -> int:
@@ -83,8 +87,11 @@ class TierSearcher:
         return ok & (self.src_crc[p] == d.crc[pids]) & (self.src_count[p] == d.count[pids])
 
     def stale_postings(self) -> int:
-        """Postings the tier cannot answer for now (read from the posting file instead)."""
-        return int((~self.fresh(np.arange(len(self.store.dir)))).sum())
+        """Live postings the tier cannot answer for now (read from the posting file instead). A retired posting
+        is never probed, so it does not count. One vectorized pass over the resident directory arrays."""
+        d = self.store.dir  # one snapshot: a split may publish a longer directory meanwhile
+        live = (d.flags & FLAG_RETIRED) == 0
+        return int((~self.fresh(np.arange(len(d)), d) & live).sum())
 
     def search(self, P: np.ndarray, qs: np.ndarray, prepared, is_l2: bool, state, allow, k: int, p,
                threads: int = 1):

@@ -25,7 +25,7 @@ from storage.lock import DirLock
 from storage.wal.format import SEGMENT_HEADER_SIZE
 from storage.meta import MetaStore
 from storage.postings import PostingStore
-from storage.scan_codes import ScanCodeFile, open_scan_codes, write_scan_codes
+from storage.scan_codes import ScanCodeFile, open_scan_codes, scan_codes_summary, write_scan_codes
 from storage.vectors import VectorFile
 
 META, VECTORS, HEADS, POSTINGS, WAL = "meta", "vectors.f32", "heads.f32", "postings.dat", "wal"
@@ -193,14 +193,24 @@ class IndexDir:
         it, and an entry of a posting changed since it was written is stale (the reader checks the CRCs)."""
         return open_scan_codes(self.path / SCAN_CODES)
 
+    def scan_codes_summary(self) -> dict | None:
+        """What the directory's scan-code file holds, from its headers (storage.scan_codes.scan_codes_summary);
+        None if it has none."""
+        return scan_codes_summary(self.path / SCAN_CODES)
+
     def write_scan_codes(self, *arrays) -> None:
         """Publish a new scan-code file atomically (storage.scan_codes.write_scan_codes's arguments after path)."""
         write_scan_codes(self.path / SCAN_CODES, *arrays)
 
     def disk_bytes(self) -> dict[str, int]:
-        """Logical bytes per file (sparse growth tails excluded)."""
-        return {VECTORS: self.vectors.nbytes, HEADS: self.heads.nbytes, POSTINGS: self.postings.file_bytes,
-                META: self.meta.disk_bytes()}
+        """Logical bytes per file (sparse growth tails excluded); the scan codes only if there are some."""
+        out = {VECTORS: self.vectors.nbytes, HEADS: self.heads.nbytes, POSTINGS: self.postings.file_bytes,
+               META: self.meta.disk_bytes()}
+        try:
+            out[SCAN_CODES] = (self.path / SCAN_CODES).stat().st_size
+        except FileNotFoundError:
+            pass
+        return out
 
     def allocated_bytes(self) -> dict[str, int]:
         """Bytes the device holds for each entry of the directory (st_blocks: holes of reclaimed rows and sparse

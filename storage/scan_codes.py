@@ -44,10 +44,27 @@ _LAYOUT = struct.Struct("<QQIIIIII")  # n_postings, n_entries, code_bytes, ksub,
                                       # table crc
 _LAYOUT_CRC = struct.Struct("<I")
 TABLE_DTYPE = np.dtype([("start", "<u8"), ("count", "<u4"), ("src_crc", "<u4"), ("crc", "<u4"), ("src_count", "<u4")])
+_HEADERS_SIZE = HEADER_SIZE + _LAYOUT.size + _LAYOUT_CRC.size  # what has to be read to know the file's layout
 
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
+
+
+def _parse_headers(path: Path, raw: bytes) -> tuple[int, tuple]:
+    """(dim, the layout's fields) from the file's first _HEADERS_SIZE bytes, both headers' checksums checked."""
+    if len(raw) < _HEADERS_SIZE:
+        raise CorruptionError(path, f"file is {len(raw)} bytes, shorter than its headers")
+    header = unpack_header(path, raw[:HEADER_SIZE], magic=MAGIC, versions=(VERSION,))
+    layout = raw[HEADER_SIZE: HEADER_SIZE + _LAYOUT.size]
+    (crc,) = _LAYOUT_CRC.unpack_from(raw, HEADER_SIZE + _LAYOUT.size)
+    if zlib.crc32(layout) != crc:
+        raise CorruptionError(path, "scan-code layout fails its checksum", offset=HEADER_SIZE,
+                              length=_LAYOUT.size + _LAYOUT_CRC.size)
+    fields = _LAYOUT.unpack(layout)
+    if fields[2] != header.record_size:
+        raise CorruptionError(path, "header and layout disagree on the code size", offset=20, length=4)
+    return header.dim, fields
 
 
 def _sections(n_postings: int, n_entries: int, code_bytes: int, ksub: int, dsub: int, base_bytes: int) -> dict:
@@ -132,17 +149,9 @@ class ScanCodeFile:
             os.close(fd)
         buf = np.frombuffer(self._map, np.uint8)
         self.buffer = buf
-        header = unpack_header(self.path, bytes(buf[:HEADER_SIZE]), magic=MAGIC, versions=(VERSION,))
-        raw = bytes(buf[HEADER_SIZE: HEADER_SIZE + _LAYOUT.size + 4])
-        layout, (crc,) = raw[:_LAYOUT.size], _LAYOUT_CRC.unpack(raw[_LAYOUT.size:])
-        if zlib.crc32(layout) != crc:
-            raise CorruptionError(self.path, "scan-code layout fails its checksum", offset=HEADER_SIZE,
-                                  length=_LAYOUT.size + 4)
-        n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, self._codebook_crc, table_crc = \
-            _LAYOUT.unpack(layout)
-        if code_bytes != header.record_size:
-            raise CorruptionError(self.path, "header and layout disagree on the code size", offset=20, length=4)
-        self.dim, self.n_postings, self.n_entries = header.dim, n_postings, n_entries
+        dim, (n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, self._codebook_crc, table_crc) = \
+            _parse_headers(self.path, bytes(buf[:_HEADERS_SIZE]))
+        self.dim, self.n_postings, self.n_entries = dim, n_postings, n_entries
         self.code_bytes, self.ksub, self.dsub, self.base_bytes = code_bytes, ksub, dsub, base_bytes
         sec = _sections(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes)
         if sec["end"][0] > size:
@@ -210,6 +219,23 @@ class ScanCodeFile:
         for name in ("table", "codebook", "base", "rows", "versions", "terms", "codes", "buffer"):
             setattr(self, name, None)
         self._map = None
+
+
+def scan_codes_summary(path: str | os.PathLike) -> dict | None:
+    """What the scan-code file at `path` holds, from its headers alone (two small reads, no mapping: cheap enough
+    for every stats call): postings, entries, code_bytes and the file's bytes. None if there is no file;
+    CorruptionError / FormatError if its headers are damaged."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(_HEADERS_SIZE)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: a directory where the scan-code file belongs") from None
+    _, (n_postings, n_entries, code_bytes, *_rest) = _parse_headers(path, raw)
+    return {"postings": n_postings, "entries": n_entries, "code_bytes": code_bytes, "bytes": size}
 
 
 def open_scan_codes(path: str | os.PathLike) -> ScanCodeFile | None:

@@ -235,3 +235,60 @@ def test_a_mutable_index_served_through_the_tier_finds_what_it_inserts_meanwhile
         assert np.array_equal(found[:, 0], rows)
     finally:
         idx.close()
+
+
+def test_info_says_whether_the_scan_tier_exists_and_serves(built_l2, tiered):
+    with SpannIndex.open(built_l2, memory_budget_mb=64) as idx:
+        assert idx.info()["scan_tier"] == {"present": False, "serving": False, "locked": False,
+                                           "stale_postings": None}
+    on_disk = ScanCodeFile(tiered / "scan.pq")
+    expect = {"postings": on_disk.n_postings, "entries": on_disk.n_entries, "code_bytes": CODE_BYTES,
+              "bytes": on_disk.nbytes}
+    on_disk.close()
+    with SpannIndex.open(tiered, memory_budget_mb=64) as idx:
+        got = idx.info()["scan_tier"]
+        assert idx.tier is not None and got["present"] and got["serving"] and got["stale_postings"] == 0
+        assert {k: got[k] for k in expect} == expect and got["locked"] == idx.tier.locked
+        assert idx.info()["disk_bytes"]["scan.pq"] == expect["bytes"]
+    for opened, why in ((dict(), "no memory budget"), (dict(memory_budget_mb=64, scan_tier=False), "disabled"),
+                        (dict(memory_budget_mb=0.01), "does not fit")):
+        with SpannIndex.open(tiered, **opened) as idx:
+            got = idx.info()["scan_tier"]
+            assert idx.tier is None and got["present"] and not got["serving"] and got["stale_postings"] is None
+            assert {k: got[k] for k in expect} == expect and why in got["not_serving"]
+
+
+def test_the_scan_tier_stats_count_changed_postings_but_not_retired_ones(tmp_path, tiered):
+    """Regression: a retired posting (split or merged away: count and CRC zeroed) counted as stale, although no
+    query probes it, so the count overstated what falls back to the posting file."""
+    from dataclasses import replace
+    from storage.posting_format import FLAG_RETIRED
+    path = shutil.copytree(tiered, tmp_path / "stale")
+    idx = MutableSpannIndex.open_writable(path)
+    try:
+        idx.use_disk(64)
+        assert idx.scan_tier_info()["stale_postings"] == 0
+        d = idx.files.postings.dir
+        crc, count, largest = d.crc.copy(), d.count.copy(), int(np.argmax(d.count))
+        idx.params = replace(idx.params, split_limit=8, merge_limit=1)  # the largest posting is over it now
+        idx.split(largest)
+        d = idx.files.postings.dir
+        assert d.flags[largest] & FLAG_RETIRED
+        n = len(crc)
+        changed = np.concatenate([(d.crc[:n] != crc) | (d.count[:n] != count), np.ones(len(d) - n, bool)])
+        changed &= (d.flags & FLAG_RETIRED) == 0  # the two halves, and the neighbours the split moved rows into
+        assert changed.sum() >= 2 and idx.scan_tier_info()["stale_postings"] == idx.tier.stale_postings() == \
+            int(changed.sum())
+    finally:
+        idx.close()
+
+
+def test_a_damaged_scan_code_header_is_reported_by_info_not_raised(tmp_path, tiered):
+    path = shutil.copytree(tiered, tmp_path / "d")
+    with open(path / "scan.pq", "r+b") as fh:
+        fh.seek(4096 + 3)
+        fh.write(b"\xff")
+    with SpannIndex.open(path) as idx:  # the mmap path serves without the tier; info must still answer
+        got = idx.info()["scan_tier"]
+    assert got["present"] and not got["serving"] and "scan.pq" in got["damaged"]
+

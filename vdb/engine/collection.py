@@ -336,6 +336,7 @@ class Collection(ReadPath):
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
             "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
+            "scan_tier": idx.scan_tier_info(),  # also before the first heads (the "index" section is empty then)
         }
 
     def _disk_stats(self, wal: dict) -> dict:

@@ -1,0 +1,50 @@
+"""Collection stats say whether the scan tier (index/tierscan.py) exists and serves: an operator sizing
+memory_budget_mb sees if the codes fit (serving) and how many postings fall back to the posting file."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import vdb
+from index import BuildParams, build_index
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory, base):
+    path = tmp_path_factory.mktemp("coded") / "idx"
+    build_index(base[:3000], path, params=BuildParams(head_ratio=0.02, seed=1, scan_code_bytes=8, target_recall=0))
+    return path
+
+
+def test_a_collection_without_scan_codes_reports_none(db, base):
+    db.create_collection("empty", base.shape[1])  # before its first heads too: the index section is empty then
+    assert db.stats("empty")["scan_tier"] == {"present": False, "serving": False, "locked": False,
+                                              "stale_postings": None}
+    db.upsert("empty", np.arange(2000), base[:2000])
+    db.flush("empty")
+    stats = db.stats("empty")
+    assert stats["scan_tier"]["present"] is False and stats["index"]["scan_tier"]["present"] is False
+
+
+def test_codes_opened_under_a_budget_serve_and_count_the_postings_writes_changed(tmp_path, coded, queries):
+    path = shutil.copytree(coded, tmp_path / "c")
+    with vdb.connect(tmp_path / "data", memory_budget_mb=64, checkpoint_interval_s=3600) as db:
+        db.attach_collection("c", path)
+        tier = db.stats("c")["scan_tier"]
+        assert tier["present"] and tier["serving"] and tier["code_bytes"] == 8 and tier["stale_postings"] == 0
+        assert tier["entries"] > 0 and tier["bytes"] == (path / "scan.pq").stat().st_size
+        db.upsert("c", np.arange(10**6, 10**6 + 5), queries[:5] + np.float32(0.01))
+        db.flush("c")  # the rows are in postings now: those postings no longer match their codes
+        assert db.stats("c")["scan_tier"]["stale_postings"] > 0
+        assert db.search("c", queries[0], top_k=1).ids[0] == 10**6  # found all the same, from the posting file
+
+
+def test_codes_opened_without_a_budget_are_present_but_do_not_serve(tmp_path, coded):
+    path = shutil.copytree(coded, tmp_path / "c")
+    with vdb.connect(tmp_path / "data", checkpoint_interval_s=3600) as db:
+        db.attach_collection("c", path)
+        tier = db.stats("c")["scan_tier"]
+    assert tier["present"] and tier["code_bytes"] == 8 and tier["serving"] is False
+    assert tier["stale_postings"] is None and "no memory budget" in tier["not_serving"]

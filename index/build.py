@@ -26,7 +26,7 @@ from index.clustering import hierarchical_heads
 from index.distance import as_matrix, normalize, prepare_base
 from index.errors import InvalidParameterError, InvalidVectorsError
 from index.quantize import Int8Quantizer
-from index.types import BuildParams, Metric
+from index.types import BuildParams, Metric, resolve_scan_code_bytes
 from storage import IndexDir
 from storage.fileio import publish_dir
 from storage.indexdir import BUILD_SUFFIX, FORMAT_NAME, FORMAT_VERSION, check_replaceable, remove_stale_builds
@@ -238,8 +238,10 @@ def _calibrate_dir(d: IndexDir, target_recall: float, *, samples: int, seed: int
 
 
 def scan_codes_index(path: str | os.PathLike, code_bytes: int, *, seed: int = 0) -> dict:
-    """Encode the scan tier (index/scancodes.py) of the index at `path`, replacing any it had. Returns what
-    build_scan_codes did."""
+    """Encode the scan tier (index/scancodes.py) of the index at `path`, replacing any it had; code_bytes -1 is
+    automatic. Takes the directory's lock exclusively (LockedError while anything has it open). Returns what
+    build_scan_codes did, and the file's postings and bytes."""
+    resolve_scan_code_bytes(code_bytes, 1)  # a bad size fails before the directory is locked and loaded
     d = IndexDir.open(path, writable=True)
     try:
         return _scan_codes_dir(d, code_bytes, seed)
@@ -255,10 +257,12 @@ def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
     manifest = d.reload_manifest()
     index = SpannIndex(d)
     out = build_scan_codes(index, code_bytes, seed=seed)
+    written = d.scan_codes_summary()
+    out.update(postings=written["postings"], bytes=written["bytes"])
     cal = manifest.get("calibration")
     if cal and cal.get("target_recall"):
         t = time.perf_counter()
-        codes_mb = (d.path / "scan.pq").stat().st_size / 2**20
+        codes_mb = written["bytes"] / 2**20
         index.use_disk(index.resident_bytes()["total"] / 2**20 + codes_mb + 1.0)  # the tier and a small cache
         try:
             out["calibration"] = calibrate(index, cal["target_recall"], samples=cal.get("samples", 500), seed=seed)

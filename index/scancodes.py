@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 
-from index.errors import InvalidParameterError
-from index.types import SCAN_TRAIN_SAMPLES, scan_code_bytes
+from index.types import SCAN_TRAIN_SAMPLES, resolve_scan_code_bytes
 from storage.posting_format import code_bytes as int8_code_bytes
 from storage.scan_codes import TABLE_DTYPE
 
@@ -72,9 +71,7 @@ def build_scan_codes(index, code_bytes: int = -1, *, train_samples: int = SCAN_T
     file; code_bytes -1: automatic (index.types.scan_code_bytes). Returns what was done (entries, bytes,
     seconds). InvalidParameterError for a bad code size."""
     import faiss
-    code_bytes = scan_code_bytes(index.dim) if code_bytes == -1 else code_bytes
-    if not 1 <= code_bytes <= 256:
-        raise InvalidParameterError(f"scan code bytes must be in [1, 256], got {code_bytes}")
+    code_bytes = resolve_scan_code_bytes(code_bytes, index.dim)
     t0 = time.perf_counter()
     dim, qz = index.dim, index.quantizer
     table, rows, versions = _entries(index)

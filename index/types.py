@@ -106,7 +106,8 @@ class BuildParams:
             (self.hnsw_m >= 4, "hnsw_m must be >= 4"),
             (0 <= self.target_recall < 1, "target_recall must be in [0, 1)"),
             (self.calibration_samples >= 10, "calibration_samples must be >= 10"),
-            (-1 <= self.scan_code_bytes <= 256, "scan_code_bytes must be in [-1, 256]"),
+            (-1 <= self.scan_code_bytes <= MAX_SCAN_CODE_BYTES,
+             f"scan_code_bytes must be in [-1, {MAX_SCAN_CODE_BYTES}]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -196,6 +197,7 @@ SCAN_BITS_PER_DIM = 2       # automatic PQ code size: dim / 4 bytes (9 more per 
                             # on 1M x 128 at nprobe 8, recall@10 after re-ranking the best 12 / 32 estimates:
                             # 16 B 0.571 / 0.814, 32 B 0.768 / 0.898, 64 B 0.893 / 0.905, INT8 0.903 / 0.905
                             # (docs/benchmarks/disk-c128-1m-scan-quality.json); 32 B is what 10M fits in 1 GiB
+MAX_SCAN_CODE_BYTES = 256   # PQ sub-quantizers (bytes per entry) a build or `vdbctl scan-codes` may ask for
 SCAN_TRAIN_SAMPLES = 65_536  # residuals the product quantizer is trained on
 DISK_TIER_RERANK_EPS = 0.05  # automatic rerank_eps with the scan tier (relative to the k-th PQ distance): 32 B
                             # codes at 1M, nprobe 16: 0.02 -> recall 0.82 with 12.6 rows, 0.05 -> 0.90 with 17.2
@@ -204,3 +206,14 @@ DISK_TIER_RERANK_EPS = 0.05  # automatic rerank_eps with the scan tier (relative
 def scan_code_bytes(dim: int) -> int:
     """The automatic scan-code size for vectors of `dim` dimensions (SCAN_BITS_PER_DIM per dimension)."""
     return max(1, -(-dim * SCAN_BITS_PER_DIM // 8))
+
+
+def resolve_scan_code_bytes(code_bytes, dim: int) -> int:
+    """The code size an explicit encoding of the scan tier uses: -1 is automatic (scan_code_bytes), else
+    1..MAX_SCAN_CODE_BYTES. 0, which a build reads as "no scan tier", asks for nothing here: an error, as is
+    anything else (InvalidParameterError)."""
+    if isinstance(code_bytes, bool) or not isinstance(code_bytes, (int, np.integer)) or \
+            not (code_bytes == -1 or 1 <= code_bytes <= MAX_SCAN_CODE_BYTES):
+        raise InvalidParameterError(f"scan code bytes must be -1 (automatic) or in [1, {MAX_SCAN_CODE_BYTES}], "
+                                    f"got {code_bytes!r}")
+    return scan_code_bytes(dim) if code_bytes == -1 else int(code_bytes)

@@ -9,7 +9,7 @@ import time
 import click
 import numpy as np
 
-from index.types import FALLBACK_NPROBE, BuildParams, SearchParams
+from index.types import FALLBACK_NPROBE, MAX_SCAN_CODE_BYTES, BuildParams, SearchParams
 from vdb.config import BY_NAME as SETTING
 from vdb.errors import VdbError, translate
 
@@ -213,6 +213,27 @@ def info(index_dir):
     from index import SpannIndex
     with SpannIndex.open(index_dir) as idx:
         _echo_json(idx.info())
+
+
+@cli.command("scan-codes")
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--bytes", "code_bytes", type=int, default=-1, show_default=True,
+              help=f"PQ bytes per entry: -1 automatic (dim / 4), else 1..{MAX_SCAN_CODE_BYTES}.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the product quantizer's training.")
+def scan_codes(index_dir, code_bytes, seed):
+    """Encode (or replace) the scan tier of a built index: PQ codes of every posting record, scanned in RAM when
+    the index is served within a memory budget they fit. Print a JSON summary.
+
+    Takes the directory exclusively: stop a server (or anything) that has it open first. An index calibrated
+    at build time is calibrated again through the new codes.
+
+    \b
+    Example:
+      vdbctl scan-codes sift-idx/
+      vdbctl scan-codes sift-idx/ --bytes 64
+    """
+    from index.build import scan_codes_index
+    _echo_json(scan_codes_index(index_dir, code_bytes, seed=seed))
 
 
 @cli.command()

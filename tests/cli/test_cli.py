@@ -122,6 +122,11 @@ def _bad(tmp, x):
     (["search", "{t}/s", "--queries", "{t}/q.npy", "--memory-budget-mb", "-1"], "memory_budget_mb must be"),
     (["search", "{t}/nowhere", "--queries", "{t}/q.npy"], "no such index directory"),
     (["info", "{t}"], "no metadata store"),
+    (["scan-codes", "{t}/s", "--bytes", "0"], "scan code bytes must be -1 (automatic) or in [1, 256], got 0"),
+    (["scan-codes", "{t}/s", "--bytes", "257"], "got 257"),
+    (["scan-codes", "{t}/s", "--bytes", "-2"], "got -2"),
+    (["scan-codes", "{t}"], "no metadata store"),
+    (["scan-codes", "{t}/nowhere"], "no such index directory"),
 ])
 def test_bad_input_is_one_line_error_and_nonzero_exit(data, args, message):
     tmp, x = data
@@ -135,6 +140,67 @@ def test_bad_input_is_one_line_error_and_nonzero_exit(data, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0 or result.output.startswith("Usage"), result.output
+
+
+def _scan_tier_of(path) -> dict:
+    code, out = _run("info", path)
+    assert code == 0, out
+    return json.loads(out)["scan_tier"]
+
+
+def test_scan_codes_adds_a_tier_that_serves_with_the_answers_of_the_int8_path(data):
+    from index import FlatIndex, SpannIndex, recall_at_k
+    tmp, x = data
+    _write(tmp / "sc.npy", x)
+    assert _run("build", tmp / "sc.npy", "--out", tmp / "sc", "-q")[0] == 0  # calibrated: so is the tier
+    assert _scan_tier_of(tmp / "sc")["present"] is False and not (tmp / "sc" / "scan.pq").exists()
+    queries = x[:50] + np.float32(0.5)
+    truth, _ = FlatIndex(x, "l2").search(queries, 10)
+    with SpannIndex.open(tmp / "sc", memory_budget_mb=32) as idx:
+        assert idx.tier is None
+        before = {eps: idx.search(queries, 10, nprobe=8, rerank_eps=eps)[0] for eps in (0.0, 0.2)}
+    result = CliRunner().invoke(cli, ["scan-codes", str(tmp / "sc"), "--bytes", "4"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["code_bytes"] == 4 and summary["entries"] > 0 and summary["calibration"]["curve"]
+    assert (tmp / "sc" / "scan.pq").stat().st_size == summary["bytes"]
+    with SpannIndex.open(tmp / "sc", memory_budget_mb=32) as idx:
+        assert idx.tier is not None and idx.info()["scan_tier"]["serving"] is True
+        for eps, ids in before.items():  # what the tier promises (tests/index/test_scan_tier.py): the recall of
+            got, dist = idx.search(queries, 10, nprobe=8, rerank_eps=eps)  # the INT8 path, exact distances
+            assert recall_at_k(got, truth, 10) >= recall_at_k(ids, truth, 10) - 0.03
+            assert np.allclose(dist, ((x[got] - queries[:, None, :]) ** 2).sum(-1), rtol=1e-4)
+        assert idx.disk.io_stats()["postings"]["reads"] == 0  # every posting was scanned from the codes
+    tier = _scan_tier_of(tmp / "sc")  # info opens without a budget: the codes exist, nothing serves them
+    assert tier["present"] and not tier["serving"] and tier["code_bytes"] == 4 and tier["entries"] == summary["entries"]
+
+
+def test_scan_codes_is_refused_while_the_index_is_open_and_sizes_itself_by_default(data):
+    import vdb
+    from index import SpannIndex
+    from index.types import scan_code_bytes
+    tmp, x = data
+    _write(tmp / "busy.npy", x)
+    assert _run("build", tmp / "busy.npy", "--out", tmp / "busy", "-q", "--set", "target_recall=0")[0] == 0
+    path = tmp / "busy"
+
+    def refused():
+        result = CliRunner().invoke(cli, ["scan-codes", str(path)])
+        assert result.exit_code == 1 and "cannot lock" in result.output and "in use" in result.output
+        assert "Traceback" not in result.output and result.output.strip().count("\n") == 0, result.output
+        assert not (path / "scan.pq").exists()
+
+    with vdb.connect(tmp / "db") as db:
+        db.attach_collection("c", path)  # a collection writes its directory: it holds the lock
+        refused()
+        assert db.stats("c")["scan_tier"]["present"] is False
+    with SpannIndex.open(path):  # a reader holds it shared
+        refused()
+    result = CliRunner().invoke(cli, ["scan-codes", str(path)])  # closed: it is the operator's again
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["code_bytes"] == scan_code_bytes(x.shape[1])
+    with SpannIndex.open(path, memory_budget_mb=32) as idx:
+        assert idx.tier is not None and idx.tier.codes.code_bytes == scan_code_bytes(x.shape[1])
 
 
 def test_the_installed_entry_point_prints_no_traceback(tmp_path):

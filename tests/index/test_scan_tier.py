@@ -292,3 +292,10 @@ def test_a_damaged_scan_code_header_is_reported_by_info_not_raised(tmp_path, tie
         got = idx.info()["scan_tier"]
     assert got["present"] and not got["serving"] and "scan.pq" in got["damaged"]
 
+
+def test_encoding_refuses_a_meaningless_code_size_before_locking_the_directory(tiered):
+    from index.errors import InvalidParameterError
+    with SpannIndex.open(tiered):  # a reader holds the lock: the size is checked first, so no LockedError
+        for bad in (0, -2, 257, 2.5, True):
+            with pytest.raises(InvalidParameterError, match=r"-1 \(automatic\) or in \[1, 256\]"):
+                scan_codes_index(tiered, bad)

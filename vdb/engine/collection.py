@@ -219,7 +219,7 @@ class Collection(ReadPath):
             if isinstance(op, walcodec.Upsert):
                 rows = idx.add_rows(op.vectors, op.ids)
                 payloads = op.payloads or [None] * len(rows)
-                self.idmap.upserted(op.ids, rows, payloads)
+                self.idmap.upserted(op.ids, rows, payloads, had)
                 # a replayed or replicated record has no heads yet: the search for them is derived, not logged
                 heads = op.heads if op.heads is not None else idx.home_heads(op.vectors)
                 self.memtable.add(rows, op.vectors, heads)

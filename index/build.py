@@ -256,6 +256,8 @@ def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
     from index.spann import SpannIndex
     manifest = d.reload_manifest()
     index = SpannIndex(d)
+    if index.quantizer is None or index.n_heads == 0:
+        raise InvalidParameterError(f"{d.path}: the index has no heads yet, so there is nothing to encode")
     out = build_scan_codes(index, code_bytes, seed=seed)
     written = d.scan_codes_summary()
     out.update(postings=written["postings"], bytes=written["bytes"])

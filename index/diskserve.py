@@ -44,11 +44,13 @@ class DiskServing:
                     "stale_postings": tier.stale_postings()}
         try:
             found = self.files.scan_codes_summary()
-        except (CorruptionError, FormatError) as e:  # info must still answer; opening under a budget raises it
+        except (CorruptionError, FormatError, OSError) as e:  # info must still answer (EIO, EACCES, a symlink
+            # loop...); opening under a budget raises it
             return {"present": True, "damaged": str(e), "serving": False, "locked": False, "stale_postings": None}
         if found is None:
             return {"present": False, "serving": False, "locked": False, "stale_postings": None}
-        why = ("not served from disk (no memory budget)" if self.disk is None else
+        why = ("the index has no heads" if self.quantizer is None else
+               "not served from disk (no memory budget)" if self.disk is None else
                "scan_tier disabled" if not self._scan_tier_allowed else "does not fit the memory budget")
         return {"present": True, **found, "serving": False, "locked": False, "stale_postings": None,
                 "not_serving": why}

@@ -136,13 +136,13 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
 
 def allocated_bytes(path: str | os.PathLike) -> int:
     """Bytes the file system really holds for `path` (st_blocks * 512: holes and sparse tails excluded); a
-    directory is the sum over the files below it; 0 if it does not exist."""
+    directory is the sum over the files below it; 0 if it does not exist or cannot be read."""
     p = Path(path)
     try:
         if not p.is_dir():
             return p.stat().st_blocks * 512
         return sum(f.stat().st_blocks * 512 for f in p.rglob("*") if f.is_file())
-    except FileNotFoundError:
+    except OSError:  # gone, or unreadable (a symlink loop, EIO): accounting must not fail the stats that ask
         return 0
 
 

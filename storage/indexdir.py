@@ -208,7 +208,7 @@ class IndexDir:
                META: self.meta.disk_bytes()}
         try:
             out[SCAN_CODES] = (self.path / SCAN_CODES).stat().st_size
-        except FileNotFoundError:
+        except OSError:  # none, or unreadable (the scan tier's stats say which): counted as nothing
             pass
         return out
 

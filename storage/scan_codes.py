@@ -224,7 +224,7 @@ class ScanCodeFile:
 def scan_codes_summary(path: str | os.PathLike) -> dict | None:
     """What the scan-code file at `path` holds, from its headers alone (two small reads, no mapping: cheap enough
     for every stats call): postings, entries, code_bytes and the file's bytes. None if there is no file;
-    CorruptionError / FormatError if its headers are damaged."""
+    CorruptionError / FormatError if its headers are damaged or the file is shorter than they say."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -234,7 +234,10 @@ def scan_codes_summary(path: str | os.PathLike) -> dict | None:
         return None
     except IsADirectoryError:
         raise FormatError(f"{path}: a directory where the scan-code file belongs") from None
-    _, (n_postings, n_entries, code_bytes, *_rest) = _parse_headers(path, raw)
+    _, (n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, *_crcs) = _parse_headers(path, raw)
+    end = _sections(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes)["end"][0]
+    if end > size:  # a truncated file would fail only when a budgeted open maps it
+        raise CorruptionError(path, f"file is {size} bytes, its layout needs {end}")
     return {"postings": n_postings, "entries": n_entries, "code_bytes": code_bytes, "bytes": size}
 
 

@@ -68,6 +68,8 @@ def main():
     ap.add_argument("--bulk-cache", default=None,
                     help="directory keeping the bulk build of this --n/--dim between runs (copied, not rebuilt)")
     args = ap.parse_args()
+    if args.idle_queries < 100:
+        ap.error("--idle-queries must be >= 100 (its p99.9 needs samples)")
     if args.gil_switch_ms is not None:
         vdb.tune_process(load_settings({"gil_switch_ms": args.gil_switch_ms}))
     options = {"maintenance_batch": args.maintenance_batch} if args.maintenance_batch else {}

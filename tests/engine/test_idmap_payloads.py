@@ -41,3 +41,12 @@ def test_upserts_without_payloads_clear_old_payloads_across_checkpoints_and_reop
     db.flush("c")
     db = reopen(db)
     assert {r.id: r.payload for r in db.get("c", [1, 2, 3, 4, 5])} == {**expect, 3: None}
+
+
+def test_a_repeated_id_in_one_batch_keeps_its_last_payload():
+    """A replicated record is applied without the client-side uniqueness check: the last occurrence wins, as
+    it did before new ids stopped recording None."""
+    m = IdMap(index=None)
+    m.upserted(np.array([7, 7, 8, 8]), np.array([0, 1, 2, 3]), [{"p": 1}, None, None, {"p": 2}],
+               np.zeros(4, bool))
+    assert m.changes()[1] == {7: None, 8: {"p": 2}}

@@ -48,3 +48,25 @@ def test_codes_opened_without_a_budget_are_present_but_do_not_serve(tmp_path, co
         tier = db.stats("c")["scan_tier"]
     assert tier["present"] and tier["code_bytes"] == 8 and tier["serving"] is False
     assert tier["stale_postings"] is None and "no memory budget" in tier["not_serving"]
+
+
+def test_an_unreadable_or_truncated_scan_code_file_is_reported_not_raised(tmp_path, coded):
+    """Review of the stats: a scan.pq that cannot be read (here a symlink loop: ELOOP, as EIO or EACCES would
+    be) made info() and stats() raise OSError; a truncated one was reported healthy until a budgeted open
+    failed on it."""
+    from index import SpannIndex
+    path = shutil.copytree(coded, tmp_path / "c")
+    size = (path / "scan.pq").stat().st_size
+    with open(path / "scan.pq", "r+b") as f:
+        f.truncate(size // 2)
+    with SpannIndex.open(path) as idx:
+        tier = idx.info()["scan_tier"]
+    assert tier["present"] and tier["serving"] is False and "layout needs" in tier["damaged"]
+    (path / "scan.pq").unlink()
+    (path / "scan.pq").symlink_to(path / "scan.pq")
+    with SpannIndex.open(path) as idx:
+        tier = idx.info()["scan_tier"]
+    assert tier["present"] and tier["serving"] is False and tier["damaged"]
+    with vdb.connect(tmp_path / "data", checkpoint_interval_s=3600) as db:
+        db.attach_collection("c", path)
+        assert db.stats("c")["scan_tier"]["damaged"]

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from index import FlatIndex, SpannIndex, recall_at_k
+from index import BuildParams, FlatIndex, SpannIndex, recall_at_k
 from index.build import scan_codes_index
 from index.mutable import MutableSpannIndex
 from index.scancodes import padded_dim
@@ -299,3 +299,15 @@ def test_encoding_refuses_a_meaningless_code_size_before_locking_the_directory(t
         for bad in (0, -2, 257, 2.5, True):
             with pytest.raises(InvalidParameterError, match=r"-1 \(automatic\) or in \[1, 256\]"):
                 scan_codes_index(tiered, bad)
+
+
+def test_scan_codes_refuse_an_index_without_heads(tmp_path):
+    """Review: an index with no heads yet got a 0-posting tier trained on zeros, which stats then said did not fit
+    the budget; it is refused, and the file is not written."""
+    from index.errors import InvalidParameterError
+    from index.mutable import MutableSpannIndex
+    idx = MutableSpannIndex.create(tmp_path / "empty", 8, BuildParams())
+    idx.close()
+    with pytest.raises(InvalidParameterError, match="no heads"):
+        scan_codes_index(tmp_path / "empty", 4)
+    assert not (tmp_path / "empty" / "scan.pq").exists()

@@ -30,7 +30,11 @@ class IdMap:
         5,000 inserts/s, a GIL-bound loop that searches waited behind (issue 13)."""
         ids = ext_ids.tolist()
         self._rows.update(zip(ids, rows.tolist()))
-        self._payloads.update((e, p) for e, p, old in zip(ids, payloads, existed.tolist()) if p is not None or old)
+        changed: dict = {}
+        for e, p, old in zip(ids, payloads, existed.tolist()):
+            if p is not None or old or e in changed:  # a repeated id (a replicated record is not checked): last wins
+                changed[e] = p
+        self._payloads.update(changed)
 
     def deleted(self, ext_ids: list[int]) -> None:
         self._rows.update(dict.fromkeys(ext_ids, -1))

@@ -153,12 +153,11 @@ class ReadPath:
         self._check_usable()
         ids = check_ids(ids, self.settings["max_batch"], unique=False)
         with self.index.epochs.reading():  # a row deleted after the lookup keeps its bytes until the read
-            with self.index.lock:
+            with self.index.lock:  # payloads too: an upsert and a checkpoint between would pair another version
                 rows = self.rows_of(ids)
                 found = rows >= 0
-                overlay = self.idmap.overlay_payloads(ids[found].tolist())
+                payloads = self.idmap.payloads_of(ids[found], self.idmap.overlay_payloads(ids[found].tolist()))
             vecs = self.index.vectors_of(rows[found])
-        payloads = self.idmap.payloads_of(ids[found], overlay)
         return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
 
     def count(self) -> int:

@@ -51,8 +51,9 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def _parse_headers(path: Path, raw: bytes) -> tuple[int, tuple]:
-    """(dim, the layout's fields) from the file's first _HEADERS_SIZE bytes, both headers' checksums checked."""
+def _parse_headers(path: Path, raw: bytes, size: int) -> tuple[int, tuple, dict]:
+    """(dim, the layout's fields, its sections) from the first _HEADERS_SIZE bytes of a file of `size` bytes:
+    both headers' checksums checked, and the file long enough for the layout."""
     if len(raw) < _HEADERS_SIZE:
         raise CorruptionError(path, f"file is {len(raw)} bytes, shorter than its headers")
     header = unpack_header(path, raw[:HEADER_SIZE], magic=MAGIC, versions=(VERSION,))
@@ -64,7 +65,11 @@ def _parse_headers(path: Path, raw: bytes) -> tuple[int, tuple]:
     fields = _LAYOUT.unpack(layout)
     if fields[2] != header.record_size:
         raise CorruptionError(path, "header and layout disagree on the code size", offset=20, length=4)
-    return header.dim, fields
+    n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, *_crcs = fields
+    sections = _sections(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes)
+    if sections["end"][0] > size:
+        raise CorruptionError(path, f"file is {size} bytes, its layout needs {sections['end'][0]}")
+    return header.dim, fields, sections
 
 
 def _sections(n_postings: int, n_entries: int, code_bytes: int, ksub: int, dsub: int, base_bytes: int) -> dict:
@@ -149,13 +154,10 @@ class ScanCodeFile:
             os.close(fd)
         buf = np.frombuffer(self._map, np.uint8)
         self.buffer = buf
-        dim, (n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, self._codebook_crc, table_crc) = \
-            _parse_headers(self.path, bytes(buf[:_HEADERS_SIZE]))
+        dim, (n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, self._codebook_crc, table_crc), sec = \
+            _parse_headers(self.path, bytes(buf[:_HEADERS_SIZE]), size)
         self.dim, self.n_postings, self.n_entries = dim, n_postings, n_entries
         self.code_bytes, self.ksub, self.dsub, self.base_bytes = code_bytes, ksub, dsub, base_bytes
-        sec = _sections(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes)
-        if sec["end"][0] > size:
-            raise CorruptionError(self.path, f"file is {size} bytes, its layout needs {sec['end'][0]}")
         self._sec = sec
 
         def view(name, dtype, shape):
@@ -234,10 +236,8 @@ def scan_codes_summary(path: str | os.PathLike) -> dict | None:
         return None
     except IsADirectoryError:
         raise FormatError(f"{path}: a directory where the scan-code file belongs") from None
-    _, (n_postings, n_entries, code_bytes, ksub, dsub, base_bytes, *_crcs) = _parse_headers(path, raw)
-    end = _sections(n_postings, n_entries, code_bytes, ksub, dsub, base_bytes)["end"][0]
-    if end > size:  # a truncated file would fail only when a budgeted open maps it
-        raise CorruptionError(path, f"file is {size} bytes, its layout needs {end}")
+    # the size too: a truncated file would otherwise fail only when a budgeted open maps it
+    _, (n_postings, n_entries, code_bytes, *_rest), _ = _parse_headers(path, raw, size)
     return {"postings": n_postings, "entries": n_entries, "code_bytes": code_bytes, "bytes": size}
 
 

@@ -325,18 +325,19 @@ class Collection(ReadPath):
     def stats(self) -> dict:
         idx = self.index
         wal = self.wal.stats()
+        info = idx.info() if idx.bootstrapped else {}
         return {
             "name": self.name, "dim": self.dim, "metric": self.metric.value, "count": self.live,
             "rows": idx.n_rows, "pending_rows": len(self.memtable), "applied_lsn": self.applied_lsn,
             "checkpoint_lsn": self.checkpoint_lsn, "bootstrapped": idx.bootstrapped,
             "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
             **self._disk_stats(wal),
-            "index": idx.info() if idx.bootstrapped else {},
+            "index": info,
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
             "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
-            "scan_tier": idx.scan_tier_info(),  # also before the first heads (the "index" section is empty then)
+            "scan_tier": info["scan_tier"] if info else idx.scan_tier_info(),  # also before the first heads
         }
 
     def _disk_stats(self, wal: dict) -> dict:

@@ -82,14 +82,10 @@ class IdMap:
             raise CorruptionError(self._index.path / "meta" / "data.mdb",
                                   f"the id map sends id {e} to row {int(r[bad][0])}, which holds another id")
 
-    def overlay_payloads(self, ext_ids: list[int]) -> list:
-        """Payloads changed since the checkpoint, MISSING where only LMDB knows (see payloads_of)."""
-        return [self._payloads.get(e, _MISSING) for e in ext_ids]
-
-    def payloads_of(self, ext_ids: np.ndarray, overlay: list) -> list[dict | None]:
-        """Fill the MISSING entries of `overlay` (from overlay_payloads) from LMDB."""
-        need = [i for i, p in enumerate(overlay) if p is _MISSING]
-        out = list(overlay)
+    def payloads_of(self, ext_ids: np.ndarray) -> list[dict | None]:
+        """The payload of each external id: the overlay's where it has one (newer), else LMDB's."""
+        out = [self._payloads.get(e, _MISSING) for e in ext_ids.tolist()]
+        need = [i for i, p in enumerate(out) if p is _MISSING]
         if need:
             for i, p in zip(need, self._index.committed_payloads(ext_ids[need])):
                 out[i] = p

@@ -156,7 +156,7 @@ class ReadPath:
             with self.index.lock:  # payloads too: an upsert and a checkpoint between would pair another version
                 rows = self.rows_of(ids)
                 found = rows >= 0
-                payloads = self.idmap.payloads_of(ids[found], self.idmap.overlay_payloads(ids[found].tolist()))
+                payloads = self.idmap.payloads_of(ids[found])
             vecs = self.index.vectors_of(rows[found])
         return [Record(int(e), v, p) for e, v, p in zip(ids[found].tolist(), vecs, payloads)]
 

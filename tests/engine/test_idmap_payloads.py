@@ -50,3 +50,36 @@ def test_a_repeated_id_in_one_batch_keeps_its_last_payload():
     m.upserted(np.array([7, 7, 8, 8]), np.array([0, 1, 2, 3]), [{"p": 1}, None, None, {"p": 2}],
                np.zeros(4, bool))
     assert m.changes()[1] == {7: None, 8: {"p": 2}}
+
+
+def test_repair_deletes_a_payload_that_belongs_to_no_live_id(tmp_path):
+    """A committed payload with no id-map entry (damage, or an older tool) came back as the payload of its id's
+    next upsert without one; check reported it and repair left it. Repair now deletes it."""
+    import vdb
+    from storage.meta import MetaStore
+    from vdb.engine.database import check_path
+    from vdb.engine.repair import repair_path
+
+    data = tmp_path / "data"
+    x = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    with vdb.connect(data, checkpoint_interval_s=3600) as db:
+        db.create_collection("c", dim=4)
+        db.upsert("c", [1, 2], x[:2], payloads=[{"v": 1}, {"v": 2}])
+        db.flush("c")
+    meta_dirs = [p.parent for p in (data / "collections" / "c").rglob("data.mdb")]
+    assert len(meta_dirs) == 1
+    meta = MetaStore(meta_dirs[0])
+    with meta.write() as w:
+        w.put_payloads(np.array([9], np.int64), [{"stale": True}])
+    meta.close()
+    found = check_path(data)[0]
+    assert not found["ok"] and "1 payloads belong to no live id" in found["violations"][0], found
+    with vdb.connect(data, checkpoint_interval_s=3600) as db:  # the open collection's check says the same
+        assert "1 payloads belong to no live id (first: [9])" in db.check("c")[0]["violations"]
+    report = repair_path(data)[0]
+    assert report["ok"] and report["orphaned_payloads_deleted"] == 1, report
+    assert any("belonged to no live id" in line for line in report["log"])
+    assert check_path(data)[0]["ok"]
+    with vdb.connect(data, checkpoint_interval_s=3600) as db:
+        db.upsert("c", [9], x[2:3])
+        assert {r.id: r.payload for r in db.get("c", [1, 2, 9])} == {1: {"v": 1}, 2: {"v": 2}, 9: None}

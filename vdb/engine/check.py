@@ -44,6 +44,9 @@ def check_collection(c) -> dict:
         live = is_live(state)
         try:  # a damaged id-map entry stops the walk: it is reported (verify() named it), never raised
             violations += _row_invariants(state, int2ext, reached, c.meta_ids(), c.live)
+            orphans = c.orphaned_payloads()
+            if orphans:
+                violations.append(f"{len(orphans)} payloads belong to no live id (first: {orphans[:5]})")
             mapped = c.rows_of(int2ext[live].astype(np.int64)) if live.any() else np.zeros(0)
         except Exception as e:  # noqa: BLE001 - whatever stops the walk is a finding
             violations.append(translate(e).message)

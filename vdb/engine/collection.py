@@ -241,6 +241,10 @@ class Collection(ReadPath):
         """Every (external id, row) the id map holds now: LMDB overlaid with the changes since the checkpoint."""
         return self.idmap.live_items()
 
+    def orphaned_payloads(self) -> list[int]:
+        """Ids whose committed payload has no live id (what check reports and repair deletes)."""
+        return self.idmap.orphaned_payloads()
+
     def _wait_for_room(self, timeout: float | None = None) -> None:
         """Throttle writers while maintenance is behind, instead of failing them or growing RAM forever."""
         limit = self.settings["max_pending_rows"]
@@ -312,6 +316,12 @@ class Collection(ReadPath):
         checkpoint; see vdb/engine/repair.py."""
         self._check_usable()
         done = self.index.repair_postings(self.memtable.rows())
+        with self.index.lock:
+            orphans = self.idmap.drop_orphaned_payloads()
+        if orphans:
+            log.warning("collection %s: deleted %d payloads that belonged to no live id (first: %s)", self.name,
+                        len(orphans), orphans[:5])
+        done["orphaned_payloads_deleted"] = len(orphans)
         done.update(textsearch.repair(self))  # text index: rebuilt from the payloads when its files are damaged
         self.flush()
         return done

@@ -40,6 +40,12 @@ class IdMap:
         self._rows.update(dict.fromkeys(ext_ids, -1))
         self._payloads.update(dict.fromkeys(ext_ids, None))
 
+    def drop_orphaned_payloads(self) -> list[int]:
+        """Record the deletion of every orphaned payload (orphaned_payloads); returns their ids."""
+        orphans = self.orphaned_payloads()
+        self._payloads.update(dict.fromkeys(orphans, None))
+        return orphans
+
     # -- reads ------------------------------------------------------------------------------------------
     def rows_of(self, ext_ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent."""
@@ -90,6 +96,14 @@ class IdMap:
             for i, p in zip(need, self._index.committed_payloads(ext_ids[need])):
                 out[i] = p
         return out
+
+    def orphaned_payloads(self) -> list[int]:
+        """Ids of committed payloads whose id is not live. A delete removes its id's payload, so such a payload is
+        damage (or a tool older than that rule); left alone it would come back when its id is upserted without
+        one (upserted records nothing for a new id)."""
+        stored = [e for e, _ in self._index.iter_committed_payloads() if e not in self._payloads]
+        rows = self.rows_of(np.array(stored, np.int64)).tolist() if stored else []
+        return [e for e, r in zip(stored, rows) if r < 0]
 
     def live_items(self) -> list[tuple[int, int]]:
         """Every (external id, row) of a live id: LMDB overlaid with the changes since the checkpoint."""

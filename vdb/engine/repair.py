@@ -2,7 +2,9 @@
 
 What it mends, per collection: a damaged WAL is truncated at the damage (every record after it is lost, and the
 log says which LSNs; never below the checkpoint); postings that fail their checksum are retired and the rows
-left in no posting are indexed again from their full-precision rows; a text index whose files fail their CRCs is rebuilt from the payloads; then a checkpoint. What it cannot mend
+left in no posting are indexed again from their full-precision rows; payloads that belong to no live id are
+deleted (they would come back with the id's next upsert); a text index whose files fail their CRCs is rebuilt
+from the payloads; then a checkpoint. What it cannot mend
 (damaged full-precision rows, heads or metadata records) it reports, naming the file: restore those from a
 snapshot or rebuild. It ends with a check of the result.
 """

@@ -44,9 +44,7 @@ def check_collection(c) -> dict:
         live = is_live(state)
         try:  # a damaged id-map entry stops the walk: it is reported (verify() named it), never raised
             violations += _row_invariants(state, int2ext, reached, c.meta_ids(), c.live)
-            orphans = c.orphaned_payloads()
-            if orphans:
-                violations.append(f"{len(orphans)} payloads belong to no live id (first: {orphans[:5]})")
+            violations += _orphan_payloads(c.orphaned_payloads())
             mapped = c.rows_of(int2ext[live].astype(np.int64)) if live.any() else np.zeros(0)
         except Exception as e:  # noqa: BLE001 - whatever stops the walk is a finding
             violations.append(translate(e).message)
@@ -140,10 +138,12 @@ def _stored_id_map(state, int2ext, ids, payload_ids) -> list[str]:
     missing = live_ext - mapped
     if missing:
         out.append(f"{len(missing)} live rows' ids are not in the id map (first: {sorted(missing)[:5]})")
-    orphans = [e for e in payload_ids if e not in mapped]
-    if orphans:
-        out.append(f"{len(orphans)} payloads belong to no live id (first: {orphans[:5]})")
-    return out
+    return out + _orphan_payloads([e for e in payload_ids if e not in mapped])
+
+
+def _orphan_payloads(orphans: list[int]) -> list[str]:
+    """The violation of payloads whose id is not live (repair deletes them), for both checks."""
+    return [f"{len(orphans)} payloads belong to no live id (first: {orphans[:5]})"] if orphans else []
 
 
 def _counts(state, reached, pending: int) -> dict:

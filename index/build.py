@@ -251,7 +251,11 @@ def scan_codes_index(path: str | os.PathLike, code_bytes: int, *, seed: int = 0)
 
 def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
     """Encode the scan tier, then calibrate nprobe through it (its PQ estimates pick the re-rank candidates, so
-    its recall curve is its own): stored as the manifest's `tier_calibration`, used while the tier serves."""
+    its recall curve is its own): stored as the manifest's `tier_calibration`, with the content CRC of the codes
+    it measured. The tier serves only if that reaches the build's target and names the codes on disk
+    (index/diskserve.py: a crash between publishing the codes and committing their calibration leaves them
+    unserved, never served with the old curve); the result says whether it did ("reaches_target", and
+    "not_serving" why not)."""
     from index.scancodes import build_scan_codes
     from index.spann import SpannIndex
     manifest = d.reload_manifest()
@@ -265,13 +269,20 @@ def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
     if cal and cal.get("target_recall"):
         t = time.perf_counter()
         codes_mb = written["bytes"] / 2**20
-        index.use_disk(index.resident_bytes()["total"] / 2**20 + codes_mb + 1.0)  # the tier and a small cache
+        index.use_disk(index.resident_bytes()["total"] / 2**20 + codes_mb + 1.0,  # the tier and a small cache
+                       measuring_tier=True)
         try:
-            out["calibration"] = calibrate(index, cal["target_recall"], samples=cal.get("samples", 500), seed=seed)
+            measured = calibrate(index, cal["target_recall"], samples=cal.get("samples", 500), seed=seed)
+            out["calibration"] = {**measured, "scan_codes_crc": written["content_crc"]}  # whose curve it is
         finally:
             index.stop_disk()
         d.commit({**d.manifest, "tier_calibration": out["calibration"]}, {})
         out["calibration_s"] = round(time.perf_counter() - t, 2)
+        why = index.scan_tier_withheld()
+        out["reaches_target"] = why is None
+        if why is not None:
+            out["not_serving"] = why
+            log.warning("%s: the scan tier will not serve: %s", d.path, why)
     return out
 
 

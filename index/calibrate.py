@@ -83,6 +83,15 @@ def calibrate(index, target: float, *, samples: int = 500, k: int = 10, seed: in
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def reaches_target(calibration: dict | None) -> bool:
+    """Whether a calibration's curve reached its own target recall (by MARGIN, as `calibrate` chooses): True
+    when it had no target or measured nothing (an empty index). A curve that never reached it means the path it
+    was measured through cannot deliver the target at any nprobe it tried."""
+    if not calibration or not calibration.get("target_recall") or not calibration.get("curve"):
+        return True
+    return any(r >= calibration["target_recall"] + MARGIN for _, r in calibration["curve"])
+
+
 def nprobe_for(calibration: dict | None, target: float | None, fallback: int) -> int:
     """The calibrated nprobe: for the build's target (target None/0) or the smallest measured nprobe whose
     recall reached `target` (the largest measured if none did); `fallback` without a calibration."""

@@ -1,10 +1,11 @@
 """Serving a SpannIndex from disk under a memory budget: choosing the searchers (index/diskread.py, and the scan
 tier of index/tierscan.py when its codes fit) and running a search through them. A mixin of SpannIndex over its
-`files`, `quantizer`, `state`, `probe` and `resident_bytes`."""
+`files`, `quantizer`, `state`, `probe`, `resident_bytes`, `manifest` and `calibration`."""
 from __future__ import annotations
 
 import numpy as np
 
+from index.calibrate import reaches_target
 from index.errors import InvalidParameterError
 from index.quantize import kernel_queries
 from index.tierscan import open_disk_searchers
@@ -16,21 +17,47 @@ class DiskServing:
     disk: "object"   # index.diskread.DiskSearcher or None
     tier: "object"   # index.tierscan.TierSearcher or None
     _scan_tier_allowed = True  # the last use_disk's scan_tier (why a tier on disk does not serve)
+    _scan_tier_withheld_why: str | None = None  # the last use_disk's reason to keep the tier out (its calibration)
 
     def use_disk(self, memory_budget_mb: float, *, direct_io: bool = True, verify: bool = True,
-                 scan_tier: bool = True) -> None:
+                 scan_tier: bool = True, measuring_tier: bool = False) -> None:
         """Serve searches from disk within `memory_budget_mb` (see open). With `scan_tier` and a scan-code file
         that fits what the resident structures leave of the budget, postings are scanned from it in RAM
-        (index/tierscan.py) and the rest of the budget caches postings for the stale ones."""
+        (index/tierscan.py) and the rest of the budget caches postings for the stale ones.
+
+        The tier serves only if its own calibration (measured through it, index/build.py) reaches the build's
+        target recall: its PQ estimates choose the re-rank candidates, so a tier with too few code bytes has a
+        recall ceiling below the target, and the default search must keep the recall the build promised.
+        `measuring_tier` serves it regardless, for the calibration that decides this."""
         if memory_budget_mb < 0:
             raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
         room = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
+        withheld = None if measuring_tier else self.scan_tier_withheld()
         # the searchers replaced are not closed here: searches in flight may still use them (index/livedisk.py
         # keeps a replaced DiskSearcher open until the next renewal; a replaced tier's mapping goes with its
         # last reference)
         self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
-                                                   verify=verify, scan_tier=scan_tier)
-        self._scan_tier_allowed = scan_tier
+                                                   verify=verify, scan_tier=scan_tier and withheld is None)
+        self._scan_tier_allowed, self._scan_tier_withheld_why = scan_tier, withheld
+
+    def scan_tier_withheld(self) -> str | None:
+        """Why the scan tier must not serve though it may fit, or None: the build has a target recall and the
+        codes on disk have no calibration of their own that reaches it (none: codes written before tier
+        calibration existed; another's: a `vdbctl scan-codes` that died between publishing the codes and
+        committing their calibration; a curve below the target: too few code bytes)."""
+        target = (self.calibration or {}).get("target_recall")
+        found = self.files.scan_codes_summary() if target else None  # CorruptionError as a budgeted open's
+        if found is None:
+            return None
+        tier_cal = self.manifest.get("tier_calibration")
+        if tier_cal is None or tier_cal.get("scan_codes_crc") != found["content_crc"]:
+            return (f"not calibrated for the build's target recall {target:g} "
+                    "(run `vdbctl scan-codes` again to encode and calibrate it)")
+        if not reaches_target(tier_cal):
+            best_nprobe, best = max(tier_cal["curve"], key=lambda point: point[1])
+            return (f"its calibration does not reach the target recall {tier_cal['target_recall']:g} "
+                    f"(best {best:g} at nprobe {best_nprobe}): encode it with more code bytes")
+        return None
 
     def scan_tier_info(self) -> dict:
         """The scan tier as stats show it. "present": the directory has scan codes (then their "postings",
@@ -51,7 +78,8 @@ class DiskServing:
             return {"present": False, "serving": False, "locked": False, "stale_postings": None}
         why = ("the index has no heads" if self.quantizer is None else
                "not served from disk (no memory budget)" if self.disk is None else
-               "scan_tier disabled" if not self._scan_tier_allowed else "does not fit the memory budget")
+               "scan_tier disabled" if not self._scan_tier_allowed else
+               self._scan_tier_withheld_why or "does not fit the memory budget")
         return {"present": True, **found, "serving": False, "locked": False, "stale_postings": None,
                 "not_serving": why}
 

@@ -125,6 +125,7 @@ def write_scan_codes(path: str | os.PathLike, dim: int, table: np.ndarray, codeb
     crashpoint("scan-codes-before-publish")
     os.replace(tmp, path)
     fsync_dir(path.parent)
+    crashpoint("scan-codes-published")  # before the caller commits what it measured through them
 
 
 def remove_dead_temps(path: Path) -> list[Path]:
@@ -225,8 +226,8 @@ class ScanCodeFile:
 
 def scan_codes_summary(path: str | os.PathLike) -> dict | None:
     """What the scan-code file at `path` holds, from its headers alone (two small reads, no mapping: cheap enough
-    for every stats call): postings, entries, code_bytes and the file's bytes. None if there is no file;
-    CorruptionError / FormatError if its headers are damaged or the file is shorter than they say."""
+    for every stats call): postings, entries, code_bytes, the file's bytes and its content_crc. None if there is
+    no file; CorruptionError / FormatError if its headers are damaged or the file is shorter than they say."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -238,7 +239,11 @@ def scan_codes_summary(path: str | os.PathLike) -> dict | None:
         raise FormatError(f"{path}: a directory where the scan-code file belongs") from None
     # the size too: a truncated file would otherwise fail only when a budgeted open maps it
     _, (n_postings, n_entries, code_bytes, *_rest), _ = _parse_headers(path, raw, size)
-    return {"postings": n_postings, "entries": n_entries, "code_bytes": code_bytes, "bytes": size}
+    # the layout's CRC names the content: the layout holds the codebook's CRC and the table's, and the table
+    # every posting's (a calibration measured through these codes records it, index/build.py)
+    content_crc = zlib.crc32(raw[HEADER_SIZE: HEADER_SIZE + _LAYOUT.size])
+    return {"postings": n_postings, "entries": n_entries, "code_bytes": code_bytes, "bytes": size,
+            "content_crc": content_crc}
 
 
 def open_scan_codes(path: str | os.PathLike) -> ScanCodeFile | None:

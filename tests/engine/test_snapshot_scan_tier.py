@@ -13,7 +13,7 @@ from vdb.engine.snapshot import restore_snapshot, write_snapshot
 
 def test_a_restored_snapshot_keeps_the_scan_codes_and_answers_as_its_source(tmp_path, base, queries):
     src = tmp_path / "built"
-    build_index(base, src, params=BuildParams(metric="l2", head_ratio=0.02, seed=1, scan_code_bytes=8))
+    build_index(base, src, params=BuildParams(metric="l2", head_ratio=0.02, seed=1, scan_code_bytes=16))
     with vdb.connect(tmp_path / "db") as db:
         db.attach_collection("c", src)
         db.upsert("c", [10**6], (queries[0] + np.float32(0.01))[None, :])  # one posting changes: a stale entry

@@ -16,7 +16,7 @@ from index.scancodes import padded_dim
 from storage import CorruptionError, IndexDir
 from storage.scan_codes import TABLE_DTYPE, ScanCodeFile, write_scan_codes
 
-CODE_BYTES = 8  # the 32-d test vectors: 4 dimensions per sub-quantizer
+CODE_BYTES = 16  # the 32-d test vectors: 2 dimensions per sub-quantizer (8 bytes miss the target recall)
 
 
 @pytest.fixture(scope="module")
@@ -168,16 +168,54 @@ def _params(nprobe: int):
 
 def test_a_build_with_scan_codes_calibrates_nprobe_through_the_tier(tmp_path, base, queries):
     from index import BuildParams, build_index
-    from index.types import scan_code_bytes
     summary = build_index(base[:3000], tmp_path / "b", params=BuildParams(head_ratio=0.02, seed=1,
-                                                                          scan_code_bytes=-1))
-    assert summary["scan_codes"]["code_bytes"] == scan_code_bytes(base.shape[1]) == base.shape[1] // 4
+                                                                          scan_code_bytes=CODE_BYTES))
+    assert summary["scan_codes"]["reaches_target"]
     with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t, SpannIndex.open(tmp_path / "b") as m:
         cal = t.manifest["tier_calibration"]
-        assert cal["curve"] and cal["target_recall"] == 0.9
+        assert cal["curve"] and cal["target_recall"] == 0.9 and t.scan_tier_info()["serving"]
         assert t.default_nprobe() == cal["nprobe"] and m.default_nprobe() == m.calibration["nprobe"]
         truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
         assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.85  # the calibration's target, less noise
+
+
+def test_a_tier_whose_calibration_misses_the_target_does_not_serve(tmp_path, base, queries):
+    """Automatic code bytes (dim / 4 = 8 here) give this tier a recall ceiling of ~0.897, below the build's
+    0.9: served, the default search would probe every posting and still return ~0.896 on these queries."""
+    from index import BuildParams, build_index
+    from index.types import scan_code_bytes
+    summary = build_index(base[:3000], tmp_path / "b", params=BuildParams(head_ratio=0.02, seed=1,
+                                                                          scan_code_bytes=-1))
+    tier = summary["scan_codes"]
+    assert tier["code_bytes"] == scan_code_bytes(base.shape[1]) == base.shape[1] // 4
+    assert not tier["reaches_target"] and "does not reach the target recall 0.9" in tier["not_serving"]
+    with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t:
+        info = t.scan_tier_info()
+        assert t.tier is None and info["present"] and not info["serving"]
+        assert info["not_serving"] == tier["not_serving"]
+        assert t.default_nprobe() == t.calibration["nprobe"]  # the INT8 path's own calibration
+        truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
+        assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.9
+
+
+def test_codes_published_without_their_calibration_do_not_serve(tmp_path, tiered, queries):
+    """A scan-codes run killed after publishing new codes, before committing their calibration: the manifest
+    still holds the old codes' curve, which says nothing about the new ones."""
+    import os
+    import subprocess
+    import sys
+    path = shutil.copytree(tiered, tmp_path / "k")
+    code = f"from index.build import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VDB_CRASH_AT": "scan-codes-published:1"},
+                          capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.files.scan_codes_summary()["code_bytes"] == CODE_BYTES * 2  # the new codes are on disk
+        assert idx.tier is None and "not calibrated" in idx.scan_tier_info()["not_serving"]
+        assert (idx.search(queries[:3], 10)[0] >= 0).all()
+    assert scan_codes_index(path, CODE_BYTES * 2)["reaches_target"]  # the next run calibrates them
+    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.tier is not None and idx.tier.codes.code_bytes == CODE_BYTES * 2
 
 
 @pytest.mark.parametrize("point", [pytest.param("scan-codes-written:1", marks=pytest.mark.slow),

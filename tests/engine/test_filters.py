@@ -35,6 +35,13 @@ CASES = [
     ({"$and": [{"genre": "jazz"}, {"tags": "a"}]}, [0]),
     ({"$not": {"genre": "jazz"}}, [1, 3, 4]),
     ({"genre": "jazz", "year": {"$lt": 2000}}, [0]),
+    ({"genre": {"$contains": "o"}}, [1, 4]),          # substrings of string values
+    ({"genre": {"$contains": "jazz"}}, [0, 2]),
+    ({"genre": {"$contains": ""}}, [0, 1, 2, 4]),     # every string holds the empty one
+    ({"tags": {"$contains": "b"}}, [0, 1]),           # items of lists, whole: "b" is not in ["c"]
+    ({"tags": {"$contains": 1}}, [4]),
+    ({"year": {"$contains": 19}}, []),                # a number holds nothing
+    ({"live": {"$contains": True}}, []),
 ]
 
 

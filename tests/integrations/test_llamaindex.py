@@ -164,12 +164,30 @@ def test_query_with_operator_filter_returns_matches(filled, key, op, value, expe
     assert set(ids(filled, MetadataFilters(filters=[F(key=key, operator=op, value=value)]))) == expected
 
 
-@pytest.mark.parametrize("op", [Op.TEXT_MATCH, Op.TEXT_MATCH_INSENSITIVE])
-def test_query_with_textmatch_filter_is_refused_clearly(filled, op):
-    # upstream test_query_with_textmatch_filter_returns_matches: substring matching is not in vdb's filter
-    # language; the store says so (and points at full-text search) instead of answering something else
+def test_query_with_textmatch_filter_returns_matches(filled):
+    # upstream test_query_with_textmatch_filter_returns_matches (two matches)
+    assert sorted(ids(filled, MetadataFilters(filters=[F(key="identifier", operator=Op.TEXT_MATCH,
+                                                         value="6FTR78Y")]))) == sorted([A, B])
+
+
+@pytest.mark.parametrize("key,value", [("identifier", "6FTR78Y"), ("identifier", "78Z"), ("identifier", "6FTR78Yun"),
+                                       ("identifier", "x"), ("quality", "high"), ("quality", "ig"), ("rank", "c")])
+def test_contains_matches_what_llamaindex_itself_evaluates(filled, key, value):
+    # LlamaIndex's own evaluator (`value in metadata_value`: a substring of a string, an item of a list) is the
+    # oracle; vdb once mapped CONTAINS onto equality, so "78Z" found nothing
+    from llama_index.core.vector_stores.utils import build_metadata_filter_fn
+    meta = {n.node_id: n.metadata for n in _nodes()}
+    filters = MetadataFilters(filters=[F(key=key, operator=Op.CONTAINS, value=value)])
+    expect = set(filter(build_metadata_filter_fn(meta.__getitem__, filters), meta))
+    assert set(ids(filled, filters)) == expect
+
+
+def test_textmatch_insensitive_is_refused_clearly(filled):
+    # case-folded substrings are not in vdb's filter language; the store says so (and points at full-text search)
+    # instead of answering something else
     with pytest.raises(vdb.InvalidArgumentError, match="TEXT_SEARCH"):
-        filled.query(q(MetadataFilters(filters=[F(key="identifier", operator=op, value="6FTR78Y")])))
+        filled.query(q(MetadataFilters(filters=[F(key="identifier", operator=Op.TEXT_MATCH_INSENSITIVE,
+                                                  value="6FTR78Y")])))
 
 
 def test_clear(filled):

@@ -52,8 +52,14 @@ MMR_PREFETCH_FACTOR = 4.0   # MMR picks from this many times similarity_top_k ne
 
 def _condition(f: MetadataFilter) -> dict:
     key, op, value = f.key, f.operator, f.value
-    if op == FilterOperator.EQ or op == FilterOperator.CONTAINS:  # vdb: equality; on a list field, "holds"
+    if op == FilterOperator.EQ:  # vdb: equality; on a list field, "holds"
         return {key: value}
+    if op == FilterOperator.CONTAINS:  # `value in metadata_value`: a substring of a string, an item of a list
+        return {key: {"$contains": value}}
+    if op == FilterOperator.TEXT_MATCH:
+        if not isinstance(value, str):
+            raise vdb.InvalidArgumentError(f"filter on {key!r}: TEXT_MATCH expects a string, got {value!r:.60}")
+        return {key: {"$contains": value}}
     if op in _RANGE:
         return {key: {_RANGE[op]: value}}
     if op == FilterOperator.ANY:
@@ -66,16 +72,18 @@ def _condition(f: MetadataFilter) -> dict:
         return {"$or": [{"$not": {key: {"$exists": True}}}, {key: ""}]}
     raise vdb.InvalidArgumentError(
         f"filter on {key!r}: operator {op.name} is not supported by vdb's filter language (supported: EQ NE GT GTE "
-        f"LT LTE IN NIN CONTAINS ANY ALL IS_EMPTY); for words in the text use mode TEXT_SEARCH or HYBRID")
+        f"LT LTE IN NIN CONTAINS TEXT_MATCH ANY ALL IS_EMPTY); for words in the text use mode TEXT_SEARCH or HYBRID")
 
 
 def to_filter(filters: MetadataFilters | None) -> dict | None:
     """MetadataFilters as a filter over `metadata` in vdb's language (field names unprefixed; common.to_vdb_filter
-    prefixes them). EQ NE GT GTE LT LTE IN NIN map onto vdb's operators, CONTAINS / ANY / ALL onto vdb's list
-    semantics (a list field equals a value when it holds it), IS_EMPTY onto $exists; nested MetadataFilters with
-    AND, OR and NOT (none of the filters matches, as LlamaIndex's own evaluation) nest. Other operators raise
-    InvalidArgumentError. Where vdb differs from LlamaIndex's in-memory evaluation: EQ / IN against a list field
-    test membership (LlamaIndex compares the whole list), and ranges need numbers."""
+    prefixes them). EQ NE GT GTE LT LTE IN NIN map onto vdb's operators, CONTAINS and TEXT_MATCH onto $contains
+    (a substring of a string value, an item of a list: LlamaIndex's `value in metadata_value`), ANY / ALL onto
+    vdb's list semantics (a list field equals a value when it holds it), IS_EMPTY onto $exists; nested
+    MetadataFilters with AND, OR and NOT (none of the filters matches, as LlamaIndex's own evaluation) nest. Other
+    operators (TEXT_MATCH_INSENSITIVE) raise InvalidArgumentError. Where vdb differs from LlamaIndex's in-memory
+    evaluation: EQ / IN against a list field test membership (LlamaIndex compares the whole list), TEXT_MATCH on a
+    list field tests membership (LlamaIndex raises TypeError), and ranges need numbers."""
     if filters is None or not filters.filters:
         return None
     parts = [to_filter(f) if isinstance(f, MetadataFilters) else _condition(f) for f in filters.filters]

@@ -4,6 +4,7 @@
     {"year": {"$gte": 1990, "$lt": 2000}}          numeric ranges: $gt $gte $lt $lte
     {"tag": {"$in": ["a", "b"]}}                   membership; also $nin, $ne, $eq
     {"price": {"$exists": true}}
+    {"title": {"$contains": "jazz"}}               a string value holding this substring, or a list holding it
     {"$and": [f, ...]}, {"$or": [f, ...]}, {"$not": f}
 Several keys in one object are ANDed. Nested payload objects are addressed with dotted paths ("a.b").
 Values are str, int, float or bool (bool and numbers never equal each other).
@@ -60,6 +61,22 @@ class Range(Node):
     def matches(self, payload):
         v = lookup(payload, self.field)
         return _is_number(v) and bool(_RANGE[self.op](v, self.value))
+
+
+@dataclass(frozen=True)
+class Contains(Node):
+    """LlamaIndex's CONTAINS (`value in metadata_value`): a substring of a string value, an item of a list."""
+    field: str
+    value: Any
+
+    def mask(self, cols):
+        return cols.contains(self.field, self.value)
+
+    def matches(self, payload):
+        v = lookup(payload, self.field)
+        if isinstance(v, list):
+            return any(_same(item, self.value) for item in v)
+        return isinstance(v, str) and isinstance(self.value, str) and self.value in v
 
 
 @dataclass(frozen=True)
@@ -157,12 +174,14 @@ def _field_condition(field: str, value: Any, where: str) -> Node:
             if not _is_number(arg):
                 raise FilterError(f"{at}: expects a finite 64-bit number, got {_scalar_repr(arg)}")
             parts.append(Range(field, op, float(arg)))
+        elif op == "$contains":
+            parts.append(Contains(field, _scalar(arg, at)))
         elif op == "$exists":
             if not isinstance(arg, bool):
                 raise FilterError(f"{at}: expects true or false")
             parts.append(Exists(field) if arg else Not(Exists(field)))
         else:
-            raise FilterError(f"{at}: unknown operator; use $eq $ne $in $nin $gt $gte $lt $lte $exists")
+            raise FilterError(f"{at}: unknown operator; use $eq $ne $in $nin $gt $gte $lt $lte $contains $exists")
     return parts[0] if len(parts) == 1 else And(tuple(parts))
 
 

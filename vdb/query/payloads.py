@@ -96,6 +96,23 @@ class PayloadIndex:
                 out[np.fromiter(rows, np.int64, len(rows))] = True
         return out
 
+    def contains(self, field: str, value) -> np.ndarray:
+        """Rows whose string value at `field` holds `value` as a substring, or whose list there holds it: the
+        field's vocabulary is scanned (one test per distinct string, not per row)."""
+        out = np.zeros(self.n_rows, bool)
+        cat = self._cat.get(field)
+        if isinstance(value, str) and cat is not None:
+            with self._lock:  # a writer may add to the vocabulary meanwhile
+                vocab = list(self._vocab.get(field, {}).items())
+            codes = [code for (kind, v), code in vocab if kind == "s" and value in v]
+            if codes:
+                out |= np.isin(cat[: self.n_rows], codes)
+        key = _cat_key(value) if isinstance(value, (bool, str)) else ("n", float(value))
+        rows = self._multi.get(field, {}).get(key)
+        if rows:
+            out[np.fromiter(rows, np.int64, len(rows))] = True
+        return out
+
     def compare(self, field: str, op, value: float) -> np.ndarray:
         col = self._num.get(field)
         if col is None:

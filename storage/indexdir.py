@@ -23,7 +23,7 @@ from storage.fileheader import HEADER_SIZE
 from storage.fileio import allocated_bytes, copy_prefix, fsync_dir
 from storage.lock import DirLock
 from storage.wal.format import SEGMENT_HEADER_SIZE
-from storage.meta import MetaStore
+from storage.meta import MetaStore, require_store
 from storage.postings import PostingStore
 from storage.scan_codes import ScanCodeFile, open_scan_codes, scan_codes_summary, write_scan_codes
 from storage.vectors import VectorFile
@@ -75,6 +75,7 @@ class IndexDir:
         path = Path(path)
         if not path.is_dir():
             raise FormatError(f"{path}: no such index directory")
+        require_store(path / META)  # before the lock file: a mistyped path is left as it was found
         lock = DirLock(path, exclusive=writable)
         opened: list = [lock]
         try:

@@ -110,13 +110,20 @@ def _read_npy(body: memoryview) -> np.ndarray:
 
 
 
+def require_store(path: str | os.PathLike) -> None:
+    """FormatError unless `path` holds a metadata store: callers check before they write anything (a lock file)
+    into a directory that may be none of vdb's."""
+    if not (Path(path) / "data.mdb").exists():
+        raise FormatError(f"{path}: no metadata store here (missing data.mdb); is this a vdb directory?")
+
+
 class MetaStore:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, create: bool = False,
                  map_size: int = DEFAULT_MAP_SIZE):
         self.path = Path(path)
         self._map_start: int | None = None  # found on the first checked read (see _mapped_end)
-        if not create and not (self.path / "data.mdb").exists():
-            raise FormatError(f"{self.path}: no metadata store here (missing data.mdb); is this a vdb directory?")
+        if not create:
+            require_store(self.path)
         self._key = os.path.realpath(self.path)
         self.env, self._db, self._guard = acquire(self._key, self.path, readonly, create, map_size)
         self._closed = False

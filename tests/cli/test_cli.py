@@ -142,6 +142,22 @@ def test_bad_input_is_one_line_error_and_nonzero_exit(data, args, message):
     assert result.output.strip().count("\n") == 0 or result.output.startswith("Usage"), result.output
 
 
+@pytest.mark.parametrize("command, message", [
+    (["info"], "no metadata store"), (["scan-codes"], "no metadata store"), (["check"], "no metadata store"),
+    (["search", "--queries", "{t}/q.npy"], "no metadata store"), (["repair"], "not a vdb data directory")])
+def test_a_command_pointed_at_a_directory_that_is_no_index_writes_nothing_there(tmp_path, command, message):
+    # a mistyped path once got a LOCK file from every command that opened it as an index, and `vdbctl repair`
+    # made it a new data directory (LOCK, collections/) and exited 0
+    stranger = tmp_path / "photos"
+    stranger.mkdir()
+    (stranger / "holiday.jpg").write_bytes(b"\xff\xd8")
+    np.save(tmp_path / "q.npy", np.zeros((1, 4), np.float32))
+    args = [command[0], str(stranger), *[a.format(t=tmp_path) for a in command[1:]]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert sorted(p.name for p in stranger.iterdir()) == ["holiday.jpg"]
+
+
 def _scan_tier_of(path) -> dict:
     code, out = _run("info", path)
     assert code == 0, out

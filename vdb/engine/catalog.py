@@ -25,6 +25,7 @@ from vdb.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgum
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CATALOG = "catalog.json"
+COLLECTIONS = "collections"  # DATA/collections/NAME: the collections' own directories
 TRASH = ".trash-"  # DATA/.trash-*: directories nobody needs (removed collections, interrupted unpacks); swept at open
 
 
@@ -54,13 +55,18 @@ def _load(path: Path) -> dict[str, dict]:
     return entries
 
 
+def is_data_directory(root: Path) -> bool:
+    """Whether `root` is a data directory: it has a catalog, or the collections folder its first open made."""
+    return (root / CATALOG).exists() or (root / COLLECTIONS).is_dir()
+
+
 def _check_none_lost(root: Path) -> None:
     """A data directory without a catalog is new, or was left by a crash in its first create_collection: its
     collections/ holds no collection that was ever served (served ones have a write-ahead log). Anything else
     means the catalog was lost, and opening would show no collections where there are some."""
-    served = sorted(p.parent.name for p in (root / "collections").glob("*/wal") if p.is_dir())
+    served = sorted(p.parent.name for p in (root / COLLECTIONS).glob("*/wal") if p.is_dir())
     if served:
-        raise CorruptionError(root / CATALOG, f"missing, but {root / 'collections'} holds {len(served)} "
+        raise CorruptionError(root / CATALOG, f"missing, but {root / COLLECTIONS} holds {len(served)} "
                                               f"collection(s) that were served ({', '.join(served[:5])}): restore "
                                               f"the catalog from a backup; nothing was changed")
 
@@ -69,7 +75,7 @@ class Catalog:
     def __init__(self, root: Path, *, create: bool = True):
         self.root = root
         if create:
-            (root / "collections").mkdir(parents=True, exist_ok=True)
+            (root / COLLECTIONS).mkdir(parents=True, exist_ok=True)
         path = root / CATALOG
         if not path.exists():
             _check_none_lost(root)
@@ -97,7 +103,7 @@ class Catalog:
         check_name(name)
         if name in self._entries:
             raise AlreadyExistsError(f"collection {name!r} already exists")
-        path = self.root / "collections" / name
+        path = self.root / COLLECTIONS / name
         if path.exists():  # left over by a crash between directory creation and catalog update
             try:
                 check_replaceable(path)

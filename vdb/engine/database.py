@@ -18,7 +18,7 @@ from index import BuildParams
 from index.mutable import MutableSpannIndex
 from index.types import Metric
 from storage.lock import DirLock
-from vdb.engine.catalog import CATALOG, Catalog, check_name
+from vdb.engine.catalog import Catalog, check_name, is_data_directory
 from vdb.engine.collection import Collection
 from vdb.engine.explain import Explain
 from vdb.api import Record, SearchResult
@@ -368,7 +368,7 @@ def check_path(path: str | os.PathLike) -> list[dict]:
     from vdb.engine.check import check_stored
     path = Path(path)
     try:
-        if (path / CATALOG).exists() or (path / "collections").is_dir():  # a data directory
+        if is_data_directory(path):
             with DirLock(path, exclusive=False):
                 catalog = Catalog.read(path)
                 return [check_stored(catalog.path_of(n), n) for n in catalog.names()]

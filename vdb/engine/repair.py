@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from vdb.engine.catalog import COLLECTIONS, is_data_directory
 from vdb.engine.database import Database, connect
+from vdb.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,12 @@ class _Collect(logging.Handler):
 
 
 def repair_path(path) -> list[dict]:
-    """Repair a data directory (every collection). Holds the directory exclusively: stop the server first."""
+    """Repair a data directory (every collection). Holds the directory exclusively: stop the server first.
+    Anything else is refused before a byte is written (opening it would make it a new, empty data directory)."""
+    if not is_data_directory(Path(path)):
+        raise FailedPreconditionError(
+            f"{path}: not a vdb data directory (no catalog, no {COLLECTIONS}/); `vdbctl repair` mends data "
+            f"directories, nothing was written (`vdbctl check` also checks a single index directory)")
     handler = _Collect()
     logging.getLogger("storage").addHandler(handler)
     logging.getLogger("vdb").addHandler(handler)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+import vdb
 from localcluster import LocalCluster
 from vdb.cluster.peer import PeerUnreachable, StaleTerm
 from vdb.cluster.state import log_matches, term_at
@@ -308,3 +309,25 @@ def test_log_matching():
     assert not log_matches([[1, 1], [2, 11]], 12, h, 30)  # a term the primary never had
     assert not log_matches([[1, 1]], 5, h, 4)        # longer than the primary's log
     assert log_matches([], 0, h, 30)
+
+
+def test_a_read_that_finds_one_replicas_copy_damaged_is_answered_by_another(cluster, monkeypatch):
+    # a replica whose copy fails its checksums answers DATA_LOSS (over real gRPC here; the damage is stood in
+    # for: a replica restarted on postings we damaged came back with a good copy each time we tried). The router
+    # once passed the DATA_LOSS to the client while the other replica held a good copy.
+    router = cluster.router()
+    router.create_collection("c", DIM, **OPTIONS)
+    ids = np.arange(200)
+    router.upsert("c", ids, _vecs(ids))
+    damaged = cluster.replica(0, 1).db
+
+    def fails_its_checksum(*args, **kwargs):
+        raise vdb.DataLossError("postings.dat: posting 3 fails its checksum")
+    for method in ("search", "get"):
+        monkeypatch.setattr(damaged, method, fails_its_checksum)
+    for _ in range(4):  # round robin: half of these go to the damaged replica first
+        assert router.search("c", _vecs([7])[0], 1, use_cache=False).ids[0] == 7
+        assert len(router.get("c", [7])) == 1
+    monkeypatch.setattr(cluster.replica(0, 0).db, "search", fails_its_checksum)  # both copies damaged: say so
+    with pytest.raises(vdb.DataLossError, match="fails its checksum"):
+        router.search("c", _vecs([7])[0], 1, use_cache=False)

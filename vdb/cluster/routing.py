@@ -2,11 +2,11 @@
 over one `ShardGroup` per shard instead of one Client per shard address.
 
 A ShardGroup reads from any replica the shard map lists as readable (round robin) and, when one answers
-UNAVAILABLE or not at all, asks the next; writes go to the shard's primary and, when it is gone or no longer
-primary, are sent again once the map shows the new one (upserts and deletes are idempotent by id; creates and
-drops are retried in their idempotent form). The map comes from the controller in a background thread every
-ping_s, and at once after a failure: Ray is never in the path of a query. Routers hold no other state; run
-any number of them.
+UNAVAILABLE, DATA_LOSS (its copy is damaged; the read fails so only if every replica's is) or not at all, asks
+the next; writes go to the shard's primary and, when it is gone or no longer primary, are sent again once the
+map shows the new one (upserts and deletes are idempotent by id; creates and drops are retried in their
+idempotent form). The map comes from the controller in a background thread every ping_s, and at once after a
+failure: Ray is never in the path of a query. Routers hold no other state; run any number of them.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import threading
 import time
 
 from vdb.cluster.peer import PeerGone, PeerUnreachable
-from vdb.errors import AlreadyExistsError, DeadlineExceededError, NotFoundError, UnavailableError
+from vdb.errors import AlreadyExistsError, DataLossError, DeadlineExceededError, NotFoundError, UnavailableError
 from vdb.service.client import Client
 from vdb.service.router import ClusterConfig, Router
 
@@ -106,17 +106,23 @@ class ShardGroup:
 
     def _read(self, method: str, *args, **kwargs):
         deadline = time.monotonic() + self.timeout_s
-        tried, delay, last = set(), BACKOFF_S[0], None
+        tried, damaged, delay, last, loss = set(), set(), BACKOFF_S[0], None, None
         while True:
             readers = self.view.shard(self.shard)["readers"]
             start = next(self._turn)
             order = [readers[(start + i) % len(readers)] for i in range(len(readers))] if readers else []
-            for address in (a for a in order if a not in tried):
+            for address in (a for a in order if a not in tried and a not in damaged):
                 try:
                     return getattr(self.view.client(address), method)(*args, **kwargs)
                 except RETRYABLE as e:
                     tried.add(address)
                     last = e
+                except DataLossError as e:  # this replica's copy is damaged; another's need not be
+                    log.warning("router: shard %d replica %s: %s; asking another replica", self.shard, address, e)
+                    damaged.add(address)
+                    loss = e
+            if order and damaged.issuperset(order):  # every replica's copy is damaged: waiting mends nothing
+                raise loss
             if time.monotonic() + delay > deadline:
                 raise UnavailableError(f"shard {self.shard}: no replica answered {method} ({last})")
             self.view.refresh()

@@ -155,3 +155,29 @@ def test_shard_hash_is_stable_and_balanced():
     assert counts.min() > 24_000
     assert shard_of(np.array([0, 1, 2**62]), 5).tolist() == shard_of(np.array([0, 1, 2**62]), 5).tolist()
     assert shard_of(np.array([12345]), 7)[0] == 5  # pinned (pure-Python splitmix64 agrees): changing the hash would orphan stored data
+
+
+def test_a_create_refused_by_one_shard_is_undone_on_the_others(cluster):
+    # the router created the collection on the shards that took it and reported the one that refused: the
+    # collection was then on some shards only, hidden from list_collections, and every create was refused
+    cluster.shards[1].db.create_collection("c", dim=16)  # left on one shard (an interrupted create)
+    with vdb.Client(cluster.target, retries=0) as c:
+        with pytest.raises(vdb.AlreadyExistsError, match="exist_ok=True to complete it"):
+            c.create_collection("c", dim=16)
+        assert [s.db.list_collections() for s in cluster.shards] == [[], ["c"], []]  # this call's undone
+        c.create_collection("c", dim=16, exist_ok=True)  # completes it
+        assert c.list_collections() == ["c"] and all(s.db.list_collections() == ["c"] for s in cluster.shards)
+        cluster.stop_shard(2)
+        with pytest.raises(vdb.UnavailableError, match="shard 2"):
+            c.create_collection("d", dim=16)
+        assert [s.db.list_collections() for s in cluster.shards[:2]] == [["c"], ["c"]]
+
+
+def test_a_drop_completes_where_the_collection_is_on_some_shards_only(cluster):
+    with vdb.Client(cluster.target, retries=0) as c:
+        c.create_collection("c", dim=16)
+        cluster.shards[0].db.drop_collection("c")  # an interrupted drop
+        c.drop_collection("c")                     # was NOT_FOUND from shard 0, leaving shards 1 and 2
+        assert all(s.db.list_collections() == [] for s in cluster.shards)
+        with pytest.raises(vdb.NotFoundError):
+            c.drop_collection("c")

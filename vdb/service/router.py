@@ -23,7 +23,8 @@ import numpy as np
 
 from vdb.api import Record, SearchResult
 from vdb.config import BY_NAME
-from vdb.errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError, UnavailableError
+from vdb.errors import (AlreadyExistsError, DeadlineExceededError, InvalidArgumentError, NotFoundError,
+                        ResourceExhaustedError, UnavailableError, VdbError)
 from vdb.service.client import Client
 from vdb.text.fusion import rrf as fusion_rrf, weighted as fusion_weighted
 from vdb.text.options import check_options, query_texts
@@ -108,6 +109,22 @@ class Router:
     def _all(self, method: str, *args, **kwargs) -> dict:
         return self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))])[0]
 
+    def _settle(self, method: str, *args, **kwargs) -> tuple[dict, dict]:
+        """`method` on every shard, every call waited for: ({shard: result}, {shard: the error it raised}) (a
+        collection change must know where it took effect, not stop at the first refusal)."""
+        futures = [(s, self._pool.submit(getattr(self._shards[s], method), *args, **kwargs))
+                   for s in range(len(self._shards))]
+        done, failed = {}, {}
+        for shard, fut in futures:
+            try:
+                done[shard] = fut.result()
+            except (UnavailableError, DeadlineExceededError) as e:
+                failed[shard] = UnavailableError(f"shard {shard} ({self.config.shards[shard]}) is unavailable: "
+                                                 f"{e.message}")
+            except VdbError as e:
+                failed[shard] = e
+        return done, failed
+
     def _gather(self, method: str, args: tuple, kwargs: dict, top_k: int, explain: bool, allow_partial: bool):
         """A search `method` on every shard, merged: (ids, distances, summed explain, missing shards)."""
         out, missing = self._fanout([(s, method, args, kwargs) for s in range(len(self._shards))],
@@ -131,9 +148,23 @@ class Router:
     # -- collections ------------------------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
                           **options) -> dict:
-        """Create the collection on every shard."""
-        out = self._all("create_collection", name, dim, metric, exist_ok=exist_ok, **options)
-        return {**out[0], "count": sum(i["count"] for i in out.values())}
+        """Create the collection on every shard, or on none: where a shard refuses (or is down), the shards
+        this call created it on drop it again, so that a retry is not refused by a half-made collection. With
+        exist_ok nothing is undone (a shard's collection may predate the call), and a retry completes it."""
+        out, failed = self._settle("create_collection", name, dim, metric, exist_ok=exist_ok, **options)
+        if not failed:
+            return {**out[0], "count": sum(i["count"] for i in out.values())}
+        if not exist_ok:
+            for shard in out:  # exist_ok=False: each of these was made by this call
+                try:
+                    self._shards[shard].drop_collection(name)
+                except VdbError as e:  # reported; list_collections hides a collection not on every shard
+                    log.warning("router: collection %r stays on shard %d after a failed create: %s", name, shard, e)
+        first = failed[min(failed)]
+        if isinstance(first, AlreadyExistsError) and len(failed) < len(self._shards):
+            raise AlreadyExistsError(f"{first.message} (on shard(s) {sorted(failed)} only, left by an interrupted "
+                                     f"create: create it with exist_ok=True to complete it, or drop it)")
+        raise first
 
     def list_collections(self) -> list[str]:
         """Collections present on every shard."""
@@ -146,8 +177,15 @@ class Router:
                 "heads": sum(i["heads"] for i in out.values())}
 
     def drop_collection(self, name: str) -> None:
-        """Drop the collection on every shard."""
-        self._all("drop_collection", name)
+        """Drop the collection on every shard. Shards without it are passed over (an interrupted create or drop
+        left it on some only); NotFoundError only if no shard had it."""
+        out, failed = self._settle("drop_collection", name)
+        missing = {s for s, e in failed.items() if isinstance(e, NotFoundError)}
+        if len(missing) == len(self._shards):
+            raise failed[0]
+        errors = [failed[s] for s in sorted(failed) if s not in missing]
+        if errors:
+            raise errors[0]
 
     # -- data -------------------------------------------------------------------------------------------
     def upsert(self, name: str, ids, vectors, payloads=None, *, timeout: float | None = None) -> int:

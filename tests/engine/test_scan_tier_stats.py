@@ -35,10 +35,23 @@ def test_codes_opened_under_a_budget_serve_and_count_the_postings_writes_changed
         tier = db.stats("c")["scan_tier"]
         assert tier["present"] and tier["serving"] and tier["code_bytes"] == 8 and tier["stale_postings"] == 0
         assert tier["entries"] > 0 and tier["bytes"] == (path / "scan.pq").stat().st_size
+        assert _gauges(db)["c"] == (1, tier["bytes"], 0)
         db.upsert("c", np.arange(10**6, 10**6 + 5), queries[:5] + np.float32(0.01))
         db.flush("c")  # the rows are in postings now: those postings no longer match their codes
-        assert db.stats("c")["scan_tier"]["stale_postings"] > 0
+        stale = db.stats("c")["scan_tier"]["stale_postings"]
+        assert stale > 0 and _gauges(db)["c"] == (1, tier["bytes"], stale)
         assert db.search("c", queries[0], top_k=1).ids[0] == 10**6  # found all the same, from the posting file
+
+
+def _gauges(db) -> dict:
+    """{collection: (serving, bytes, stale postings)} as /metrics would export them (vdb/service/metrics.py)."""
+    from vdb.service.metrics import Metrics
+    fams = {f.name: f for f in Metrics(db).registry.collect()}
+    values = {}
+    for key in ("vdb_scan_tier_serving", "vdb_scan_tier_bytes", "vdb_scan_tier_stale_postings"):
+        for sample in fams[key].samples:
+            values.setdefault(sample.labels["collection"], []).append(sample.value)
+    return {name: tuple(v) for name, v in values.items()}
 
 
 def test_codes_opened_without_a_budget_are_present_but_do_not_serve(tmp_path, coded):
@@ -46,6 +59,7 @@ def test_codes_opened_without_a_budget_are_present_but_do_not_serve(tmp_path, co
     with vdb.connect(tmp_path / "data", checkpoint_interval_s=3600) as db:
         db.attach_collection("c", path)
         tier = db.stats("c")["scan_tier"]
+        assert _gauges(db)["c"] == (0, tier["bytes"], 0)
     assert tier["present"] and tier["code_bytes"] == 8 and tier["serving"] is False
     assert tier["stale_postings"] is None and "no memory budget" in tier["not_serving"]
 

@@ -51,6 +51,7 @@ class _CollectionGauges:
             for key in ("lookups", "hits", "near_hits", "misses", "invalidations", "false_hits"):
                 fams[f"cache_{key}"].add_metric([name], cache.get(key, 0))
             _disk_metrics(fams, name, s)
+            _tier_metrics(fams, name, s)
         yield from fams.values()
 
 
@@ -84,6 +85,22 @@ def _disk_metrics(fams: dict, name: str, s: dict) -> None:
     if last:
         fams["last_compaction_unixtime"].add_metric([name, last["what"]], last["unix_time"])
         fams["last_compaction_bytes"].add_metric([name, last["what"]], last["bytes_reclaimed"])
+
+
+TIER_GAUGES = (("scan_tier_serving", "1 while searches scan the PQ codes in RAM (scan.pq), else 0 (stats say why)"),
+               ("scan_tier_bytes", "bytes of the scan-code file (0: none)"),
+               ("scan_tier_stale_postings", "postings changed since they were encoded, read from the posting file"))
+
+
+def _tier_metrics(fams: dict, name: str, s: dict) -> None:
+    """The scan tier: whether it serves (an operator sizing memory_budget_mb watches this), its size, and how
+    much of it writes have made stale."""
+    for key, help_ in TIER_GAUGES:
+        fams.setdefault(key, GaugeMetricFamily(f"vdb_{key}", help_, labels=["collection"]))
+    tier = s.get("scan_tier", {})
+    fams["scan_tier_serving"].add_metric([name], 1 if tier.get("serving") else 0)
+    fams["scan_tier_bytes"].add_metric([name], tier.get("bytes", 0))
+    fams["scan_tier_stale_postings"].add_metric([name], tier.get("stale_postings") or 0)
 
 
 class _BudgetGauges:

@@ -20,13 +20,13 @@ from typing import Callable
 import numpy as np
 
 from index.assign import closure_assign
-from index.calibrate import calibrate
+from index.calibrate import calibrate, calibrate_rerank
 from index.centroids import HeadIndex
 from index.clustering import hierarchical_heads
 from index.distance import as_matrix, normalize, prepare_base
 from index.errors import InvalidParameterError, InvalidVectorsError
 from index.quantize import Int8Quantizer
-from index.types import BuildParams, Metric, resolve_scan_code_bytes
+from index.types import TIER_RERANK_EPS_LADDER, BuildParams, Metric, resolve_scan_code_bytes
 from storage import IndexDir
 from storage.fileio import publish_dir
 from storage.indexdir import BUILD_SUFFIX, FORMAT_NAME, FORMAT_VERSION, check_replaceable, remove_stale_builds
@@ -272,7 +272,8 @@ def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
         index.use_disk(index.resident_bytes()["total"] / 2**20 + codes_mb + 1.0,  # the tier and a small cache
                        measuring_tier=True)
         try:
-            measured = calibrate(index, cal["target_recall"], samples=cal.get("samples", 500), seed=seed)
+            measured = calibrate_rerank(index, cal["target_recall"], TIER_RERANK_EPS_LADDER,
+                                        samples=cal.get("samples", 500), seed=seed)
             out["calibration"] = {**measured, "scan_codes_crc": written["content_crc"]}  # whose curve it is
         finally:
             index.stop_disk()

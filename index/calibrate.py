@@ -56,17 +56,55 @@ def calibrate(index, target: float, *, samples: int = 500, k: int = 10, seed: in
               ladder=LADDER) -> dict:
     """Measure recall@k per nprobe on `samples` stored rows; return the manifest's "calibration" entry."""
     t0 = time.perf_counter()
+    held_out = _held_out(index, samples, k, seed)
+    if held_out is None:
+        return {"target_recall": target, "nprobe": 0, "curve": [], "samples": 0}
+    out = _curve(index, held_out, target, k, ladder, SearchParams())
+    log.info("calibrated nprobe %d for recall@%d %.3f on %d samples (%.1f s)", out["nprobe"], k, target,
+             out["samples"], time.perf_counter() - t0)
+    return {**out, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def calibrate_rerank(index, target: float, eps_ladder, *, samples: int = 500, k: int = 10, seed: int = 0,
+                     ladder=LADDER) -> dict:
+    """Calibrate nprobe at each rerank_eps of `eps_ladder` in turn (on the same samples and exact answers) until
+    a curve reaches `target`: the entry of the first that does, or of the last, with its "rerank_eps" and the
+    best recall each tried eps reached ("eps_tried"). For a path whose candidates come from estimates (the
+    scan tier: too few code bytes cap the recall of a narrow re-rank at any nprobe)."""
+    t0 = time.perf_counter()
+    held_out = _held_out(index, samples, k, seed)
+    if held_out is None:
+        return {"target_recall": target, "nprobe": 0, "curve": [], "samples": 0, "rerank_eps": eps_ladder[0]}
+    tried = []
+    for eps in eps_ladder:
+        out = {**_curve(index, held_out, target, k, ladder, SearchParams(rerank_eps=eps)), "rerank_eps": eps}
+        tried.append([eps, max(r for _, r in out["curve"])])
+        if reaches_target(out):
+            break
+    log.info("calibrated nprobe %d, rerank_eps %g for recall@%d %.3f on %d samples (%.1f s)", out["nprobe"],
+             out["rerank_eps"], k, target, out["samples"], time.perf_counter() - t0)
+    return {**out, "eps_tried": tried, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _held_out(index, samples: int, k: int, seed: int):
+    """(rows, their stored vectors as queries, their exact top-k without themselves), or None for an index
+    with nothing to measure."""
     live = np.nonzero(index.live_mask())[0]
     rng = np.random.default_rng([seed, 17])
     rows = np.sort(rng.choice(live, min(samples, len(live)), replace=False)) if len(live) else live
     if len(rows) == 0 or index.head_count() == 0:
-        return {"target_recall": target, "nprobe": 0, "curve": [], "samples": 0}
+        return None
     queries = index.stored_vectors(rows)
-    truth = exact_neighbours(index.stored_matrix(), queries, rows, k, index.metric)
+    return rows, queries, exact_neighbours(index.stored_matrix(), queries, rows, k, index.metric)
+
+
+def _curve(index, held_out, target: float, k: int, ladder, params: SearchParams) -> dict:
+    """Recall per nprobe of the ladder with `params`' other knobs, up to the target and two points beyond."""
+    rows, queries, truth = held_out
     curve, chosen, beyond = [], None, 0
     for nprobe in ladder:  # up to the target, then two more points for searches that ask for more
         nprobe = min(nprobe, index.head_count())
-        found, _ = index.search_rows(queries, k + 1, SearchParams(nprobe=nprobe).resolved(k + 1))
+        found, _ = index.search_rows(queries, k + 1, params.replace(nprobe=nprobe).resolved(k + 1))
         found = np.array([f[f != r][:k] for f, r in zip(found, rows)])
         r = recall_of(found, truth)
         curve.append([int(nprobe), round(r, 4)])
@@ -77,10 +115,7 @@ def calibrate(index, target: float, *, samples: int = 500, k: int = 10, seed: in
         if beyond >= 2 or nprobe >= index.head_count() or r >= 0.999:
             break
     chosen = chosen if chosen is not None else curve[-1][0]
-    log.info("calibrated nprobe %d for recall@%d %.3f on %d samples (%.1f s)", chosen, k, target, len(rows),
-             time.perf_counter() - t0)
-    return {"target_recall": target, "nprobe": int(chosen), "curve": curve, "samples": int(len(rows)), "k": k,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {"target_recall": target, "nprobe": int(chosen), "curve": curve, "samples": int(len(rows)), "k": k}
 
 
 def reaches_target(calibration: dict | None) -> bool:

@@ -9,7 +9,7 @@ from index.calibrate import reaches_target
 from index.errors import InvalidParameterError
 from index.quantize import kernel_queries
 from index.tierscan import open_disk_searchers
-from index.types import Metric, SearchParams
+from index.types import DISK_TIER_RERANK_EPS, Metric, SearchParams
 from storage.errors import CorruptionError, FormatError
 
 
@@ -56,8 +56,14 @@ class DiskServing:
         if not reaches_target(tier_cal):
             best_nprobe, best = max(tier_cal["curve"], key=lambda point: point[1])
             return (f"its calibration does not reach the target recall {tier_cal['target_recall']:g} "
-                    f"(best {best:g} at nprobe {best_nprobe}): encode it with more code bytes")
+                    f"(best {best:g} at nprobe {best_nprobe} with rerank_eps up to {tier_cal.get('rerank_eps', DISK_TIER_RERANK_EPS):g}): "
+                    "encode it with more code bytes")
         return None
+
+    def tier_rerank_eps(self) -> float:
+        """The scan tier's automatic rerank_eps: the first of TIER_RERANK_EPS_LADDER whose calibration reached the
+        target (index/build.py), else the default (codes calibrated before the ladder, or a build without target)."""
+        return (self.manifest.get("tier_calibration") or {}).get("rerank_eps", DISK_TIER_RERANK_EPS)
 
     def scan_tier_info(self) -> dict:
         """The scan tier as stats show it. "present": the directory has scan codes (then their "postings",
@@ -96,6 +102,8 @@ class DiskServing:
         is_l2 = self.metric is Metric.L2
         allow = allow if allow is not None else np.zeros(0, np.uint8)
         searcher = self.tier if self.tier is not None else self.disk
+        if self.tier is not None and p.rerank_eps is None:  # the width the tier's calibration found it needs
+            p = p.replace(rerank_eps=self.tier_rerank_eps())
         prepared = kernel_queries(self.quantizer, qs, is_l2)
         ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)
         if stats is not None:

@@ -201,6 +201,9 @@ MAX_SCAN_CODE_BYTES = 256   # PQ sub-quantizers (bytes per entry) a build or `vd
 SCAN_TRAIN_SAMPLES = 65_536  # residuals the product quantizer is trained on
 DISK_TIER_RERANK_EPS = 0.05  # automatic rerank_eps with the scan tier (relative to the k-th PQ distance): 32 B
                             # codes at 1M, nprobe 16: 0.02 -> recall 0.82 with 12.6 rows, 0.05 -> 0.90 with 17.2
+TIER_RERANK_EPS_LADDER = (DISK_TIER_RERANK_EPS, 0.1, 0.2, 0.4)  # what the tier's calibration tries in turn until
+                            # its curve reaches the target (32-d test data, 8 B codes, nprobe 8: recall 0.897 /
+                            # 0.941 / 0.993 / 0.999); the first that does becomes the tier's automatic rerank_eps
 
 
 def scan_code_bytes(dim: int) -> int:

@@ -179,16 +179,36 @@ def test_a_build_with_scan_codes_calibrates_nprobe_through_the_tier(tmp_path, ba
         assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.85  # the calibration's target, less noise
 
 
-def test_a_tier_whose_calibration_misses_the_target_does_not_serve(tmp_path, base, queries):
-    """Automatic code bytes (dim / 4 = 8 here) give this tier a recall ceiling of ~0.897, below the build's
-    0.9: served, the default search would probe every posting and still return ~0.896 on these queries."""
+def test_a_tier_whose_narrow_rerank_misses_the_target_calibrates_a_wider_one(tmp_path, base, queries):
+    """Automatic code bytes (dim / 4 = 8 here) cap this tier at recall ~0.897 with the default rerank_eps 0.05,
+    below the build's 0.9 at any nprobe (the default search probed every posting and returned ~0.896). Its
+    calibration widens the re-rank until the curve reaches the target, and the search uses that width."""
     from index import BuildParams, build_index
-    from index.types import scan_code_bytes
+    from index.types import DISK_TIER_RERANK_EPS, TIER_RERANK_EPS_LADDER, scan_code_bytes
     summary = build_index(base[:3000], tmp_path / "b", params=BuildParams(head_ratio=0.02, seed=1,
                                                                           scan_code_bytes=-1))
     tier = summary["scan_codes"]
     assert tier["code_bytes"] == scan_code_bytes(base.shape[1]) == base.shape[1] // 4
+    cal = tier["calibration"]
+    assert cal["eps_tried"][0][0] == DISK_TIER_RERANK_EPS and cal["eps_tried"][0][1] < 0.9  # the narrow one misses
+    assert tier["reaches_target"] and cal["rerank_eps"] in TIER_RERANK_EPS_LADDER[1:]
+    with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t:
+        assert t.tier is not None and t.scan_tier_info()["serving"]
+        assert t.tier_rerank_eps() == cal["rerank_eps"]
+        assert t.default_nprobe() == cal["nprobe"] < t.head_count()
+        truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
+        assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.9
+
+
+def test_a_tier_whose_calibration_misses_the_target_does_not_serve(tmp_path, base, queries):
+    """Two code bytes for 32 dimensions: no re-rank width of the ladder reaches the build's 0.9, so the INT8 path
+    answers with its own calibration and info says why."""
+    from index import BuildParams, build_index
+    from index.types import TIER_RERANK_EPS_LADDER
+    build_index(base[:3000], tmp_path / "b", params=BuildParams(head_ratio=0.02, seed=1))
+    tier = scan_codes_index(tmp_path / "b", 2)
     assert not tier["reaches_target"] and "does not reach the target recall 0.9" in tier["not_serving"]
+    assert [eps for eps, _ in tier["calibration"]["eps_tried"]] == list(TIER_RERANK_EPS_LADDER)
     with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t:
         info = t.scan_tier_info()
         assert t.tier is None and info["present"] and not info["serving"]

@@ -342,12 +342,13 @@ class Collection(ReadPath):
             "checkpoint_lsn": self.checkpoint_lsn, "bootstrapped": idx.bootstrapped,
             "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
             **self._disk_stats(wal),
-            "index": info,
+            "index": {key: value for key, value in info.items() if key != "scan_tier"},  # scan_tier: below
             "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
             "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
             "text": self.text.stats(),  # text index
             "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
-            "scan_tier": info["scan_tier"] if info else idx.scan_tier_info(),  # also before the first heads
+            "scan_tier": info["scan_tier"] if info else idx.scan_tier_info(),  # its one home here: also before
+            # the first heads, when the index section is empty
         }
 
     def _disk_stats(self, wal: dict) -> dict:

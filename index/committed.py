@@ -62,6 +62,10 @@ class CommittedState:
         """(external id, payload) of every committed payload."""
         return self.files.meta.iter_payloads()
 
+    def iter_committed_payload_ids(self):
+        """The external id of every committed payload (the payloads themselves are not read)."""
+        return self.files.meta.iter_payload_ids()
+
     def reachable_rows(self, state: np.ndarray) -> np.ndarray:
         """bool [rows]: the rows with a valid record (version == state) in some live posting."""
         store = self.files.postings

@@ -235,6 +235,12 @@ class MetaStore:
                 k = bytes(k)
                 yield struct.unpack(">Q", k)[0], self._payload(k, value_in_file(v, end, self.path / "data.mdb", k))
 
+    def iter_payload_ids(self) -> Iterator[int]:
+        """The external id of every stored payload, without reading the payloads (keys only)."""
+        with self.env.begin(db=self._db[b"payloads"]) as txn:
+            for k in txn.cursor().iternext(keys=True, values=False):
+                yield struct.unpack(">Q", k)[0]
+
     def _mapped_end(self) -> tuple[int, int] | None:
         """(start of LMDB's mapping of data.mdb, the address one past the file's last byte in it): pages past
         that are not backed by the file. None where /proc/self/maps cannot say (the check is then skipped)."""

@@ -89,7 +89,7 @@ def check_stored(path, name: str | None = None) -> dict:
             pending = idx.committed_array("pending")
             pending = np.zeros(0, np.int64) if pending is None else pending.astype(np.int64)
             ids = list(idx.iter_committed_ids())
-            payload_ids = [e for e, _ in idx.iter_committed_payloads()]
+            payload_ids = list(idx.iter_committed_payload_ids())  # verify() decoded them
         except Exception as e:  # noqa: BLE001 - whatever stops the walk is a finding
             pending, ids, payload_ids = None, None, []
             violations.append(translate(e).message)

@@ -101,7 +101,7 @@ class IdMap:
         """Ids of committed payloads whose id is not live. A delete removes its id's payload, so such a payload is
         damage (or a tool older than that rule); left alone it would come back when its id is upserted without
         one (upserted records nothing for a new id)."""
-        stored = [e for e, _ in self._index.iter_committed_payloads() if e not in self._payloads]
+        stored = [e for e in self._index.iter_committed_payload_ids() if e not in self._payloads]
         rows = self.rows_of(np.array(stored, np.int64)).tolist() if stored else []
         return [e for e, r in zip(stored, rows) if r < 0]
 

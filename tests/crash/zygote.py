@@ -1,6 +1,6 @@
 """A pre-imported process that forks crash-test writers on request (so 30+ kills do not pay 30 imports).
 
-Protocol on stdin/stdout, one JSON object per line:
+Requests (tests/trust/forkloop.py serves them), one JSON object per line:
     {"dir": ..., "log": ..., "seed": ..., "threads": ..., "crash_at": "split:2" | "", "text": false}  ->  {"pid": ...}
                        ("text": true: the collection has a full-text index and every upsert a text;
                         "churn": true: one writer that flushes and compacts often, see churn_writer)
@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -115,20 +116,9 @@ def warm_up(path: str) -> None:
 
 def main() -> None:
     warm_up(sys.argv[1])
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        req = json.loads(line)
-        if "reap" in req:
-            _, status = os.waitpid(req["reap"], 0)
-            print(json.dumps({"status": status}), flush=True)
-            continue
-        pid = os.fork()
-        if pid == 0:
-            try:
-                child(req)
-            finally:
-                os._exit(0)
-        print(json.dumps({"pid": pid}), flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trust"))  # the fork servers' shared loop
+    from forkloop import serve
+    serve(child)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,9 @@ Anything that may die of SIGBUS or SIGSEGV on damaged bytes (LMDB maps data.mdb,
 runs in a child, so the test sees the child's exit status instead of dying with it; forking from one process that
 imported vdb once costs milliseconds per case instead of an interpreter start and vdb's imports each time.
 
-Protocol on stdin/stdout, one JSON object per line:
-    {"call": NAME, "kwargs": {...}, "out": PATH}       -> {"pid": pid}; the child runs children.NAME(**kwargs)
-                                                          and writes its JSON result to PATH (stdout/stderr of
-                                                          the child go to PATH.stdout / PATH.stderr)
-    {"reap": pid}                                      -> {"status": the child's wait status}
-The server itself never opens a database or a gRPC channel (a fork of a process with threads is unsafe), and
-OpenMP is pinned to one thread before anything is imported.
+Requests (tests/trust/forkloop.py serves them): {"call": NAME, "kwargs": {...}, "out": PATH} starts a child that runs
+children.NAME(**kwargs) and writes its JSON result to PATH (its stdout/stderr go to PATH.stdout / PATH.stderr);
+{"reap": pid} waits for it. OpenMP is pinned to one thread before anything is imported.
 """
 from __future__ import annotations
 
@@ -49,24 +45,9 @@ def _child(req: dict) -> int:
 def main() -> None:
     sys.path.insert(0, str(HERE))
     import children
+    from forkloop import serve
     children.preload()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        req = json.loads(line)
-        if "reap" in req:
-            _, status = os.waitpid(req["reap"], 0)
-            print(json.dumps({"status": status}), flush=True)
-            continue
-        pid = os.fork()
-        if pid == 0:
-            code = 3
-            try:
-                code = _child(req)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        print(json.dumps({"pid": pid}), flush=True)
+    serve(_child)
 
 
 class ForkServer:

@@ -148,23 +148,19 @@ class Router:
     # -- collections ------------------------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str = "l2", *, exist_ok: bool = False,
                           **options) -> dict:
-        """Create the collection on every shard, or on none: where a shard refuses (or is down), the shards
-        this call created it on drop it again, so that a retry is not refused by a half-made collection. With
-        exist_ok nothing is undone (a shard's collection may predate the call), and a retry completes it."""
+        """Create the collection on every shard. Where some shards refuse it (or are down) and others take it,
+        nothing is undone: a router cannot tell a shard's collection this call made from one that predates it
+        (a replicated shard retries a create as exist_ok=True) or that a concurrent create with exist_ok=True
+        has just joined, and dropping either loses data. The error names the shards on each side and how to
+        finish: create it again with exist_ok=True, or drop it (drop passes over shards without it)."""
         out, failed = self._settle("create_collection", name, dim, metric, exist_ok=exist_ok, **options)
         if not failed:
             return {**out[0], "count": sum(i["count"] for i in out.values())}
-        if not exist_ok:
-            for shard in out:  # exist_ok=False: each of these was made by this call
-                try:
-                    self._shards[shard].drop_collection(name)
-                except VdbError as e:  # reported; list_collections hides a collection not on every shard
-                    log.warning("router: collection %r stays on shard %d after a failed create: %s", name, shard, e)
         first = failed[min(failed)]
-        if isinstance(first, AlreadyExistsError) and len(failed) < len(self._shards):
-            raise AlreadyExistsError(f"{first.message} (on shard(s) {sorted(failed)} only, left by an interrupted "
-                                     f"create: create it with exist_ok=True to complete it, or drop it)")
-        raise first
+        if not out:
+            raise first
+        raise type(first)(f"{first.message} (shard(s) {sorted(failed)}; the collection is on shard(s) "
+                          f"{sorted(out)}: create it again with exist_ok=True to complete it, or drop it)")
 
     def list_collections(self) -> list[str]:
         """Collections present on every shard."""

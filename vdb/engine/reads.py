@@ -102,7 +102,7 @@ class ReadPath:
         pi = self._pindex
         if pi.n_rows < n_rows:
             pi.set_rows([], [], n_rows)
-        return node.mask(pi)[:n_rows]
+        return node.mask(pi.view(n_rows))
 
     def _build_payload_index(self) -> None:
         """First filtered search: index every live payload (LMDB, then the newer overlay)."""

@@ -28,6 +28,11 @@ def _cat_key(v):
     return ("b", v) if isinstance(v, bool) else ("s", v)
 
 
+def _key(v):
+    """The key of a value in the vocabulary and the list sets."""
+    return _cat_key(v) if isinstance(v, (bool, str)) else ("n", float(v))
+
+
 class PayloadIndex:
     def __init__(self, n_rows: int = 0):
         self.n_rows = n_rows
@@ -61,8 +66,7 @@ class PayloadIndex:
             m = self._multi.setdefault(field, {})
             for item in value:
                 if isinstance(item, (str, int, float, bool)):
-                    key = _cat_key(item) if isinstance(item, (str, bool)) else ("n", float(item))
-                    m.setdefault(key, set()).add(row)
+                    m.setdefault(_key(item), set()).add(row)
         elif isinstance(value, bool) or isinstance(value, str):
             vocab = self._vocab.setdefault(field, {})
             code = vocab.setdefault(_cat_key(value), len(vocab))
@@ -76,59 +80,83 @@ class PayloadIndex:
                 col = self._num[field] = np.full(self._cap, np.nan, np.float64)
             col[row] = float(value)
 
-    # -- the interface filters.Node uses -----------------------------------------------------------------
+    # -- reads: a filter evaluates against one view ------------------------------------------------------
+    def view(self, n_rows: int | None = None) -> "PayloadView":
+        """The index as of now, for one filter's evaluation: every mask it gives has the same length, whatever
+        writers add meanwhile (masks of different lengths did not combine: an InternalError under writes)."""
+        with self._lock:
+            return PayloadView(self, self.n_rows if n_rows is None else min(n_rows, self.n_rows))
+
+    def _column_refs(self, field: str, keys=None, *, vocabulary: bool = False):
+        """(numbers, categories, {category key: code}, {list key: row array}) of `field`, read under the lock:
+        the arrays are replaced when they grow and keep every row below the n_rows of any earlier view; the
+        vocabulary (copied only if asked) and the list sets (of `keys` only; all if None) change in place, so
+        they are copied."""
+        with self._lock:
+            multi = self._multi.get(field, {})
+            wanted = multi.keys() if keys is None else [key for key in keys if key in multi]
+            rows = {key: np.fromiter(multi[key], np.int64, len(multi[key])) for key in wanted}
+            vocab = self._vocab.get(field, {})
+            codes = dict(vocab) if vocabulary else {key: vocab[key] for key in keys or () if key in vocab}
+            return self._num.get(field), self._cat.get(field), codes, rows
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._num.values()) + sum(a.nbytes for a in self._cat.values())
+
+
+class PayloadView:
+    """What filters.Node.mask reads: the payload index at `n_rows` rows (PayloadIndex.view)."""
+
+    def __init__(self, index: PayloadIndex, n_rows: int):
+        self._index, self.n_rows = index, n_rows
+
+    def _rows_mask(self, rows: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+        if rows is not None and len(rows):
+            out[rows[rows < self.n_rows]] = True
+        return out
+
     def equals(self, field: str, values: tuple) -> np.ndarray:
-        out = np.zeros(self.n_rows, bool)
-        num, cat, vocab, multi = self._num.get(field), self._cat.get(field), self._vocab.get(field, {}), \
-            self._multi.get(field, {})
+        n = self.n_rows
+        num, cat, vocab, multi = self._index._column_refs(field, [_key(v) for v in values])
+        out = np.zeros(n, bool)
         for v in values:
             if isinstance(v, (bool, str)):
-                code = vocab.get(_cat_key(v))
+                code = vocab.get(_key(v))
                 if cat is not None and code is not None:
-                    out |= cat[: self.n_rows] == code
-                key = _cat_key(v)
-            else:
-                if num is not None:
-                    out |= num[: self.n_rows] == float(v)
-                key = ("n", float(v))
-            rows = multi.get(key)
-            if rows:
-                out[np.fromiter(rows, np.int64, len(rows))] = True
+                    out |= cat[:n] == code
+            elif num is not None:
+                out |= num[:n] == float(v)
+            self._rows_mask(multi.get(_key(v)), out)
         return out
 
     def contains(self, field: str, value) -> np.ndarray:
         """Rows whose string value at `field` holds `value` as a substring, or whose list there holds it: the
         field's vocabulary is scanned (one test per distinct string, not per row)."""
-        out = np.zeros(self.n_rows, bool)
-        cat = self._cat.get(field)
+        n = self.n_rows
+        key = _key(value)
+        _, cat, vocab, multi = self._index._column_refs(field, [key], vocabulary=isinstance(value, str))
+        out = np.zeros(n, bool)
         if isinstance(value, str) and cat is not None:
-            with self._lock:  # a writer may add to the vocabulary meanwhile
-                vocab = list(self._vocab.get(field, {}).items())
-            codes = [code for (kind, v), code in vocab if kind == "s" and value in v]
+            codes = [code for (kind, v), code in vocab.items() if kind == "s" and value in v]
             if codes:
-                out |= np.isin(cat[: self.n_rows], codes)
-        key = _cat_key(value) if isinstance(value, (bool, str)) else ("n", float(value))
-        rows = self._multi.get(field, {}).get(key)
-        if rows:
-            out[np.fromiter(rows, np.int64, len(rows))] = True
-        return out
+                out |= np.isin(cat[:n], codes)
+        return self._rows_mask(multi.get(key), out)
 
     def compare(self, field: str, op, value: float) -> np.ndarray:
-        col = self._num.get(field)
-        if col is None:
+        num, _, _, _ = self._index._column_refs(field)
+        if num is None:
             return np.zeros(self.n_rows, bool)
         with np.errstate(invalid="ignore"):
-            return op(col[: self.n_rows], value)
+            return op(num[: self.n_rows], value)
 
     def exists(self, field: str) -> np.ndarray:
-        out = np.zeros(self.n_rows, bool)
-        if field in self._num:
-            out |= ~np.isnan(self._num[field][: self.n_rows])
-        if field in self._cat:
-            out |= self._cat[field][: self.n_rows] >= 0
-        for rows in self._multi.get(field, {}).values():
-            out[np.fromiter(rows, np.int64, len(rows))] = True
+        n = self.n_rows
+        num, cat, _, multi = self._index._column_refs(field)
+        out = np.zeros(n, bool)
+        if num is not None:
+            out |= ~np.isnan(num[:n])
+        if cat is not None:
+            out |= cat[:n] >= 0
+        for rows in multi.values():
+            self._rows_mask(rows, out)
         return out
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._num.values()) + sum(a.nbytes for a in self._cat.values())

@@ -21,6 +21,8 @@ from vdb.errors import InvalidArgumentError
 
 _RANGE = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 MAX_DEPTH = 16
+MAX_TERMS = 1024     # conditions of one filter: each costs a pass over the rows (an $in list is one)
+MAX_CONTAINS = 32    # $contains conditions of one filter: each also scans the field's vocabulary
 
 
 class FilterError(InvalidArgumentError):
@@ -130,7 +132,29 @@ class Not(Node):
 
 
 def compile_filter(spec: Any, path: str = "filter", depth: int = 0) -> Node:
-    """Validate a filter and turn it into a tree; errors name the offending part."""
+    """Validate a filter and turn it into a tree; errors name the offending part. A filter's cost is bounded:
+    at most MAX_TERMS conditions, of which MAX_CONTAINS $contains (a few kilobytes of filter
+    must not hold a worker for minutes)."""
+    node = _compile(spec, path, depth)
+    terms, contains = _cost(node)
+    if terms > MAX_TERMS:
+        raise FilterError(f"{path}: {terms} conditions; at most {MAX_TERMS} in one filter")
+    if contains > MAX_CONTAINS:
+        raise FilterError(f"{path}: {contains} $contains conditions; at most {MAX_CONTAINS} in one filter")
+    return node
+
+
+def _cost(node: Node) -> tuple[int, int]:
+    """(conditions, $contains conditions) in the tree."""
+    if isinstance(node, (And, Or)):
+        costs = [_cost(part) for part in node.parts]
+        return sum(t for t, _ in costs), sum(c for _, c in costs)
+    if isinstance(node, Not):
+        return _cost(node.part)
+    return 1, int(isinstance(node, Contains))
+
+
+def _compile(spec: Any, path: str, depth: int) -> Node:
     if depth > MAX_DEPTH:
         raise FilterError(f"{path}: filter nested deeper than {MAX_DEPTH} levels")
     if not isinstance(spec, dict) or not spec:
@@ -141,10 +165,10 @@ def compile_filter(spec: Any, path: str = "filter", depth: int = 0) -> Node:
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise FilterError(f"{where}: expects a non-empty list of filters")
-            sub = tuple(compile_filter(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+            sub = tuple(_compile(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
             parts.append(And(sub) if key == "$and" else Or(sub))
         elif key == "$not":
-            parts.append(Not(compile_filter(value, where, depth + 1)))
+            parts.append(Not(_compile(value, where, depth + 1)))
         elif key.startswith("$"):
             raise FilterError(f"{where}: unknown operator {key!r} (use $and, $or, $not at the top level)")
         else:

@@ -119,13 +119,13 @@ class PayloadView:
         n = self.n_rows
         num, cat, vocab, multi = self._index._column_refs(field, [_key(v) for v in values])
         out = np.zeros(n, bool)
+        codes = [vocab[_key(v)] for v in values if isinstance(v, (bool, str)) and _key(v) in vocab]
+        numbers = [float(v) for v in values if not isinstance(v, (bool, str))]
+        if cat is not None and codes:  # one pass over the rows for a whole $in list
+            out |= cat[:n] == codes[0] if len(codes) == 1 else np.isin(cat[:n], codes)
+        if num is not None and numbers:
+            out |= num[:n] == numbers[0] if len(numbers) == 1 else np.isin(num[:n], numbers)
         for v in values:
-            if isinstance(v, (bool, str)):
-                code = vocab.get(_key(v))
-                if cat is not None and code is not None:
-                    out |= cat[:n] == code
-            elif num is not None:
-                out |= num[:n] == float(v)
             self._rows_mask(multi.get(_key(v)), out)
         return out
 

@@ -32,7 +32,8 @@ class DiskServing:
         if memory_budget_mb < 0:
             raise InvalidParameterError(f"memory_budget_mb must be >= 0, got {memory_budget_mb}")
         room = int(memory_budget_mb * 2**20) - self.resident_bytes()["total"]
-        withheld = None if measuring_tier else self.scan_tier_withheld()
+        # the codes' headers are read only if the tier may serve: scan_tier=False opens past damaged codes
+        withheld = None if measuring_tier or not scan_tier else self.scan_tier_withheld()
         # the searchers replaced are not closed here: searches in flight may still use them (index/livedisk.py
         # keeps a replaced DiskSearcher open until the next renewal; a replaced tier's mapping goes with its
         # last reference)
@@ -101,8 +102,9 @@ class DiskServing:
         P = self.probe(qs, p, self.files.postings.dir)
         is_l2 = self.metric is Metric.L2
         allow = allow if allow is not None else np.zeros(0, np.uint8)
-        searcher = self.tier if self.tier is not None else self.disk
-        if self.tier is not None and p.rerank_eps is None:  # the width the tier's calibration found it needs
+        tier = self.tier  # read once: a renewal may replace it meanwhile
+        searcher = tier if tier is not None else self.disk
+        if tier is not None and p.rerank_eps is None:  # the width the tier's calibration found it needs
             p = p.replace(rerank_eps=self.tier_rerank_eps())
         prepared = kernel_queries(self.quantizer, qs, is_l2)
         ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)

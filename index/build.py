@@ -237,19 +237,21 @@ def _calibrate_dir(d: IndexDir, target_recall: float, *, samples: int, seed: int
     return cal
 
 
-def scan_codes_index(path: str | os.PathLike, code_bytes: int, *, seed: int = 0) -> dict:
+def scan_codes_index(path: str | os.PathLike, code_bytes: int, *, seed: int = 0,
+                     calibrate_only: bool = False) -> dict:
     """Encode the scan tier (index/scancodes.py) of the index at `path`, replacing any it had; code_bytes -1 is
     automatic. Takes the directory's lock exclusively (LockedError while anything has it open). Returns what
-    build_scan_codes did, and the file's postings and bytes."""
+    build_scan_codes did, and the file's postings and bytes. `calibrate_only`: keep the codes on disk and only
+    calibrate through them (codes calibrated before the calibration named its codes, or by an interrupted run)."""
     resolve_scan_code_bytes(code_bytes, 1)  # a bad size fails before the directory is locked and loaded
     d = IndexDir.open(path, writable=True)
     try:
-        return _scan_codes_dir(d, code_bytes, seed)
+        return _scan_codes_dir(d, code_bytes, seed, calibrate_only)
     finally:
         d.close()
 
 
-def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
+def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int, calibrate_only: bool = False) -> dict:
     """Encode the scan tier, then calibrate nprobe through it (its PQ estimates pick the re-rank candidates, so
     its recall curve is its own): stored as the manifest's `tier_calibration`, with the content CRC of the codes
     it measured. The tier serves only if that reaches the build's target and names the codes on disk
@@ -262,8 +264,14 @@ def _scan_codes_dir(d: IndexDir, code_bytes: int, seed: int) -> dict:
     index = SpannIndex(d)
     if index.quantizer is None or index.n_heads == 0:
         raise InvalidParameterError(f"{d.path}: the index has no heads yet, so there is nothing to encode")
-    out = build_scan_codes(index, code_bytes, seed=seed)
-    written = d.scan_codes_summary()
+    if calibrate_only:
+        written = d.scan_codes_summary()
+        if written is None:
+            raise InvalidParameterError(f"{d.path}: no scan codes to calibrate (encode them: drop calibrate_only)")
+        out = {"entries": written["entries"], "code_bytes": written["code_bytes"], "calibrated_only": True}
+    else:
+        out = build_scan_codes(index, code_bytes, seed=seed)
+        written = d.scan_codes_summary()
     out.update(postings=written["postings"], bytes=written["bytes"])
     cal = manifest.get("calibration")
     if cal and cal.get("target_recall"):

@@ -3,6 +3,8 @@ tier of index/tierscan.py when its codes fit) and running a search through them.
 `files`, `quantizer`, `state`, `probe`, `resident_bytes`, `manifest` and `calibration`."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from index.calibrate import reaches_target
@@ -11,6 +13,8 @@ from index.quantize import kernel_queries
 from index.tierscan import open_disk_searchers
 from index.types import DISK_TIER_RERANK_EPS, Metric, SearchParams
 from storage.errors import CorruptionError, FormatError
+
+log = logging.getLogger(__name__)
 
 
 class DiskServing:
@@ -39,6 +43,9 @@ class DiskServing:
         # last reference)
         self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
                                                    verify=verify, scan_tier=scan_tier and withheld is None)
+        if withheld is not None and withheld != self._scan_tier_withheld_why:  # a memory budget may have been
+            # sized for it: say so where an operator looks (once, not at every renewal)
+            log.warning("%s: the scan tier does not serve: %s", self.files.path, withheld)
         self._scan_tier_allowed, self._scan_tier_withheld_why = scan_tier, withheld
 
     def scan_tier_withheld(self) -> str | None:
@@ -53,7 +60,7 @@ class DiskServing:
         tier_cal = self.manifest.get("tier_calibration")
         if tier_cal is None or tier_cal.get("scan_codes_crc") != found["content_crc"]:
             return (f"not calibrated for the build's target recall {target:g} "
-                    "(run `vdbctl scan-codes` again to encode and calibrate it)")
+                    "(run `vdbctl scan-codes --calibrate-only DIR` to calibrate it)")
         if not reaches_target(tier_cal):
             best_nprobe, best = max(tier_cal["curve"], key=lambda point: point[1])
             return (f"its calibration does not reach the target recall {tier_cal['target_recall']:g} "

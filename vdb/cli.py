@@ -220,7 +220,9 @@ def info(index_dir):
 @click.option("--bytes", "code_bytes", type=int, default=-1, show_default=True,
               help=f"PQ bytes per entry: -1 automatic (dim / 4), else 1..{MAX_SCAN_CODE_BYTES}.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the product quantizer's training.")
-def scan_codes(index_dir, code_bytes, seed):
+@click.option("--calibrate-only", is_flag=True,
+              help="Keep the codes on disk and only calibrate through them (a tier info says is not calibrated).")
+def scan_codes(index_dir, code_bytes, seed, calibrate_only):
     """Encode (or replace) the scan tier of a built index: PQ codes of every posting record, scanned in RAM when
     the index is served within a memory budget they fit. Print a JSON summary.
 
@@ -231,9 +233,10 @@ def scan_codes(index_dir, code_bytes, seed):
     Example:
       vdbctl scan-codes sift-idx/
       vdbctl scan-codes sift-idx/ --bytes 64
+      vdbctl scan-codes sift-idx/ --calibrate-only
     """
     from index.build import scan_codes_index
-    _echo_json(scan_codes_index(index_dir, code_bytes, seed=seed))
+    _echo_json(scan_codes_index(index_dir, code_bytes, seed=seed, calibrate_only=calibrate_only))
 
 
 @cli.command()

@@ -127,6 +127,7 @@ def _bad(tmp, x):
     (["scan-codes", "{t}/s", "--bytes", "-2"], "got -2"),
     (["scan-codes", "{t}"], "no metadata store"),
     (["scan-codes", "{t}/nowhere"], "no such index directory"),
+    (["scan-codes", "{t}/s", "--calibrate-only"], "no scan codes to calibrate"),
 ])
 def test_bad_input_is_one_line_error_and_nonzero_exit(data, args, message):
     tmp, x = data

@@ -222,9 +222,10 @@ def test_a_tier_whose_calibration_misses_the_target_does_not_serve(tmp_path, bas
         assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.9
 
 
-def test_codes_published_without_their_calibration_do_not_serve(tmp_path, tiered, queries):
+def test_codes_published_without_their_calibration_do_not_serve(tmp_path, tiered, queries, caplog):
     """A scan-codes run killed after publishing new codes, before committing their calibration: the manifest
-    still holds the old codes' curve, which says nothing about the new ones."""
+    still holds the old codes' curve, which says nothing about the new ones. The open says so in the log, and
+    calibrating the codes on disk (no re-encoding) makes them serve."""
     import os
     import subprocess
     import sys
@@ -233,12 +234,17 @@ def test_codes_published_without_their_calibration_do_not_serve(tmp_path, tiered
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VDB_CRASH_AT": "scan-codes-published:1"},
                           capture_output=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
+    with caplog.at_level("WARNING", logger="index.diskserve"):
+        with SpannIndex.open(path, memory_budget_mb=64) as idx:
+            on_disk = idx.files.scan_codes_summary()
+            assert on_disk["code_bytes"] == CODE_BYTES * 2  # the new codes are on disk
+            assert idx.tier is None and "--calibrate-only" in idx.scan_tier_info()["not_serving"]
+            assert (idx.search(queries[:3], 10)[0] >= 0).all()
+    assert any("the scan tier does not serve" in r.getMessage() for r in caplog.records)
+    done = scan_codes_index(path, -1, calibrate_only=True)  # the codes stay: only their calibration is new
+    assert done["reaches_target"] and done["calibrated_only"] and done["code_bytes"] == CODE_BYTES * 2
     with SpannIndex.open(path, memory_budget_mb=64) as idx:
-        assert idx.files.scan_codes_summary()["code_bytes"] == CODE_BYTES * 2  # the new codes are on disk
-        assert idx.tier is None and "not calibrated" in idx.scan_tier_info()["not_serving"]
-        assert (idx.search(queries[:3], 10)[0] >= 0).all()
-    assert scan_codes_index(path, CODE_BYTES * 2)["reaches_target"]  # the next run calibrates them
-    with SpannIndex.open(path, memory_budget_mb=64) as idx:
+        assert idx.files.scan_codes_summary()["content_crc"] == on_disk["content_crc"]
         assert idx.tier is not None and idx.tier.codes.code_bytes == CODE_BYTES * 2
 
 

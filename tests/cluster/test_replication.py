@@ -321,13 +321,20 @@ def test_a_read_that_finds_one_replicas_copy_damaged_is_answered_by_another(clus
     router.upsert("c", ids, _vecs(ids))
     damaged = cluster.replica(0, 1).db
 
-    def fails_its_checksum(*args, **kwargs):
-        raise vdb.DataLossError("postings.dat: posting 3 fails its checksum")
+    refused = []
+
+    def fails_its_checksum(method):
+        def refuse(*args, **kwargs):
+            refused.append(method)
+            raise vdb.DataLossError("postings.dat: posting 3 fails its checksum")
+        return refuse
     for method in ("search", "get"):
-        monkeypatch.setattr(damaged, method, fails_its_checksum)
-    for _ in range(4):  # round robin: half of these go to the damaged replica first
+        monkeypatch.setattr(damaged, method, fails_its_checksum(method))
+    for _ in range(4):  # round robin: half of the searches, and half of the gets, go to the damaged one first
         assert router.search("c", _vecs([7])[0], 1, use_cache=False).ids[0] == 7
+    for _ in range(4):
         assert len(router.get("c", [7])) == 1
-    monkeypatch.setattr(cluster.replica(0, 0).db, "search", fails_its_checksum)  # both copies damaged: say so
+    assert refused.count("search") >= 1 and refused.count("get") >= 1  # both were asked of it, and answered
+    monkeypatch.setattr(cluster.replica(0, 0).db, "search", fails_its_checksum("search"))  # both damaged: say so
     with pytest.raises(vdb.DataLossError, match="fails its checksum"):
         router.search("c", _vecs([7])[0], 1, use_cache=False)

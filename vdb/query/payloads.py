@@ -143,7 +143,7 @@ class PayloadView:
         return self._rows_mask(multi.get(key), out)
 
     def compare(self, field: str, op, value: float) -> np.ndarray:
-        num, _, _, _ = self._index._column_refs(field)
+        num, _, _, _ = self._index._column_refs(field, ())
         if num is None:
             return np.zeros(self.n_rows, bool)
         with np.errstate(invalid="ignore"):

@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 FLAT_MAX = 4096  # below this many heads an exact scan is as fast as HNSW and exact
+READ_CHUNK = 1 << 20  # bytes faiss asks for at a time while it reads a stored head index (from_reader)
 _threads: int | None = None
 
 
@@ -144,7 +145,16 @@ class HeadIndex:
 
     @classmethod
     def from_bytes(cls, blob: np.ndarray, angular: bool) -> "HeadIndex":
-        index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+        return cls._of(faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8)), angular)
+
+    @classmethod
+    def from_reader(cls, read, angular: bool) -> "HeadIndex":
+        """From `read(n) -> bytes` over to_bytes()'s image (storage.meta read_array_stream): faiss copies it
+        into the index as it reads, so the image is never held whole beside the index."""
+        return cls._of(faiss.read_index(faiss.PyCallbackIOReader(read, READ_CHUNK)), angular)
+
+    @classmethod
+    def _of(cls, index, angular: bool) -> "HeadIndex":
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
         kind = "flat" if not isinstance(inner, faiss.IndexHNSW) else \
             "hnsw_sq8" if isinstance(inner, faiss.IndexHNSWSQ) else "hnsw"

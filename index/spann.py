@@ -59,8 +59,9 @@ class SpannIndex(CommittedState, DiskServing):
         self.build_params = BuildParams.from_dict(m["build_params"])
         q = files.meta.get_array("quantizer")
         self.quantizer = Int8Quantizer.from_array(q) if q is not None else None
-        # deserialized straight from LMDB's mapping: the open never holds the head index twice
-        self.head_index = files.meta.read_array("head_index", lambda b: HeadIndex.from_bytes(b, self.metric.angular))
+        # read from LMDB's mapping as a stream: the open never holds the head index twice
+        self.head_index = files.meta.read_array_stream("head_index",
+                                                       lambda read: HeadIndex.from_reader(read, self.metric.angular))
         n_rows = int(m["n_rows"])
         self.state = _row_array(files.meta.get_array("state"), n_rows, np.uint8, self.path, "state")
         self.int2ext = self._load_ids(m, n_rows)

@@ -170,3 +170,37 @@ def test_storing_an_array_copies_it_once(tmp_path, kind):
         assert np.array_equal(meta.get_array("a"), a)
     finally:
         meta.close()
+
+
+@pytest.mark.parametrize("kind", ["incompressible", "compressible"])
+def test_a_byte_array_read_as_a_stream_is_the_array_stored(tmp_path, kind):
+    """read_array_stream: how the head index is opened (faiss copies it as it reads; read_array held the inflated
+    image beside faiss's copy: 3x the head index at the open's peak, 292 vs 154 MB anonymous at 10M x 128)."""
+    rng = np.random.default_rng(0)
+    blob = rng.integers(0, 256, 3_000_000, np.uint8) if kind == "incompressible" else \
+        np.repeat(rng.integers(0, 256, 3000, np.uint8), 1000)
+    m = MetaStore(tmp_path, create=True)
+    with m.write() as w:
+        w.put_array("blob", blob)
+        w.put_array("rows", np.arange(10, dtype=np.int64))
+    compressed = m.disk_bytes() < blob.nbytes // 2
+    assert compressed == (kind == "compressible")
+
+    def read_all(read):
+        parts = []
+        for size in (1, 7, 65536, 1 << 22):  # uneven requests, across the inflater's chunks
+            parts.append(read(size))
+        while chunk := read(1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+    assert m.read_array_stream("blob", read_all) == blob.tobytes()
+    assert m.read_array_stream("missing", read_all) is None
+    with pytest.raises(FormatError, match="not a byte string"):
+        m.read_array_stream("rows", read_all)
+    with m.env.begin(write=True, db=m._db[b"arrays"]) as txn:
+        raw = bytearray(txn.get(b"blob"))
+        raw[len(raw) // 2] ^= 0xFF
+        txn.put(b"blob", bytes(raw))
+    with pytest.raises(CorruptionError, match="'blob' fails its checksum"):
+        m.read_array_stream("blob", read_all)
+    m.close()

@@ -9,7 +9,7 @@ cosine the heads are unit vectors and the index is searched by inner product; fo
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import faiss
 import numpy as np
@@ -30,6 +30,21 @@ def set_search_threads(n: int | None) -> None:
 def _apply_threads() -> None:
     if _threads is not None:
         faiss.omp_set_num_threads(_threads)
+
+
+class _OneThread:
+    """OpenMP on one thread for the calls inside, then the calling thread's setting back. For one query, where
+    faiss has nothing to split across threads but still starts a team: with one of 2 cores busy elsewhere, a
+    10M index's head search had p99 7.8 ms on the team against 0.25 ms on one thread (quiet: 0.23 either way;
+    tools/benchkit/head_threads.py). Used when no process-wide setting was made (set_search_threads): an
+    embedded caller's own faiss calls keep theirs."""
+
+    def __enter__(self):
+        self._before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc):
+        faiss.omp_set_num_threads(self._before)
 
 
 class _ReadWriteLock:
@@ -111,7 +126,7 @@ class HeadIndex:
         if self.size == 0:
             return np.full((len(hq), 1), np.inf, np.float32), np.full((len(hq), 1), -1, np.int64)
         _apply_threads()
-        with self._rw.read():
+        with self._rw.read(), _OneThread() if _threads is None and len(hq) == 1 else nullcontext():
             if self.kind != "flat":  # a beam wider than the graph finds nothing more (and faiss takes an int32)
                 ef = max(n, min(ef_search, self.size))
                 d, ids = self.index.search(hq, n, params=faiss.SearchParametersHNSW(efSearch=ef))

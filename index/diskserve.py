@@ -63,8 +63,9 @@ class DiskServing:
                     "(run `vdbctl scan-codes --calibrate-only DIR` to calibrate it)")
         if not reaches_target(tier_cal):
             best_nprobe, best = max(tier_cal["curve"], key=lambda point: point[1])
+            widest = tier_cal.get("rerank_eps", DISK_TIER_RERANK_EPS)  # the last of the ladder it tried
             return (f"its calibration does not reach the target recall {tier_cal['target_recall']:g} "
-                    f"(best {best:g} at nprobe {best_nprobe} with rerank_eps up to {tier_cal.get('rerank_eps', DISK_TIER_RERANK_EPS):g}): "
+                    f"(best {best:g} at nprobe {best_nprobe} with rerank_eps up to {widest:g}): "
                     "encode it with more code bytes")
         return None
 

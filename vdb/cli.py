@@ -221,7 +221,7 @@ def info(index_dir):
               help=f"PQ bytes per entry: -1 automatic (dim / 4), else 1..{MAX_SCAN_CODE_BYTES}.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the product quantizer's training.")
 @click.option("--calibrate-only", is_flag=True,
-              help="Keep the codes on disk and only calibrate through them (a tier info says is not calibrated).")
+              help="Keep the codes on disk and only calibrate through them (codes `vdbctl info` says are not calibrated).")
 def scan_codes(index_dir, code_bytes, seed, calibrate_only):
     """Encode (or replace) the scan tier of a built index: PQ codes of every posting record, scanned in RAM when
     the index is served within a memory budget they fit. Print a JSON summary.

@@ -29,7 +29,7 @@ class DiskServing:
         that fits what the resident structures leave of the budget, postings are scanned from it in RAM
         (index/tierscan.py) and the rest of the budget caches postings for the stale ones.
 
-        The tier serves only if its own calibration (measured through it, index/build.py) reaches the build's
+        The tier serves only if its own calibration (measured through it, index/tierbuild.py) reaches the build's
         target recall: its PQ estimates choose the re-rank candidates, so a tier with too few code bytes has a
         recall ceiling below the target, and the default search must keep the recall the build promised.
         `measuring_tier` serves it regardless, for the calibration that decides this."""
@@ -71,7 +71,8 @@ class DiskServing:
 
     def tier_rerank_eps(self) -> float:
         """The scan tier's automatic rerank_eps: the first of TIER_RERANK_EPS_LADDER whose calibration reached the
-        target (index/build.py), else the default (codes calibrated before the ladder, or a build without target)."""
+        target (index/tierbuild.py), else the default (codes calibrated before the ladder, or a build without
+        target)."""
         return (self.manifest.get("tier_calibration") or {}).get("rerank_eps", DISK_TIER_RERANK_EPS)
 
     def scan_tier_info(self) -> dict:

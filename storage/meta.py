@@ -3,7 +3,8 @@
 Named databases:
     manifest   b"manifest" -> b"VDBM1" + CRC-32 (u32 LE) + JSON: format version, dim, metric, build parameters,
                row counts, checkpoint LSN
-    arrays     name -> CRC-32 (u32 LE) + .npy bytes: posting directory, per-row state, id map, head index, ...
+    arrays     name -> CRC-32 (u32 LE) + .npy bytes, compressed when large (storage/arrays.py): posting directory,
+               per-row state, id map, head index, ...
     ext2int    external id (u64 big endian, so keys sort numerically) -> internal row id (u32 LE) + check (u32 LE)
     payloads   external id (u64 big endian) -> 0x01 + CRC-32 of key and JSON (u32 LE) + JSON bytes
 
@@ -19,7 +20,6 @@ short to hold LMDB's two meta pages is refused too (LMDB would take it for a new
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -31,6 +31,7 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
+from storage.arrays import ArrayStream, checked_body, encode_array, read_npy_header, view_array
 from storage.errors import CorruptionError, FormatError, MetaStoreError
 from storage.lmdbenv import LMDB_DAMAGE, acquire, mapping_start, names_damage, release, value_in_file
 
@@ -38,8 +39,6 @@ DEFAULT_MAP_SIZE = 256 << 30  # virtual reservation only; the file grows with wh
 _U32 = struct.Struct("<I")
 _ROW = struct.Struct("<II")       # row, check
 MANIFEST_MAGIC = b"VDBM1"
-ZLIB_MAGIC = b"VDBZ"  # a compressed array's body (a .npy image starts with b"\x93NUMPY", never with this)
-ZLIB_MIN, ZLIB_PROBE = 256 << 10, 64 << 10  # arrays this large are probed; the probe is this many bytes
 PAYLOAD_MAGIC = b"\x01"
 _ID_WEIGHTS = np.array([1, 3, 5], np.uint64)  # odd weights: any change of one word changes the sum
 _ID_SALT = np.uint64(0x85EBCA6B)
@@ -61,100 +60,6 @@ def _payload_record(key: bytes, payload: dict) -> bytes:
 def encode_ids(ids: np.ndarray) -> list[bytes]:
     raw = np.asarray(ids, dtype=np.uint64).astype(">u8").tobytes()
     return [raw[i: i + 8] for i in range(0, len(raw), 8)]
-
-
-def _encode_array(a: np.ndarray) -> np.ndarray:
-    """CRC-32 + the .npy image, or, for a large array that compresses to under half (the per-row state and id
-    arrays of a collection whose rows are mostly dead: long runs of -1 and of the deleted bit), CRC-32 +
-    ZLIB_MAGIC + zlib(.npy image). Without this the arrays of rows ever written, rewritten by every checkpoint,
-    made LMDB the largest file of a collection under overwrite churn (issue 13).
-
-    Assembled in one uint8 array by numpy copies and checksummed by zlib, which both release the GIL on large
-    buffers (and LMDB's put takes the array as it is): a BytesIO image, its getvalue() and a bytes concatenation
-    were three copies under the GIL, ~100 ms per checkpoint for the 150 MB head index of 10M rows, which every
-    search running meanwhile waited for (issue 13)."""
-    a = np.ascontiguousarray(a)
-    head = io.BytesIO()
-    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
-    header = head.getvalue()
-    data = a.reshape(-1).view(np.uint8)
-    parts = [header, data]
-    if len(header) + len(data) >= ZLIB_MIN and \
-            len(zlib.compress(header + data[: ZLIB_PROBE - len(header)].tobytes(), 1)) < ZLIB_PROBE // 2:
-        z = zlib.compressobj(1)  # zlib releases the GIL while it works
-        packed = [z.compress(header), z.compress(data), z.flush()]
-        if sum(map(len, packed)) < (len(header) + len(data)) // 2:
-            parts = [ZLIB_MAGIC, *packed]
-    out = np.empty(_U32.size + sum(map(len, parts)), np.uint8)
-    at = _U32.size
-    for part in parts:
-        out[at: at + len(part)] = np.frombuffer(part, np.uint8)
-        at += len(part)
-    out[: _U32.size] = np.frombuffer(_U32.pack(zlib.crc32(out[_U32.size:])), np.uint8)
-    return out
-
-
-class _ArrayStream:
-    """read(n) -> up to n bytes of a stored array's body (its .npy image), inflated as they are read when the
-    body is compressed: a reader that copies what it reads into its own structures (faiss) never needs the whole
-    image in memory as well."""
-    CHUNK = 1 << 20
-
-    def __init__(self, body: memoryview):
-        self._compressed = body[: len(ZLIB_MAGIC)] == ZLIB_MAGIC
-        self._body = body[len(ZLIB_MAGIC):] if self._compressed else body
-        self._pos = 0
-        self._inflate = zlib.decompressobj() if self._compressed else None
-
-    def read(self, n: int) -> bytes:
-        if not self._compressed:
-            chunk = bytes(self._body[self._pos: self._pos + n])
-            self._pos += len(chunk)
-            return chunk
-        parts, have = [], 0
-        while have < n:
-            src = self._inflate.unconsumed_tail
-            if not src:
-                if self._pos >= len(self._body):
-                    break
-                src = self._body[self._pos: self._pos + self.CHUNK]
-                self._pos += len(src)
-            piece = self._inflate.decompress(src, n - have)
-            parts.append(piece)
-            have += len(piece)
-        return b"".join(parts)
-
-
-def _read_npy_header(read) -> tuple[tuple, bool, np.dtype]:
-    """(shape, fortran order, dtype) from a .npy image's header, consumed from `read`."""
-    class _Reader:  # what np.lib.format's header readers take
-        def read(self, n):
-            return read(n)
-    head = _Reader()
-    version = np.lib.format.read_magic(head)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    if dtype.hasobject:
-        raise ValueError("stored arrays never hold Python objects")
-    return shape, fortran, dtype
-
-
-def _read_npy(body: memoryview) -> np.ndarray:
-    """A .npy image viewed in place (the header parsed; no pickles)."""
-    head = io.BytesIO(bytes(body[: min(len(body), 1 << 16)]))
-    version = np.lib.format.read_magic(head)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    if dtype.hasobject:
-        raise ValueError("stored arrays never hold Python objects")
-    count = int(np.prod(shape)) if shape else 1
-    a = np.frombuffer(body, dtype, count=count, offset=head.tell())
-    return a.reshape(shape, order="F" if fortran else "C")
-
 
 
 def require_store(path: str | os.PathLike) -> None:
@@ -214,19 +119,10 @@ class MetaStore:
         """use(array) on the stored array `name` read in place from LMDB's mapping, without a copy (the array
         is valid only during the call); returns use's result, or None if there is no such array."""
         with self.env.begin(db=self._db[b"arrays"], buffers=True) as txn:
-            raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb",
-                                name.encode())
-            if raw is None:
-                return None
-            (crc,) = _U32.unpack_from(raw)
-            body = memoryview(raw)[_U32.size:]
-            if zlib.crc32(body) != crc:
-                raise CorruptionError(self.path / "data.mdb", f"stored array {name!r} fails its checksum",
-                                      length=len(body))
-            if body[: len(ZLIB_MAGIC)] == ZLIB_MAGIC:
-                body = memoryview(zlib.decompress(body[len(ZLIB_MAGIC):]))
-            return use(_read_npy(body))
+            body = self._stored_body(txn, name)
+            return None if body is None else use(view_array(body))
 
+    @names_damage
     def read_array_stream(self, name: str, use):
         """use(read) on the bytes of the stored 1-D uint8 array `name`: read(n) returns up to n of them, read in
         place from LMDB's mapping and inflated as they are read (valid only during the call); returns use's
@@ -234,20 +130,18 @@ class MetaStore:
         index: read_array would hold its inflated image and the reader's copy at once, 3x its size at the open's
         peak)."""
         with self.env.begin(db=self._db[b"arrays"], buffers=True) as txn:
-            raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb",
-                                name.encode())
-            if raw is None:
+            body = self._stored_body(txn, name)
+            if body is None:
                 return None
-            (crc,) = _U32.unpack_from(raw)
-            body = memoryview(raw)[_U32.size:]
-            if zlib.crc32(body) != crc:
-                raise CorruptionError(self.path / "data.mdb", f"stored array {name!r} fails its checksum",
-                                      length=len(body))
-            stream = _ArrayStream(body)
-            shape, _, dtype = _read_npy_header(stream.read)
+            stream = ArrayStream(body)
+            shape, _, dtype = read_npy_header(stream.read)
             if dtype != np.uint8 or len(shape) != 1:
                 raise FormatError(f"{self.path}: stored array {name!r} is {dtype} {shape}, not a byte string")
             return use(stream.read)
+
+    def _stored_body(self, txn, name: str) -> memoryview | None:
+        raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb", name.encode())
+        return None if raw is None else checked_body(raw, self.path / "data.mdb", name)
 
     @names_damage
     def lookup(self, ext_ids: np.ndarray) -> np.ndarray:
@@ -406,7 +300,7 @@ class MetaWriter:
         self._txn.put(b"manifest", MANIFEST_MAGIC + _U32.pack(zlib.crc32(body)) + body, db=self._db[b"manifest"])
 
     def put_array(self, name: str, a: np.ndarray) -> None:
-        self._txn.put(name.encode(), _encode_array(a), db=self._db[b"arrays"])
+        self._txn.put(name.encode(), encode_array(a), db=self._db[b"arrays"])
 
     def put_ids(self, ext_ids: np.ndarray, internal: np.ndarray, *, sorted_new: bool = False) -> None:
         """Map external ids to internal rows. `sorted_new`: keys ascending and absent (fast bulk append)."""

@@ -173,7 +173,7 @@ def cmd_serve(args) -> dict:
 
 def cmd_scancodes(args) -> dict:
     """Encode the scan tier of the built vdb index (index/scancodes.py), replacing any it had."""
-    from index.build import scan_codes_index
+    from index.tierbuild import scan_codes_index
     vdb_dir, _ = index_paths(args)
     with PeakAnon(0.05) as peak:
         res = scan_codes_index(vdb_dir, args.code_bytes)

@@ -235,7 +235,7 @@ def scan_codes(index_dir, code_bytes, seed, calibrate_only):
       vdbctl scan-codes sift-idx/ --bytes 64
       vdbctl scan-codes sift-idx/ --calibrate-only
     """
-    from index.build import scan_codes_index
+    from index.tierbuild import scan_codes_index
     _echo_json(scan_codes_index(index_dir, code_bytes, seed=seed, calibrate_only=calibrate_only))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from index import BuildParams, FlatIndex, SpannIndex, recall_at_k
-from index.build import scan_codes_index
+from index.tierbuild import scan_codes_index
 from index.mutable import MutableSpannIndex
 from index.scancodes import padded_dim
 from storage import CorruptionError, IndexDir
@@ -230,7 +230,7 @@ def test_codes_published_without_their_calibration_do_not_serve(tmp_path, tiered
     import subprocess
     import sys
     path = shutil.copytree(tiered, tmp_path / "k")
-    code = f"from index.build import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
+    code = f"from index.tierbuild import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VDB_CRASH_AT": "scan-codes-published:1"},
                           capture_output=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -256,7 +256,7 @@ def test_a_writer_killed_while_replacing_the_scan_codes_leaves_the_old_file(tmp_
     import sys
     path = shutil.copytree(tiered, tmp_path / "k")
     before = (path / "scan.pq").read_bytes()
-    code = f"from index.build import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
+    code = f"from index.tierbuild import scan_codes_index; scan_codes_index({str(path)!r}, {CODE_BYTES * 2})"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VDB_CRASH_AT": point},
                           capture_output=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]

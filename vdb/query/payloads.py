@@ -87,7 +87,7 @@ class PayloadIndex:
         with self._lock:
             return PayloadView(self, self.n_rows if n_rows is None else min(n_rows, self.n_rows))
 
-    def _column_refs(self, field: str, keys=None, *, vocabulary: bool = False):
+    def column_refs(self, field: str, keys=None, *, vocabulary: bool = False):
         """(numbers, categories, {category key: code}, {list key: row array}) of `field`, read under the lock:
         the arrays are replaced when they grow and keep every row below the n_rows of any earlier view; the
         vocabulary (copied only if asked) and the list sets (of `keys` only; all if None) change in place, so
@@ -117,7 +117,7 @@ class PayloadView:
 
     def equals(self, field: str, values: tuple) -> np.ndarray:
         n = self.n_rows
-        num, cat, vocab, multi = self._index._column_refs(field, [_key(v) for v in values])
+        num, cat, vocab, multi = self._index.column_refs(field, [_key(v) for v in values])
         out = np.zeros(n, bool)
         codes = [vocab[_key(v)] for v in values if isinstance(v, (bool, str)) and _key(v) in vocab]
         numbers = [float(v) for v in values if not isinstance(v, (bool, str))]
@@ -134,7 +134,7 @@ class PayloadView:
         field's vocabulary is scanned (one test per distinct string, not per row)."""
         n = self.n_rows
         key = _key(value)
-        _, cat, vocab, multi = self._index._column_refs(field, [key], vocabulary=isinstance(value, str))
+        _, cat, vocab, multi = self._index.column_refs(field, [key], vocabulary=isinstance(value, str))
         out = np.zeros(n, bool)
         if isinstance(value, str) and cat is not None:
             codes = [code for (kind, v), code in vocab.items() if kind == "s" and value in v]
@@ -143,7 +143,7 @@ class PayloadView:
         return self._rows_mask(multi.get(key), out)
 
     def compare(self, field: str, op, value: float) -> np.ndarray:
-        num, _, _, _ = self._index._column_refs(field, ())
+        num, _, _, _ = self._index.column_refs(field, ())
         if num is None:
             return np.zeros(self.n_rows, bool)
         with np.errstate(invalid="ignore"):
@@ -151,7 +151,7 @@ class PayloadView:
 
     def exists(self, field: str) -> np.ndarray:
         n = self.n_rows
-        num, cat, _, multi = self._index._column_refs(field)
+        num, cat, _, multi = self._index.column_refs(field)
         out = np.zeros(n, bool)
         if num is not None:
             out |= ~np.isnan(num[:n])

@@ -97,7 +97,7 @@ class ArrayStream:
 
 def read_npy_header(read) -> tuple[tuple, bool, np.dtype]:
     """(shape, fortran order, dtype) from a .npy image's header, consumed from `read`."""
-    class _Reader:  # what np.lib.format's header readers take
+    class _Reader:  # what np.lib.format's header readers take: an object with read(n)
         def read(self, n):
             return read(n)
     head = _Reader()
@@ -114,13 +114,7 @@ def read_npy_header(read) -> tuple[tuple, bool, np.dtype]:
 def _view_npy(body: memoryview) -> np.ndarray:
     """A .npy image viewed in place (the header parsed; no pickles)."""
     head = io.BytesIO(bytes(body[: min(len(body), 1 << 16)]))
-    version = np.lib.format.read_magic(head)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    if dtype.hasobject:
-        raise ValueError("stored arrays never hold Python objects")
+    shape, fortran, dtype = read_npy_header(head.read)
     count = int(np.prod(shape)) if shape else 1
     a = np.frombuffer(body, dtype, count=count, offset=head.tell())
     return a.reshape(shape, order="F" if fortran else "C")

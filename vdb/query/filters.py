@@ -12,6 +12,7 @@ Values are str, int, float or bool (bool and numbers never equal each other).
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,47 +134,60 @@ class Not(Node):
 
 def compile_filter(spec: Any, path: str = "filter", depth: int = 0) -> Node:
     """Validate a filter and turn it into a tree; errors name the offending part. A filter's cost is bounded:
-    at most MAX_TERMS conditions, of which MAX_CONTAINS $contains (a few kilobytes of filter
-    must not hold a worker for minutes)."""
-    node = _compile(spec, path, depth)
-    terms, contains = _cost(node)
-    if terms > MAX_TERMS:
-        raise FilterError(f"{path}: {terms} conditions; at most {MAX_TERMS} in one filter")
-    if contains > MAX_CONTAINS:
-        raise FilterError(f"{path}: {contains} $contains conditions; at most {MAX_CONTAINS} in one filter")
-    return node
+    at most MAX_TERMS conditions, of which MAX_CONTAINS $contains (a few kilobytes of filter must not hold a
+    worker for minutes), counted while it compiles (a filter of a million conditions is refused at the
+    1,025th, not after all of them are built)."""
+    return _compile(spec, path, depth, _Budget(path))
 
 
-def _cost(node: Node) -> tuple[int, int]:
-    """(conditions, $contains conditions) in the tree."""
+class _Budget:
+    """The conditions a filter may still hold, charged by each condition as it is compiled."""
+
+    def __init__(self, path: str):
+        self.path, self.terms, self.contains = path, 0, 0
+
+    def charge(self, node: Node) -> Node:
+        for leaf in _leaves(node):
+            self.terms += 1
+            self.contains += isinstance(leaf, Contains)
+        if self.terms > MAX_TERMS:
+            raise FilterError(f"{self.path}: more than {MAX_TERMS} conditions; at most {MAX_TERMS} in one filter")
+        if self.contains > MAX_CONTAINS:
+            raise FilterError(f"{self.path}: more than {MAX_CONTAINS} $contains conditions; at most "
+                              f"{MAX_CONTAINS} in one filter")
+        return node
+
+
+def _leaves(node: Node):
     if isinstance(node, (And, Or)):
-        costs = [_cost(part) for part in node.parts]
-        return sum(t for t, _ in costs), sum(c for _, c in costs)
-    if isinstance(node, Not):
-        return _cost(node.part)
-    return 1, int(isinstance(node, Contains))
+        for part in node.parts:
+            yield from _leaves(part)
+    elif isinstance(node, Not):
+        yield from _leaves(node.part)
+    else:
+        yield node
 
 
-def _compile(spec: Any, path: str, depth: int) -> Node:
+def _compile(spec: Any, path: str, depth: int, budget: _Budget) -> Node:
     if depth > MAX_DEPTH:
         raise FilterError(f"{path}: filter nested deeper than {MAX_DEPTH} levels")
     if not isinstance(spec, dict) or not spec:
-        raise FilterError(f"{path}: a filter is a non-empty JSON object, got {spec!r}")
+        raise FilterError(f"{path}: a filter is a non-empty JSON object, got {reprlib.repr(spec)}")
     parts = []
     for key, value in spec.items():
         where = f"{path}.{key}"
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise FilterError(f"{where}: expects a non-empty list of filters")
-            sub = tuple(_compile(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+            sub = tuple(_compile(v, f"{where}[{i}]", depth + 1, budget) for i, v in enumerate(value))
             parts.append(And(sub) if key == "$and" else Or(sub))
         elif key == "$not":
-            parts.append(Not(_compile(value, where, depth + 1)))
+            parts.append(Not(_compile(value, where, depth + 1, budget)))
         elif key.startswith("$"):
             raise FilterError(f"{where}: unknown operator {key!r} (use $and, $or, $not at the top level)")
         else:
             _check_field(key, where)
-            parts.append(_field_condition(key, value, where))
+            parts.append(budget.charge(_field_condition(key, value, where)))
     return parts[0] if len(parts) == 1 else And(tuple(parts))
 
 

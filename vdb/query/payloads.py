@@ -41,6 +41,7 @@ class PayloadIndex:
         self._cat: dict[str, np.ndarray] = {}
         self._vocab: dict[str, dict] = {}
         self._multi: dict[str, dict] = {}
+        self._listed: dict[str, np.ndarray] = {}  # bool per row: the field holds a list there ($exists)
         self._lock = threading.Lock()
 
     def set_rows(self, rows: Iterable[int], payloads: Iterable[dict | None], n_rows: int) -> None:
@@ -54,7 +55,7 @@ class PayloadIndex:
     def _grow(self, n_rows: int) -> None:
         if n_rows > self._cap:
             self._cap = max(2 * self._cap, n_rows)
-            for d, fill in ((self._num, np.nan), (self._cat, -1)):
+            for d, fill in ((self._num, np.nan), (self._cat, -1), (self._listed, False)):
                 for f, a in d.items():
                     b = np.full(self._cap, fill, a.dtype)
                     b[: len(a)] = a
@@ -63,6 +64,10 @@ class PayloadIndex:
 
     def _put(self, field: str, row: int, value) -> None:
         if isinstance(value, list):
+            listed = self._listed.get(field)
+            if listed is None:
+                listed = self._listed[field] = np.zeros(self._cap, bool)
+            listed[row] = True
             m = self._multi.setdefault(field, {})
             for item in value:
                 if isinstance(item, (str, int, float, bool)):
@@ -87,28 +92,37 @@ class PayloadIndex:
         with self._lock:
             return PayloadView(self, self.n_rows if n_rows is None else min(n_rows, self.n_rows))
 
-    def column_refs(self, field: str, keys=None, *, vocabulary: bool = False):
-        """(numbers, categories, {category key: code}, {list key: row array}) of `field`, read under the lock:
-        the arrays are replaced when they grow and keep every row below the n_rows of any earlier view; the
-        vocabulary (copied only if asked) and the list sets (of `keys` only; all if None) change in place, so
-        they are copied."""
+    def column_refs(self, field: str, keys, copy, *, vocabulary: bool = False):
+        """(numbers, categories, lists, {category key: code} of `keys` (the whole vocabulary if asked), {list key:
+        row array} of the keys in `copy`) of `field`, read under the lock writers wait for: the arrays are
+        replaced when they grow and keep every row below the n_rows of any earlier view; the vocabulary and the
+        list sets change in place, so what is taken of them is copied, and only that (PayloadView copies each
+        list key once)."""
         with self._lock:
             multi = self._multi.get(field, {})
-            wanted = multi.keys() if keys is None else [key for key in keys if key in multi]
-            rows = {key: np.fromiter(multi[key], np.int64, len(multi[key])) for key in wanted}
+            rows = {key: np.fromiter(multi[key], np.int64, len(multi[key])) for key in copy if key in multi}
             vocab = self._vocab.get(field, {})
-            codes = dict(vocab) if vocabulary else {key: vocab[key] for key in keys or () if key in vocab}
-            return self._num.get(field), self._cat.get(field), codes, rows
+            codes = dict(vocab) if vocabulary else {key: vocab[key] for key in keys if key in vocab}
+            return self._num.get(field), self._cat.get(field), self._listed.get(field), codes, rows
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._num.values()) + sum(a.nbytes for a in self._cat.values())
 
 
 class PayloadView:
-    """What filters.Node.mask reads: the payload index at `n_rows` rows (PayloadIndex.view)."""
+    """What filters.Node.mask reads: the payload index at `n_rows` rows (PayloadIndex.view). A list value's rows
+    are copied once per view, however many conditions of the filter name it."""
 
     def __init__(self, index: PayloadIndex, n_rows: int):
         self._index, self.n_rows = index, n_rows
+        self._copied: dict[tuple, np.ndarray] = {}  # (field, list key) -> its rows, as copied for this view
+
+    def _refs(self, field: str, keys, *, vocabulary: bool = False):
+        missing = [key for key in keys if (field, key) not in self._copied]
+        num, cat, listed, codes, rows = self._index.column_refs(field, keys, missing, vocabulary=vocabulary)
+        for key in missing:
+            self._copied[(field, key)] = rows.get(key)
+        return num, cat, listed, codes, {key: self._copied[(field, key)] for key in keys}
 
     def _rows_mask(self, rows: np.ndarray | None, out: np.ndarray) -> np.ndarray:
         if rows is not None and len(rows):
@@ -117,16 +131,17 @@ class PayloadView:
 
     def equals(self, field: str, values: tuple) -> np.ndarray:
         n = self.n_rows
-        num, cat, vocab, multi = self._index.column_refs(field, [_key(v) for v in values])
+        keys = list(dict.fromkeys(_key(v) for v in values))  # a value given twice is looked up once
+        num, cat, _, vocab, multi = self._refs(field, keys)
         out = np.zeros(n, bool)
-        codes = [vocab[_key(v)] for v in values if isinstance(v, (bool, str)) and _key(v) in vocab]
-        numbers = [float(v) for v in values if not isinstance(v, (bool, str))]
+        codes = [vocab[key] for key in keys if key[0] != "n" and key in vocab]
+        numbers = [key[1] for key in keys if key[0] == "n"]
         if cat is not None and codes:  # one pass over the rows for a whole $in list
             out |= cat[:n] == codes[0] if len(codes) == 1 else np.isin(cat[:n], codes)
         if num is not None and numbers:
             out |= num[:n] == numbers[0] if len(numbers) == 1 else np.isin(num[:n], numbers)
-        for v in values:
-            self._rows_mask(multi.get(_key(v)), out)
+        for key in keys:
+            self._rows_mask(multi[key], out)
         return out
 
     def contains(self, field: str, value) -> np.ndarray:
@@ -134,16 +149,16 @@ class PayloadView:
         field's vocabulary is scanned (one test per distinct string, not per row)."""
         n = self.n_rows
         key = _key(value)
-        _, cat, vocab, multi = self._index.column_refs(field, [key], vocabulary=isinstance(value, str))
+        _, cat, _, vocab, multi = self._refs(field, [key], vocabulary=isinstance(value, str))
         out = np.zeros(n, bool)
         if isinstance(value, str) and cat is not None:
             codes = [code for (kind, v), code in vocab.items() if kind == "s" and value in v]
             if codes:
                 out |= np.isin(cat[:n], codes)
-        return self._rows_mask(multi.get(key), out)
+        return self._rows_mask(multi[key], out)
 
     def compare(self, field: str, op, value: float) -> np.ndarray:
-        num, _, _, _ = self._index.column_refs(field, ())
+        num = self._refs(field, [])[0]
         if num is None:
             return np.zeros(self.n_rows, bool)
         with np.errstate(invalid="ignore"):
@@ -151,12 +166,12 @@ class PayloadView:
 
     def exists(self, field: str) -> np.ndarray:
         n = self.n_rows
-        num, cat, _, multi = self._index.column_refs(field)
+        num, cat, listed, _, _ = self._refs(field, [])
         out = np.zeros(n, bool)
         if num is not None:
             out |= ~np.isnan(num[:n])
         if cat is not None:
             out |= cat[:n] >= 0
-        for rows in multi.values():
-            self._rows_mask(rows, out)
+        if listed is not None:
+            out |= listed[:n]
         return out

@@ -90,7 +90,11 @@ class Exists(Node):
         return cols.exists(self.field)
 
     def matches(self, payload):
-        return lookup(payload, self.field) is not None
+        """A value, or a list holding one (an empty list, or one of objects only, holds no value to match)."""
+        v = lookup(payload, self.field)
+        if isinstance(v, list):
+            return any(isinstance(item, (str, int, float, bool)) for item in v)
+        return v is not None
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,14 @@ class PayloadIndex:
 
     def _put(self, field: str, row: int, value) -> None:
         if isinstance(value, list):
-            listed = self._listed.get(field)
-            if listed is None:
-                listed = self._listed[field] = np.zeros(self._cap, bool)
-            listed[row] = True
             m = self._multi.setdefault(field, {})
             for item in value:
                 if isinstance(item, (str, int, float, bool)):
                     m.setdefault(_key(item), set()).add(row)
+                    listed = self._listed.get(field)
+                    if listed is None:
+                        listed = self._listed[field] = np.zeros(self._cap, bool)
+                    listed[row] = True  # $exists: the list holds a value
         elif isinstance(value, bool) or isinstance(value, str):
             vocab = self._vocab.setdefault(field, {})
             code = vocab.setdefault(_cat_key(value), len(vocab))

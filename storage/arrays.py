@@ -76,13 +76,28 @@ class ArrayStream:
         self._pos = 0
         self._inflate = zlib.decompressobj() if self._compressed else None
 
+    def rest(self) -> bytes:
+        """Everything left (to check that nothing is: see stream_bytes)."""
+        parts = []
+        while chunk := self.read(self.CHUNK):
+            parts.append(chunk)
+        if self._compressed:
+            parts.append(self._inflate.flush())
+        return b"".join(parts)
+
+    @property
+    def ended(self) -> bool:
+        """The compressed stream's end was reached, with nothing after it (always True when uncompressed)."""
+        return not self._compressed or (self._inflate.eof and not self._inflate.unused_data
+                                        and not self._inflate.unconsumed_tail and self._pos >= len(self._body))
+
     def read(self, n: int) -> bytes:
         if not self._compressed:
             chunk = bytes(self._body[self._pos: self._pos + n])
             self._pos += len(chunk)
             return chunk
         parts, have = [], 0
-        while have < n:
+        while have < n and not self._inflate.eof:  # past its end zlib keeps handing the input back
             src = self._inflate.unconsumed_tail
             if not src:
                 if self._pos >= len(self._body):
@@ -118,3 +133,32 @@ def _view_npy(body: memoryview) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 1
     a = np.frombuffer(body, dtype, count=count, offset=head.tell())
     return a.reshape(shape, order="F" if fortran else "C")
+
+
+def stream_bytes(body: memoryview, path: Path, name: str, use):
+    """use(read) over the bytes of a checked body holding a 1-D uint8 array: read(n) returns up to n of them,
+    never past the length the header gives. The reader must take them all and the image must end there; a
+    header, length or compressed stream that disagrees with it is a CorruptionError naming `path`, and so is a
+    reader's or the inflater's own failure on them (faiss: RuntimeError; zlib: zlib.error)."""
+    stream = ArrayStream(body)
+    try:
+        shape, _, dtype = read_npy_header(stream.read)
+    except ValueError as e:
+        raise CorruptionError(path, f"stored array {name!r} has no valid header ({e})") from None
+    if dtype != np.uint8 or len(shape) != 1:
+        raise CorruptionError(path, f"stored array {name!r} is {dtype} {shape}, not a byte string")
+    left = [int(shape[0])]
+
+    def read(n: int) -> bytes:
+        chunk = stream.read(min(n, left[0]))
+        left[0] -= len(chunk)
+        return chunk
+    try:
+        result = use(read)
+        trailing = stream.rest()
+    except (RuntimeError, zlib.error) as e:
+        raise CorruptionError(path, f"stored array {name!r} cannot be read ({e})") from None
+    if left[0] or trailing or not stream.ended:
+        raise CorruptionError(path, f"stored array {name!r}: its {int(shape[0])} bytes "
+                              f"{'were not all read' if left[0] else 'are followed by more'}")
+    return result

@@ -31,7 +31,7 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from storage.arrays import ArrayStream, checked_body, encode_array, read_npy_header, view_array
+from storage.arrays import checked_body, encode_array, stream_bytes, view_array
 from storage.errors import CorruptionError, FormatError, MetaStoreError
 from storage.lmdbenv import LMDB_DAMAGE, acquire, mapping_start, names_damage, release, value_in_file
 
@@ -133,11 +133,7 @@ class MetaStore:
             body = self._stored_body(txn, name)
             if body is None:
                 return None
-            stream = ArrayStream(body)
-            shape, _, dtype = read_npy_header(stream.read)
-            if dtype != np.uint8 or len(shape) != 1:
-                raise FormatError(f"{self.path}: stored array {name!r} is {dtype} {shape}, not a byte string")
-            return use(stream.read)
+            return stream_bytes(body, self.path / "data.mdb", name, use)
 
     def _stored_body(self, txn, name: str) -> memoryview | None:
         raw = value_in_file(txn.get(name.encode()), self._mapped_end(), self.path / "data.mdb", name.encode())

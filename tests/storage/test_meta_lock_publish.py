@@ -195,7 +195,7 @@ def test_a_byte_array_read_as_a_stream_is_the_array_stored(tmp_path, kind):
         return b"".join(parts)
     assert m.read_array_stream("blob", read_all) == blob.tobytes()
     assert m.read_array_stream("missing", read_all) is None
-    with pytest.raises(FormatError, match="not a byte string"):
+    with pytest.raises(CorruptionError, match="not a byte string"):
         m.read_array_stream("rows", read_all)
     with m.env.begin(write=True, db=m._db[b"arrays"]) as txn:
         raw = bytearray(txn.get(b"blob"))
@@ -203,4 +203,40 @@ def test_a_byte_array_read_as_a_stream_is_the_array_stored(tmp_path, kind):
         txn.put(b"blob", bytes(raw))
     with pytest.raises(CorruptionError, match="'blob' fails its checksum"):
         m.read_array_stream("blob", read_all)
+    m.close()
+
+
+@pytest.mark.parametrize("damage", ["header says fewer bytes", "header says more bytes", "bytes after the image",
+                                    "compressed and cut short", "compressed with more after its end"])
+def test_a_stream_whose_image_disagrees_with_its_header_is_a_corruption_error(tmp_path, damage):
+    """Found by review: with a valid checksum, a header claiming 10 bytes of a 1.7 MB head index loaded and
+    served, and trailing bytes were accepted; a cut stream raised zlib's or faiss's own error. (A checksum holds
+    whatever the writer wrote: a bug or a foreign tool writes such images, and the open must refuse them.)"""
+    import io
+    import struct
+    import zlib
+    from storage.arrays import ZLIB_MAGIC
+    blob = np.repeat(np.arange(256, dtype=np.uint8), 2000)
+    header_of = lambda n: (lambda h: (np.lib.format.write_array_header_1_0(h, {"descr": "|u1", "fortran_order": False,
+                                                                         "shape": (n,)}), h.getvalue())[1])(io.BytesIO())
+    image = header_of(len(blob)) + blob.tobytes()
+    body = {"header says fewer bytes": header_of(10) + blob.tobytes(),
+            "header says more bytes": header_of(len(blob) + 5) + blob.tobytes(),
+            "bytes after the image": image + b"junk",
+            "compressed and cut short": ZLIB_MAGIC + zlib.compress(image)[:-40],
+            "compressed with more after its end": ZLIB_MAGIC + zlib.compress(image) + b"junk"}[damage]
+    m = MetaStore(tmp_path, create=True)
+    with m.env.begin(write=True, db=m._db[b"arrays"]) as txn:
+        txn.put(b"blob", struct.pack("<I", zlib.crc32(body)) + body)
+
+    def read_all(read):
+        out = []
+        while chunk := read(4096):
+            out.append(chunk)
+        return b"".join(out)
+
+    def read_ten(read):  # a reader that takes what its own format says (faiss does), here 10 bytes
+        return read(10)
+    with pytest.raises(CorruptionError, match="'blob'"):
+        m.read_array_stream("blob", read_ten if damage == "header says fewer bytes" else read_all)
     m.close()

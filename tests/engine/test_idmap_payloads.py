@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vdb.engine.idmap import IdMap
 
@@ -83,3 +84,32 @@ def test_repair_deletes_a_payload_that_belongs_to_no_live_id(tmp_path):
     with vdb.connect(data, checkpoint_interval_s=3600) as db:
         db.upsert("c", [9], x[2:3])
         assert {r.id: r.payload for r in db.get("c", [1, 2, 9])} == {1: {"v": 1}, 2: {"v": 2}, 9: None}
+
+
+def test_a_filter_over_an_id_map_whose_key_is_damaged_is_data_loss_not_a_shorter_answer(tmp_path):
+    """Found by the slow data.mdb sweep (tests/trust/test_damage.py, pages 17-18): a flipped byte in an id-map key
+    hides that id's entry (LMDB pages carry no checksum), the payload index skipped its payload as an orphan,
+    and {"g": 1} silently lost the row. Now the rows are asked whether the id is live, and it is: DATA_LOSS."""
+    import lmdb
+
+    import vdb
+    data = tmp_path / "data"
+    x = np.random.default_rng(2).standard_normal((30, 4)).astype(np.float32)
+    with vdb.connect(data, checkpoint_interval_s=3600) as db:
+        db.create_collection("c", dim=4)
+        db.upsert("c", np.arange(30), x, payloads=[{"g": i % 3} for i in range(30)])
+        db.flush("c")
+        before = db.search("c", x[7], top_k=30, filter={"g": 1}, use_cache=False).ids.tolist()
+    assert 7 in before
+    meta = next((data / "collections" / "c").rglob("data.mdb")).parent
+    env = lmdb.open(str(meta), max_dbs=8)
+    with env.begin(write=True) as txn:  # the key of id 7 with one byte flipped: 7 + 2**32
+        ids = env.open_db(b"ext2int", txn=txn)
+        value = txn.get((7).to_bytes(8, "big"), db=ids)
+        txn.delete((7).to_bytes(8, "big"), db=ids)
+        txn.put((7 + 2**32).to_bytes(8, "big"), value, db=ids)
+    env.close()
+    with vdb.connect(data, checkpoint_interval_s=3600) as db:
+        with pytest.raises(vdb.DataLossError, match="id map"):
+            db.search("c", x[7], top_k=30, filter={"g": 1}, use_cache=False)
+        assert db.search("c", x[7], top_k=3, use_cache=False).ids[0] == 7  # the unfiltered path still answers

@@ -118,6 +118,10 @@ class IdMap:
         stored.update(self._payloads)
         ids = [e for e, p in stored.items() if p is not None]
         rows = self.rows_of(np.array(ids, np.int64)).tolist() if ids else []
+        unmapped = [e for e, r in zip(ids, rows) if r < 0]
+        if unmapped:  # a payload whose id the map does not know: an orphan, or a damaged key hiding the entry
+            # (a filter would silently miss that row: a wrong answer); one pass over the rows tells them apart
+            self.confirm_absent(np.array(unmapped, np.int64), self._index.state)
         return [(r, stored[e]) for e, r in zip(ids, rows) if r >= 0]
 
     # -- checkpoints --------------------------------------------------------------------------------------

@@ -47,6 +47,12 @@ def add_scan_tier(d: IndexDir, code_bytes: int, seed: int, calibrate_only: bool 
         written = d.scan_codes_summary()
         if written is None:
             raise InvalidParameterError(f"{d.path}: no scan codes to calibrate (encode them: drop calibrate_only)")
+        if code_bytes != -1 and code_bytes != written["code_bytes"]:
+            raise InvalidParameterError(f"{d.path}: the codes on disk have {written['code_bytes']} bytes, not "
+                                        f"{code_bytes}: calibrating keeps them (encode new ones without it)")
+        if not (manifest.get("calibration") or {}).get("target_recall"):
+            raise InvalidParameterError(f"{d.path}: the build has no target recall, so there is nothing to "
+                                        f"calibrate the codes for")
         out = {"entries": written["entries"], "code_bytes": written["code_bytes"], "calibrated_only": True}
     else:
         out = build_scan_codes(index, code_bytes, seed=seed)

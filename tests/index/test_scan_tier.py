@@ -379,3 +379,18 @@ def test_scan_codes_refuse_an_index_without_heads(tmp_path):
     with pytest.raises(InvalidParameterError, match="no heads"):
         scan_codes_index(tmp_path / "empty", 4)
     assert not (tmp_path / "empty" / "scan.pq").exists()
+
+
+def test_calibrating_only_refuses_what_it_would_silently_skip(tmp_path, tiered, base):
+    """Found by review: --calibrate-only ignored --bytes, and on a build without a target recall it reported
+    success having calibrated nothing."""
+    from index import BuildParams, build_index
+    from index.errors import InvalidParameterError
+    path = shutil.copytree(tiered, tmp_path / "t")
+    with pytest.raises(InvalidParameterError, match=f"the codes on disk have {CODE_BYTES} bytes, not 8"):
+        scan_codes_index(path, 8, calibrate_only=True)
+    assert scan_codes_index(path, CODE_BYTES, calibrate_only=True)["reaches_target"]
+    build_index(base[:2000], tmp_path / "n", params=BuildParams(head_ratio=0.02, seed=1, scan_code_bytes=8,
+                                                                target_recall=0))
+    with pytest.raises(InvalidParameterError, match="no target recall"):
+        scan_codes_index(tmp_path / "n", -1, calibrate_only=True)

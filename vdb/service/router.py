@@ -160,7 +160,8 @@ class Router:
         if not out:
             raise first
         raise type(first)(f"{first.message} (shard(s) {sorted(failed)}; the collection is on shard(s) "
-                          f"{sorted(out)}: create it again with exist_ok=True to complete it, or drop it)")
+                          f"{sorted(out)}: create it again with exist_ok=True to complete it, or drop it, which "
+                          f"deletes whatever those shards hold of it)")
 
     def list_collections(self) -> list[str]:
         """Collections present on every shard."""

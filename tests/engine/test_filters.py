@@ -182,3 +182,19 @@ def test_list_values_are_copied_once_per_filter_and_exists_copies_none(monkeypat
     assert copied == []
     assert np.nonzero(found)[0].tolist() == [i for i, p in enumerate(payloads) if node.matches(p)] == \
         list(range(3000))  # an empty list holds no value (LlamaIndex's IS_EMPTY relies on it)
+
+
+def test_rows_whose_payloads_a_write_has_not_recorded_yet_match_no_filter(db):
+    """Found by review: a search that read the row state while a write was adding rows (live, payloads not yet in
+    the payload index) grew the payload index over them with no payloads, so {"g": {"$ne": 1}} took a new row
+    whose payload is g = 1. Those rows now match no filter until the write records them."""
+    from vdb.query.filters import compile_filter as compile_
+    x = np.random.default_rng(3).standard_normal((20, 4)).astype(np.float32)
+    db.create_collection("c", dim=4)
+    db.upsert("c", np.arange(20), x, payloads=[{"g": i % 3} for i in range(20)])
+    db.search("c", x[0], top_k=3, filter={"g": 1})  # the payload index exists now
+    coll = db._get("c")
+    n = coll.index.n_rows
+    mask = coll._filter_mask(compile_({"g": {"$ne": 1}}), n + 5)  # a row state 5 rows ahead of the payloads
+    assert len(mask) == n + 5 and not mask[n:].any()
+    assert mask[:n].tolist() == [i % 3 != 1 for i in range(n)]

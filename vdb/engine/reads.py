@@ -99,10 +99,12 @@ class ReadPath:
     def _filter_mask(self, node, n_rows: int) -> np.ndarray:
         if self._pindex is None:
             self._build_payload_index()
-        pi = self._pindex
-        if pi.n_rows < n_rows:
-            pi.set_rows([], [], n_rows)
-        return node.mask(pi.view(n_rows))
+        view = self._pindex.view(n_rows)
+        mask = node.mask(view)
+        if view.n_rows < n_rows:  # rows a write is adding right now, whose payloads it has not recorded yet: no
+            # filter may take them (as payload-less rows, a $ne or $not would)
+            mask = np.concatenate([mask, np.zeros(n_rows - view.n_rows, bool)])
+        return mask
 
     def _build_payload_index(self) -> None:
         """First filtered search: index every live payload (LMDB, then the newer overlay)."""

@@ -42,7 +42,8 @@ class DiskServing:
         # keeps a replaced DiskSearcher open until the next renewal; a replaced tier's mapping goes with its
         # last reference)
         self.disk, self.tier = open_disk_searchers(self.files, self.quantizer, room, direct=direct_io,
-                                                   verify=verify, scan_tier=scan_tier and withheld is None)
+                                                   verify=verify, scan_tier=scan_tier and withheld is None,
+                                                   tier_rerank_eps=self.tier_rerank_eps())
         if withheld is not None and withheld != self._scan_tier_withheld_why:  # a memory budget may have been
             # sized for it: say so where an operator looks (once, not at every renewal)
             log.warning("%s: the scan tier does not serve: %s", self.files.path, withheld)
@@ -111,10 +112,8 @@ class DiskServing:
         P = self.probe(qs, p, self.files.postings.dir)
         is_l2 = self.metric is Metric.L2
         allow = allow if allow is not None else np.zeros(0, np.uint8)
-        tier = self.tier  # read once: a renewal may replace it meanwhile
+        tier = self.tier  # read once: a renewal may replace it meanwhile (the tier knows its calibrated width)
         searcher = tier if tier is not None else self.disk
-        if tier is not None and p.rerank_eps is None:  # the width the tier's calibration found it needs
-            p = p.replace(rerank_eps=self.tier_rerank_eps())
         prepared = kernel_queries(self.quantizer, qs, is_l2)
         ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)
         if stats is not None:

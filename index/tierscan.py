@@ -26,10 +26,12 @@ from storage.posting_format import FLAG_RETIRED
 log = logging.getLogger(__name__)
 
 
-def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bool, scan_tier: bool):
+def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bool, scan_tier: bool,
+                        tier_rerank_eps: float = DISK_TIER_RERANK_EPS):
     """(DiskSearcher, TierSearcher or None) for an IndexDir served from disk with `room` bytes of the budget
     left after the resident structures: the scan tier if it exists, `scan_tier` allows it and it fits whole,
-    then a posting cache of what remains."""
+    then a posting cache of what remains. `tier_rerank_eps`: the tier's automatic re-rank width (its
+    calibration's)."""
     codes = files.open_scan_codes() if scan_tier and quantizer is not None else None
     if codes is not None and codes.nbytes > room:
         log.warning("%s: scan codes (%d MB) do not fit the budget's %d MB; postings are read from disk",
@@ -41,7 +43,8 @@ def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bo
     if codes is None:
         return disk, None
     try:
-        return disk, TierSearcher(codes, disk, quantizer, files.postings, files.vectors.dim, verify=verify)
+        return disk, TierSearcher(codes, disk, quantizer, files.postings, files.vectors.dim, verify=verify,
+                                  auto_rerank_eps=tier_rerank_eps)
     except BaseException:
         codes.close()
         disk.close()
@@ -49,7 +52,8 @@ def open_disk_searchers(files, quantizer, room: int, *, direct: bool, verify: bo
 
 
 class TierSearcher:
-    def __init__(self, codes, disk, quantizer, store, dim: int, *, verify: bool = True):
+    def __init__(self, codes, disk, quantizer, store, dim: int, *, verify: bool = True,
+                 auto_rerank_eps: float = DISK_TIER_RERANK_EPS):
         """codes: storage.scan_codes.ScanCodeFile; disk: the DiskSearcher that reads rows and stale postings;
         store: the PostingStore the index serves. Its directory is read at every query (a mutable index replaces
         it on splits and bumps counts on appends): an entry set it contradicts is stale."""
@@ -58,6 +62,7 @@ class TierSearcher:
             if bad:
                 codes.raise_corrupt(bad[0])
         self.codes, self.disk, self.dim, self.store = codes, disk, dim, store
+        self.auto_rerank_eps = auto_rerank_eps  # rerank_eps of a search that names none
         self.dpad = padded_dim(dim, codes.code_bytes)
         self.src_crc = codes.table["src_crc"].astype(np.uint32)
         self.src_count = codes.table["src_count"].astype(np.int64)
@@ -96,7 +101,7 @@ class TierSearcher:
     def search(self, P: np.ndarray, qs: np.ndarray, prepared, is_l2: bool, state, allow, k: int, p,
                threads: int = 1):
         """As DiskSearcher.search: (rows [nq, k], distances [nq, k], records scanned [nq], bytes read [nq])."""
-        eps = DISK_TIER_RERANK_EPS if p.rerank_eps is None else p.rerank_eps
+        eps = self.auto_rerank_eps if p.rerank_eps is None else p.rerank_eps
         return each_query(self.search_one, P, qs, prepared, is_l2, state, allow, k, p.rerank_k, eps, threads)
 
     def estimates(self, pids: np.ndarray, q: np.ndarray, is_l2: bool, state, allow, rerank_k: int):

@@ -198,7 +198,7 @@ def test_a_tier_whose_narrow_rerank_misses_the_target_calibrates_a_wider_one(tmp
     assert tier["reaches_target"] and cal["rerank_eps"] in TIER_RERANK_EPS_LADDER[1:]
     with SpannIndex.open(tmp_path / "b", memory_budget_mb=64) as t:
         assert t.tier is not None and t.scan_tier_info()["serving"]
-        assert t.tier_rerank_eps() == cal["rerank_eps"]
+        assert t.tier_rerank_eps() == t.tier.auto_rerank_eps == cal["rerank_eps"]
         assert t.default_nprobe() == cal["nprobe"] < t.head_count()
         truth, _ = FlatIndex(base[:3000], "l2").search(queries, 10)
         assert recall_at_k(t.search(queries, 10)[0], truth, 10) >= 0.9

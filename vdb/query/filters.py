@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vdb.errors import InvalidArgumentError
+from vdb.query.payloads import SCALARS
 
 _RANGE = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 MAX_DEPTH = 16
@@ -93,7 +94,7 @@ class Exists(Node):
         """A value, or a list holding one (an empty list, or one of objects only, holds no value to match)."""
         v = lookup(payload, self.field)
         if isinstance(v, list):
-            return any(isinstance(item, (str, int, float, bool)) for item in v)
+            return any(isinstance(item, SCALARS) for item in v)
         return v is not None
 
 

@@ -24,6 +24,9 @@ def flatten(payload: dict | None, prefix: str = "") -> dict:
     return out
 
 
+SCALARS = (str, int, float, bool)  # what a list item must be to be indexed (and to make the list a value)
+
+
 def _cat_key(v):
     return ("b", v) if isinstance(v, bool) else ("s", v)
 
@@ -66,7 +69,7 @@ class PayloadIndex:
         if isinstance(value, list):
             m = self._multi.setdefault(field, {})
             for item in value:
-                if isinstance(item, (str, int, float, bool)):
+                if isinstance(item, SCALARS):
                     m.setdefault(_key(item), set()).add(row)
                     listed = self._listed.get(field)
                     if listed is None:
@@ -106,7 +109,7 @@ class PayloadIndex:
             return self._num.get(field), self._cat.get(field), self._listed.get(field), codes, rows
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._num.values()) + sum(a.nbytes for a in self._cat.values())
+        return sum(a.nbytes for d in (self._num, self._cat, self._listed) for a in d.values())
 
 
 class PayloadView:

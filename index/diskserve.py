@@ -1,6 +1,6 @@
 """Serving a SpannIndex from disk under a memory budget: choosing the searchers (index/diskread.py, and the scan
 tier of index/tierscan.py when its codes fit) and running a search through them. A mixin of SpannIndex over its
-`files`, `quantizer`, `state`, `probe`, `resident_bytes`, `manifest` and `calibration`."""
+`files`, `quantizer`, `state`, `probe_heads`, `resident_bytes`, `manifest` and `calibration`."""
 from __future__ import annotations
 
 import logging
@@ -109,7 +109,8 @@ class DiskServing:
         self.disk = self.tier = None
 
     def _search_disk(self, qs, k: int, p: SearchParams, allow, threads: int, stats):
-        P = self.probe(qs, p, self.files.postings.dir)
+        probe = self.probe_heads(qs, p, self.files.postings.dir)
+        P = probe.postings
         is_l2 = self.metric is Metric.L2
         allow = allow if allow is not None else np.zeros(0, np.uint8)
         tier = self.tier  # read once: a renewal may replace it meanwhile (the tier knows its calibrated width)
@@ -117,7 +118,7 @@ class DiskServing:
         prepared = kernel_queries(self.quantizer, qs, is_l2)
         ids, d, scanned, read = searcher.search(P, qs, prepared, is_l2, self.state, allow, k, p, threads)
         if stats is not None:
-            stats.probes = P
+            stats.probe = probe
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += int(read.sum())

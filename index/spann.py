@@ -28,7 +28,7 @@ from index.quantize import Int8Quantizer, kernel_queries
 from index.rowstate import is_live
 from index.diskserve import DiskServing
 from index.tierscan import TierSearcher
-from index.types import FALLBACK_NPROBE, BuildParams, Metric, SearchParams
+from index.types import FALLBACK_NPROBE, BuildParams, HeadProbe, Metric, SearchParams
 from storage import FormatError, IndexDir
 from storage.posting_format import FLAG_RETIRED
 
@@ -42,7 +42,7 @@ class SearchStats:
     postings_probed: int = 0
     records_scanned: int = 0
     bytes_read: int = 0           # posting pages + re-ranked rows, in whole pages as the kernel sees them
-    probes: np.ndarray | None = None  # the posting ids the last call scanned per query (-1: none)
+    probe: HeadProbe | None = None  # what the last call's head search chose (the memtable scan follows it)
 
     def as_dict(self) -> dict:
         return {"postings_probed": self.postings_probed, "records_scanned": self.records_scanned,
@@ -170,27 +170,37 @@ class SpannIndex(CommittedState, DiskServing):
         return (ids[0], dists[0]) if single else (ids, dists)
 
     def probe(self, qs: np.ndarray, p: SearchParams, directory=None) -> np.ndarray:
-        """Posting ids to scan per query [nq, <= nprobe], -1 where pruned; retired heads are skipped.
+        """Posting ids to scan per query [nq, <= nprobe], -1 where pruned; retired heads are skipped."""
+        return self.probe_heads(qs, p, directory).postings
+
+    def probe_heads(self, qs: np.ndarray, p: SearchParams, directory=None) -> HeadProbe:
+        """The postings to scan per query and the nearest live head (HeadProbe).
 
         `directory` must be the snapshot the scan will use, taken *before* this call: a posting retired by a
-        concurrent split is then still readable in it, and a head added after it is not probed."""
+        concurrent split is then still readable in it, and a head added after it is not probed. Such a head
+        can still be a query's nearest, and is reported as such: the memtable scans the rows filed before it."""
         p = p.with_nprobe(self.default_nprobe(p.target_recall))
         directory = directory if directory is not None else self.files.postings.dir
         head_index = self.head_index
         if head_index is None or head_index.size == 0:
-            return np.full((len(qs), 0), -1, np.int64)
+            return HeadProbe(np.full((len(qs), 0), -1, np.int64), np.full(len(qs), -1, np.int64))
         # over-fetch so that retired heads do not eat probes (by their share: a fixed 2 x nprobe doubled the
         # head search's cost once any head was retired, issue 13)
         extra = over_fetch(p.nprobe, self._retired_in_head_index, head_index.size)
-        hd, hids = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
-        hids = np.where(hids < len(directory), hids, -1)  # heads added after the snapshot
+        hd, found = head_index.search(head_space(qs, self.metric), p.nprobe + extra, p.ef_search + extra)
+        known = found < len(directory)  # heads added after the snapshot are unknown to it
+        retired = np.zeros(found.shape, bool)
         if extra:
-            flags = directory.flags
-            dead = (hids < 0) | ((flags[np.maximum(hids, 0)] & FLAG_RETIRED) != 0)
+            retired = known & (found >= 0) & ((directory.flags[np.where(known, found, 0)] & FLAG_RETIRED) != 0)
+        candidate = (found >= 0) & ~retired  # nprobe >= 1: at least one column
+        nearest = np.where(candidate.any(1), found[np.arange(len(qs)), candidate.argmax(1)], -1).astype(np.int64)
+        hids = np.where(known, found, -1)
+        if extra:
+            dead = (hids < 0) | retired
             order = np.argsort(dead, axis=1, kind="stable")[:, : p.nprobe]  # live heads first, nearest first
             hd, hids = np.take_along_axis(np.where(dead, np.inf, hd), order, 1), np.take_along_axis(hids, order, 1)
         keep = (hd <= (1.0 + p.eps) * hd[:, :1]) & (hids >= 0) & np.isfinite(hd)
-        return np.where(keep, hids, -1)
+        return HeadProbe(np.where(keep, hids, -1), nearest)
 
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, *, allow: np.ndarray | None = None,
                     threads: int = 1, stats: SearchStats | None = None, rerank: bool = True):
@@ -209,7 +219,8 @@ class SpannIndex(CommittedState, DiskServing):
         store = self.files.postings
         directory = store.dir  # one snapshot for the whole call; the buffer is read after it (see PostingStore)
         state = self.state     # replaced, never edited, when rows move (see MutableSpannIndex._reassign)
-        P = self.probe(qs, p, directory)
+        probe = self.probe_heads(qs, p, directory)
+        P = probe.postings
         used = np.unique(P[P >= 0])
         store.ensure_verified(used)
         if p.prefetch:
@@ -241,7 +252,7 @@ class SpannIndex(CommittedState, DiskServing):
             if bad >= 0:
                 self.files.vectors.raise_corrupt_row(int(bad))
         if stats is not None:
-            stats.probes = P
+            stats.probe = probe
             stats.postings_probed += int((P >= 0).sum())
             stats.records_scanned += int(scanned.sum())
             stats.bytes_read += sum(store.bytes_of(row[row >= 0]) for row in P)

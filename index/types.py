@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -204,6 +205,13 @@ DISK_TIER_RERANK_EPS = 0.05  # automatic rerank_eps with the scan tier (relative
 TIER_RERANK_EPS_LADDER = (DISK_TIER_RERANK_EPS, 0.1, 0.2, 0.4)  # what the tier's calibration tries in turn until
                             # its curve reaches the target (32-d test data, 8 B codes, nprobe 8: recall 0.897 /
                             # 0.941 / 0.993 / 0.999); the first that does becomes the tier's automatic rerank_eps
+
+
+class HeadProbe(NamedTuple):
+    """What the head search of a search chose, per query: the postings it scans and the head nearest to it."""
+    postings: np.ndarray  # int64 [nq, <= nprobe]: posting ids, nearest first; -1 where pruned or unknown
+    nearest: np.ndarray   # int64 [nq]: the nearest head found that was not retired, *including* one newer than
+                          # the posting snapshot (unprobed, but the memtable's filing rule needs it); -1: none
 
 
 def scan_code_bytes(dim: int) -> int:

@@ -61,7 +61,7 @@ def merge_topk(r1, d1, r2, d2, k, out_r, out_d):
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d, heads, probes, retired):
+def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d, heads, probes, nearest_heads, retired):
     """Exact top-k of the memtable rows for a few queries: kernel distances (squared L2 or -dot) computed
     directly, dead rows skipped, ties to the earlier row. Fills out_r / out_d [nq, k]. One pass per query
     keeping the k best in a sorted buffer (no [nq, n] distance matrix, no BLAS threads), without the GIL: a
@@ -72,8 +72,9 @@ def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d, heads, probes
     filing could not see; no rows: scan every row), query q scans only the rows whose head is among probes[q]
     (posting ids nearest first, -1 ignored), is retired (retired[h]: its rows were filed before a split or
     merge took it away) or is unknown (-1, or past `retired`), and the rows filed before the query's nearest
-    head existed: the rows of the heads the search probes, as for the indexed rows, and a row is always found
-    by a query equal to it (its nearest live head is then the one it was filed under, or newer)."""
+    head (nearest_heads[q], which may be newer than the probed postings; -1: unknown, scan every row)
+    existed: the rows of the heads the search probes, as for the indexed rows, and a row is always found by a
+    query equal to it (its nearest live head is then the one it was filed under, or newer)."""
     n, dim = vecs.shape
     best_d = np.empty(max(k, 1), np.float64)
     best_i = np.empty(max(k, 1), np.int64)
@@ -83,8 +84,7 @@ def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d, heads, probes
     for q in range(qs.shape[0]):
         nearest = -1
         if by_head:
-            if probes.shape[1] > 0:
-                nearest = probes[q, 0]
+            nearest = nearest_heads[q]
             for j in range(probes.shape[1]):
                 if 0 <= probes[q, j] < n_known:
                     probed[probes[q, j]] = True
@@ -94,7 +94,7 @@ def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d, heads, probes
                 continue
             if by_head:
                 h = heads[i, 0]
-                if 0 <= h < n_known and not probed[h] and not retired[h] and nearest < heads[i, 1]:
+                if 0 <= h < n_known and not probed[h] and not retired[h] and 0 <= nearest < heads[i, 1]:
                     continue  # filed under a live head this query does not probe
             acc = 0.0
             if is_l2:

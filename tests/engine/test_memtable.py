@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from index.types import Metric
+from index.types import HeadProbe, Metric
 from index.rowstate import DELETED
 from vdb.engine.memtable import Memtable, search_exact
 
@@ -93,8 +93,9 @@ def test_the_compiled_scan_and_the_matrix_product_agree_on_a_large_memtable(metr
 
 def test_a_search_scans_only_the_rows_filed_under_its_probed_heads():
     """Rows filed under heads at write time (issue 13): a query scans the rows of the heads it probes, of
-    retired heads, unfiled rows, and rows filed before its nearest head existed; nothing else. Below
-    scan_all_rows, or with no probes, every row."""
+    retired heads, unfiled rows, and rows filed before its nearest head existed (which the probe may not
+    have, being newer than its posting snapshot); nothing else. Below scan_all_rows, or with no probes, or
+    with no nearest head known, every row."""
     rng = np.random.default_rng(5)
     n, dim, n_heads = 3000, 8, 40
     vecs = rng.standard_normal((n, dim)).astype(np.float32)
@@ -106,20 +107,25 @@ def test_a_search_scans_only_the_rows_filed_under_its_probed_heads():
     state[rng.choice(n, 300, replace=False)] = DELETED
     retired = np.zeros(n_heads, bool)
     retired[[3, 17]] = True
-    q = rng.standard_normal((4, dim)).astype(np.float32)
-    probes = np.stack([rng.choice(n_heads, 5, replace=False) for _ in range(4)])
+    nq = 6
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    probes = np.stack([rng.choice(n_heads, 5, replace=False) for _ in range(nq)])
     probes[1, 0] = 35   # a nearest head newer than some filings
     probes[2, 3] = -1   # a pruned probe
-    got_r, got_d = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None, probes, retired, scan_all_rows=0)
-    for i in range(4):
+    nearest = probes[:, 0].copy()
+    probes[4, 0], nearest[4] = -1, 42  # its nearest head is newer than the posting snapshot: not probed
+    nearest[5] = -1                     # no nearest head known
+    probe = HeadProbe(probes, nearest)
+    got_r, got_d = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None, probe, retired, scan_all_rows=0)
+    for i in range(nq):
         h, bound = heads[:, 0], heads[:, 1]
         known = (h >= 0) & (h < n_heads)
         scanned = ~known | np.isin(h, probes[i][probes[i] >= 0]) | retired[np.where(known, h, 0)] & known \
-            | (probes[i, 0] >= bound)
+            | (nearest[i] >= bound) | (nearest[i] < 0)
         want_r, want_d = _brute(np.flatnonzero(scanned), vecs[scanned], q[i], 10, state)
         assert np.array_equal(got_r[i], want_r)
         assert np.allclose(got_d[i], want_d, rtol=1e-4)
-    whole_r, _ = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None, probes, retired, scan_all_rows=n)
-    for i in range(4):
+    whole_r, _ = search_exact(mt.snapshot(), q, 10, Metric.L2, state, None, probe, retired, scan_all_rows=n)
+    for i in range(nq):
         assert np.array_equal(whole_r[i], _brute(np.arange(n), vecs, q[i], 10, state)[0])
     assert not np.array_equal(whole_r, got_r)  # the filing did narrow the scan

@@ -21,14 +21,15 @@ import numpy as np
 
 from index.kernels import small_exact_topk
 from index.rowstate import DELETED
-from index.types import Metric
+from index.types import HeadProbe, Metric
 
 SMALL = 4096  # rows x queries up to which the memtable is scanned by a compiled loop instead of numpy
 # Queries up to which the compiled loop scans the memtable whatever its size: it runs without the GIL and
 # without BLAS's threads, which on a busy machine cost a single search milliseconds (issue 13); BLAS's matrix
 # product wins only for batches of queries.
 KERNEL_QUERIES = 8
-_NO_HEADS, _NO_PROBES, _NO_RETIRED = np.zeros((0, 2), np.int64), np.zeros((0, 0), np.int64), np.zeros(0, np.bool_)
+_NO_HEADS, _NO_PROBES, _NO_NEAREST = np.zeros((0, 2), np.int64), np.zeros((0, 0), np.int64), np.zeros(0, np.int64)
+_NO_RETIRED = np.zeros(0, np.bool_)
 
 
 class MemView(NamedTuple):
@@ -119,13 +120,14 @@ class Memtable:
 
 
 def search_exact(view: MemView, qs: np.ndarray, k: int, metric: Metric, state: np.ndarray,
-                 allow: np.ndarray | None, probes: np.ndarray | None = None, retired: np.ndarray | None = None,
+                 allow: np.ndarray | None, probe: HeadProbe | None = None, retired: np.ndarray | None = None,
                  scan_all_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over the memtable rows, in kernel distances (squared L2 or -IP). Padded with -1 / inf.
 
-    With `probes` (posting ids per query [nq, p], -1 ignored) and `retired` (bool per posting, read after the
-    probe), a memtable of more than `scan_all_rows` rows searched by a few queries is scanned only where its
-    rows were filed under a probed, retired or unknown head (see the module docstring); otherwise every row."""
+    With `probe` (what the index's head search chose per query) and `retired` (bool per posting, read after
+    the probe), a memtable of more than `scan_all_rows` rows searched by a few queries is scanned only where
+    its rows were filed under a probed, retired or unknown head, or before the query's nearest head existed
+    (see the module docstring); otherwise every row."""
     nq = len(qs)
     rows, vecs = view.rows, view.vectors
     if len(rows) == 0:
@@ -139,10 +141,11 @@ def search_exact(view: MemView, qs: np.ndarray, k: int, metric: Metric, state: n
     if len(rows) * nq <= SMALL or nq <= KERNEL_QUERIES:  # one compiled loop beats a dozen numpy calls
         kk = min(k, n_ok)
         out_r, out_d = np.empty((nq, kk), np.int64), np.empty((nq, kk), np.float32)
-        by_head = probes is not None and retired is not None and len(rows) > scan_all_rows
+        by_head = probe is not None and retired is not None and len(rows) > scan_all_rows
         small_exact_topk(vecs, rows, dead, np.ascontiguousarray(qs, np.float32), kk, metric is Metric.L2,
                          out_r, out_d, view.heads if by_head else _NO_HEADS,
-                         np.asarray(probes, np.int64) if by_head else _NO_PROBES,
+                         np.asarray(probe.postings, np.int64) if by_head else _NO_PROBES,
+                         np.asarray(probe.nearest, np.int64) if by_head else _NO_NEAREST,
                          np.asarray(retired, np.bool_) if by_head else _NO_RETIRED)
         return out_r, out_d
     ip = qs @ vecs.T

@@ -77,8 +77,8 @@ class ReadPath:
             ann_rows, ann_d = np.full((len(qs), 0), -1, np.int64), np.full((len(qs), 0), np.inf, np.float32)
             ex.path = "memtable-only"
         # the unindexed rows of the heads probed (and of heads retired by now: read after the probe)
-        retired = idx.retired_postings() if st.probes is not None else None
-        mem_rows, mem_d = search_exact(mem, qs, k, self.metric, state, allow, st.probes, retired,
+        retired = idx.retired_postings() if st.probe is not None else None
+        mem_rows, mem_d = search_exact(mem, qs, k, self.metric, state, allow, st.probe, retired,
                                        self.settings["memtable_scan_all_rows"])
         rows, d = merge_candidates(ann_rows, ann_d, mem_rows, mem_d, k)
         ex.postings_probed += st.postings_probed

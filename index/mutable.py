@@ -363,6 +363,10 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
             log.warning("repair: retired %d damaged postings %s; re-indexed %d rows", len(bad), bad[:10], len(lost))
             return {"damaged_postings": bad, "rows_reindexed": int(len(lost))}
 
+    def sparse_rows(self, max_rows: int, min_garbage: float, fraction: float) -> np.ndarray:
+        """Live rows to copy to new rows so that blocks of dead rows can be freed (VectorFile.sparse_rows)."""
+        return self.files.vectors.sparse_rows(is_live(self.state), max_rows, min_garbage, fraction)
+
     def compaction_due(self, min_bytes: float, fraction: float) -> bool:
         """True when the posting file's garbage exceeds both min_bytes (a floor, so that small files do not
         churn) and `fraction` of the file (see compact_postings)."""

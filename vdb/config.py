@@ -82,6 +82,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("exact_filter_rows", 4_000, "filtered searches matching at most this many rows run exactly (above: "
             "the index with a widened probe, finished exactly when it comes up short)",
             _positive),
+    Setting("relocate_rows", True, "free the vector file's blocks that deletes left sparse by moving their live "
+            "rows to its end (a logged maintenance write; off on cluster replicas, whose logs copy their primary's)",
+            lambda v: isinstance(v, bool)),
     Setting("memtable_scan_all_rows", 1024, "a search scans every acknowledged row not yet in postings while "
             "there are at most this many; above, only the rows filed under the heads it probes (each row is filed "
             "under its nearest head as it is written), as it scans only the probed postings",
@@ -123,7 +126,8 @@ COLLECTION_SETTINGS = ("durability", "batch_delay_ms", "wal_segment_mb", "checkp
 # Everything a collection reads: its own settings plus the database-wide request limits and operator options.
 # A collection never sees the server's settings (keys, TLS, ports), so nothing it reports can leak them.
 ENGINE_SETTINGS = COLLECTION_SETTINGS + ("wal_repair", "max_top_k", "max_batch", "exact_filter_rows",
-                                         "memtable_scan_all_rows", "max_query_text_kb", "max_query_terms",
+                                         "memtable_scan_all_rows", "relocate_rows", "max_query_text_kb",
+                                         "max_query_terms",
                                          "memory_budget_mb")
 SECRETS = frozenset(s.name for s in SETTINGS if s.secret)
 

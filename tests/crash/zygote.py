@@ -89,7 +89,7 @@ def churn_writer(db, seed: int, fd: int) -> None:
 def child(req: dict) -> None:
     crashpoints.arm(req.get("crash_at", ""))
     fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    db = vdb.connect(req["dir"], **SETTINGS)
+    db = vdb.connect(req["dir"], **{**SETTINGS, **req.get("settings", {})})
     text = {"text_field": "text", "text_commit_interval_s": 0.1} if req.get("text") else {}
     db.create_collection("c", dim=DIM, exist_ok=True, **OPTIONS, **text)
     os.write(fd, b'{"ready": true}\n')

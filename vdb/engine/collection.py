@@ -9,7 +9,8 @@ checkpoint writes them, the index arrays and the LSN it covers in one LMDB trans
 below that LSN may be purged. Recovery loads the checkpoint and replays the WAL after it through the same
 apply code, so a process killed at any moment reopens to exactly its acknowledged writes.
 
-The read path (search, get, count, the cache's port) is in reads.py, a mixin of this class.
+Mixins of this class: the read path (search, get, count, the cache's port) in reads.py, relocation.py,
+report.py (stats).
 """
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from storage.errors import is_disk_full
 from storage.wal import LsnMismatchError, WriteAheadLog
 from storage.wal.format import CONSUMERS_FILE, MAX_PAYLOAD as WAL_RECORD_LIMIT
 from vdb.cache import SemanticCache
-from vdb.config import COLLECTION_SETTINGS
 from vdb.engine import walcodec
 from vdb.engine.idmap import IdMap
 from vdb.engine import textsearch
 from vdb.engine.maintenance import Maintainer
 from vdb.engine.memtable import Memtable
 from vdb.engine.reads import ReadPath
+from vdb.engine.relocation import Relocation
+from vdb.engine.report import Reporting
 from vdb.engine.validate import check_ids, check_payloads, check_record_size
 from vdb.errors import DataLossError, DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError, \
     UnavailableError, translate
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 CONSUMER = "index"
 
 
-class Collection(ReadPath):
+class Collection(ReadPath, Relocation, Reporting):
     def __init__(self, name: str, index: MutableSpannIndex, settings: dict):
         self.name, self.index, self.settings = name, index, dict(settings)
         self.path: Path = index.path
@@ -58,6 +60,8 @@ class Collection(ReadPath):
         self._failed: BaseException | None = None
         self._closed = False
         self.changed_rows = 0                         # rows deleted or replaced since opening (only grows)
+        self._moves = 0                               # relocations applied, x2 (odd while one is applied; reads.py)
+        self.rows_relocated = 0                       # rows moved by them since opening (relocation.py)
         self.on_logged = None                         # replication (vdb/cluster): fn(lsn, rtype, data) per record
         self.applied_lsn = int(index.manifest.get("checkpoint_lsn", 0))
         self.checkpoint_lsn = self.applied_lsn
@@ -150,7 +154,7 @@ class Collection(ReadPath):
         (vdb/cluster): the WAL refuses another next LSN, so a replica's log stays a copy. Returns the LSN applied."""
         self._check_usable()
         items = [(rtype, data, walcodec.decode(rtype, data)) for _, rtype, data in records]
-        new_rows = sum(len(op.ids) for _, _, op in items if isinstance(op, walcodec.Upsert))
+        new_rows = sum(len(op.ids) for _, _, op in items if isinstance(op, (walcodec.Upsert, walcodec.Relocate)))
         return self._log_and_apply_many(items, new_rows=new_rows, first_lsn=records[0][0])
 
     def _log_and_apply_many(self, items: list, *, new_rows: int = 0, first_lsn: int | None = None) -> int:
@@ -206,6 +210,8 @@ class Collection(ReadPath):
             self._seq.notify_all()
 
     def _apply(self, op) -> None:
+        if isinstance(op, walcodec.Relocate):
+            return self._apply_relocate(op)
         idx = self.index
         with idx.lock:
             old = self.rows_of(op.ids)
@@ -331,34 +337,6 @@ class Collection(ReadPath):
         self._check_usable()
         self.maintainer.drain(timeout)
         return self.checkpoint()
-
-    def stats(self) -> dict:
-        idx = self.index
-        wal = self.wal.stats()
-        info = idx.info() if idx.bootstrapped else {}
-        return {
-            "name": self.name, "dim": self.dim, "metric": self.metric.value, "count": self.live,
-            "rows": idx.n_rows, "pending_rows": len(self.memtable), "applied_lsn": self.applied_lsn,
-            "checkpoint_lsn": self.checkpoint_lsn, "bootstrapped": idx.bootstrapped,
-            "wal": wal, "maintenance": {**idx.maintenance_stats(), **self.maintainer.stats()},
-            **self._disk_stats(wal),
-            "index": {key: value for key, value in info.items() if key != "scan_tier"},  # scan_tier: below
-            "settings": {k: self.settings[k] for k in COLLECTION_SETTINGS},
-            "cache": self.cache.stats() if self.cache is not None else {"enabled": False},
-            "text": self.text.stats(),  # text index
-            "disk_path": {"enabled": True, **idx.disk.io_stats()} if idx.serves_from_disk else {"enabled": False},
-            "scan_tier": info["scan_tier"] if info else idx.scan_tier_info(),  # its one home here: also before
-            # the first heads, when the index section is empty
-        }
-
-    def _disk_stats(self, wal: dict) -> dict:
-        """What an operator watches for bounded disk: bytes per file, garbage, backlog, the last compaction."""
-        usage = self.index.disk_usage()
-        m = self.maintainer
-        return {"disk": usage["files"], "garbage": usage["garbage"],
-                "backlog": {"pending_rows": len(self.memtable), "uncheckpointed_lsns": self.applied_lsn -
-                            self.checkpoint_lsn, "wal_bytes": wal.get("bytes", 0)},
-                "last_compaction": dict(m.last_compaction), "bytes_reclaimed": dict(m.bytes_reclaimed)}
 
     @property
     def failed(self) -> BaseException | None:

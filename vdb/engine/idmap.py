@@ -36,6 +36,10 @@ class IdMap:
                 changed[e] = p
         self._payloads.update(changed)
 
+    def moved(self, ext_ids: np.ndarray, rows: np.ndarray) -> None:
+        """Live ids now at other rows, payloads unchanged (a relocation)."""
+        self._rows.update(zip(ext_ids.tolist(), rows.tolist()))
+
     def deleted(self, ext_ids: list[int]) -> None:
         self._rows.update(dict.fromkeys(ext_ids, -1))
         self._payloads.update(dict.fromkeys(ext_ids, None))

@@ -24,6 +24,8 @@ class Maintainer:
         self.c = collection
         self._index_changed = False           # since the last checkpoint
         self._changed_rows_at_sweep = 0       # the collection's changed_rows when the last sweep ran
+        self._changed_rows_at_relocation = 0  # ... when sparse rows of the vector file were last looked for
+        self._relocation_pending = False      # the last look found rows to move
         self._sweep_pending = False           # a sweep started and has merges or rewrites left
         self._sweep_deferrals = 0             # steps in a row that left a pending sweep for the backlog
         self._wake = threading.Event()
@@ -140,6 +142,13 @@ class Maintainer:
                 self._index_changed = True
                 self._checkpoint_now = True  # until the next checkpoint both posting files are on disk
                 worked = True
+        if self._relocation_due(settings):  # outside maint_lock: it is a logged write (vdb/engine/relocation.py)
+            rows = idx.sparse_rows(settings["maintenance_batch"], settings["compact_min_mb"] * (1 << 20),
+                                   settings["compact_garbage_fraction"])
+            self._relocation_pending = len(rows) > 0  # look again next step until a look finds nothing
+            if len(rows):
+                c.relocate(rows)
+                worked = True
         self.steps += worked
         if self._checkpoint_due():
             c.checkpoint()
@@ -151,6 +160,19 @@ class Maintainer:
         if freed:
             self._compacted("vector rows", freed)
         return worked
+
+    def _relocation_due(self, settings) -> bool:
+        """Look for sparse blocks of the vector file once another maintenance_batch rows died since the last
+        look (or the last look found some), while indexing has caught up and no sweep is pending (moved rows are
+        indexed like new writes, and a look costs a pass over the row states)."""
+        c = self.c
+        if not (settings["relocate_rows"] and c.index.bootstrapped and not self._sweep_pending
+                and len(c.memtable) <= settings["maintenance_batch"]
+                and (self._relocation_pending
+                     or c.changed_rows - self._changed_rows_at_relocation >= settings["maintenance_batch"])):
+            return False
+        self._changed_rows_at_relocation = c.changed_rows
+        return True
 
     def _sweep_slice_due(self, settings) -> bool:
         """A pending sweep waits while the backlog of unindexed rows is over half of max_pending_rows (writers
@@ -198,4 +220,5 @@ class Maintainer:
         return {"backlog_rows": len(self.c.memtable), "steps": self.steps, "errors": self.errors,
                 "last_error": self.last_error, "checkpoints": self.checkpoints,
                 "last_compaction": dict(self.last_compaction), "bytes_reclaimed": dict(self.bytes_reclaimed),
+                "rows_relocated": self.c.rows_relocated,
                 "seconds_since_checkpoint": round(time.monotonic() - self._last_checkpoint, 1)}

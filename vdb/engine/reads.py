@@ -7,6 +7,8 @@ map and the payload index. Reads take no collection lock: a search reads one mem
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from index import SearchParams, SearchStats
@@ -21,6 +23,8 @@ from vdb.engine.validate import check_ids
 from vdb.errors import InvalidArgumentError, ResourceExhaustedError
 from vdb.query.filters import compile_filter
 from vdb.query.payloads import PayloadIndex
+
+MAX_SEARCH_RETRIES = 3  # searches a relocation may overlap before one runs under the index lock, which it waits for
 
 
 class ReadPath:
@@ -56,6 +60,20 @@ class ReadPath:
             return self._search_rows(qs, k, p, node, ex if ex is not None else Explain())
 
     def _search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
+        # A relocation (Collection.relocate) adds a row to the memtable and then kills its old one: a search
+        # that took its memtable snapshot before and read the old row's state after would see neither. Such a
+        # search, rare as relocations are (one per maintenance step at most), is run again.
+        for _ in range(MAX_SEARCH_RETRIES):
+            moves = self._moves
+            if moves % 2 == 0:
+                rows, d = self._search_rows_once(qs, k, p, node, ex)
+                if self._moves == moves:
+                    return rows, d
+            time.sleep(0)  # a relocation is being applied: let it finish
+        with self.index.lock:  # still overlapping: relocations wait for this one (they apply under the lock)
+            return self._search_rows_once(qs, k, p, node, ex)
+
+    def _search_rows_once(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
         mem = self.memtable.snapshot()  # before the index: see memtable.py
         idx = self.index
         state = idx.state

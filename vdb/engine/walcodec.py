@@ -3,6 +3,9 @@
     UPSERT (type 1):  u32 n | u32 dim | u32 payload_bytes | n x u64 ids | n x dim x f32 vectors (stored form:
                       normalised for cosine) | payload_bytes of JSON: a list of n (object or null), or empty
     DELETE (type 2):  u32 n | n x u64 ids
+    RELOCATE (type 3): u32 n | n x u64 ids | n x u64 rows: each id still at that row moves, with its vector and
+                      payload unchanged, to a new row (the maintenance thread's, to free the vector file's sparse
+                      blocks; vdb/engine/maintenance.py). Applied by the same rule on replay and on a replica.
 
 All little endian. The WAL adds length, checksum and LSN around these bytes (docs/wal_format.md).
 """
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UPSERT, DELETE = 1, 2
+UPSERT, DELETE, RELOCATE = 1, 2, 3
 _UPSERT_HEAD = struct.Struct("<III")
 _DELETE_HEAD = struct.Struct("<I")
 
@@ -32,6 +35,14 @@ class Delete:
     ids: np.ndarray
 
 
+@dataclass(frozen=True)
+class Relocate:
+    ids: np.ndarray                     # int64 [n]
+    rows: np.ndarray                    # int64 [n]: the row each id must still be at to move
+    vectors: np.ndarray | None = None   # those rows' vectors and nearest heads, read by the relocating thread
+    heads: np.ndarray | None = None     # before the log's lock (not logged: replay reads and searches again)
+
+
 def encode_upsert(ids: np.ndarray, vectors: np.ndarray, payloads: list[dict | None] | None) -> bytes:
     blob = json.dumps(payloads, separators=(",", ":")).encode() if payloads is not None else b""
     n, dim = vectors.shape
@@ -43,7 +54,11 @@ def encode_delete(ids: np.ndarray) -> bytes:
     return _DELETE_HEAD.pack(len(ids)) + np.asarray(ids, "<u8").tobytes()
 
 
-def decode(rtype: int, data: bytes) -> Upsert | Delete:
+def encode_relocate(ids: np.ndarray, rows: np.ndarray) -> bytes:
+    return _DELETE_HEAD.pack(len(ids)) + np.asarray(ids, "<u8").tobytes() + np.asarray(rows, "<u8").tobytes()
+
+
+def decode(rtype: int, data: bytes) -> Upsert | Delete | Relocate:
     """The operation a record holds; ValueError if its bytes do not form one (the WAL checksum passed, so this
     means a writer bug or a format this version does not know)."""
     try:
@@ -52,7 +67,7 @@ def decode(rtype: int, data: bytes) -> Upsert | Delete:
         raise ValueError(f"WAL record of type {rtype} does not decode: {e}") from None
 
 
-def _decode(rtype: int, data: bytes) -> Upsert | Delete:
+def _decode(rtype: int, data: bytes) -> Upsert | Delete | Relocate:
     if rtype == UPSERT:
         n, dim, nblob = _UPSERT_HEAD.unpack_from(data)
         off = _UPSERT_HEAD.size
@@ -65,4 +80,10 @@ def _decode(rtype: int, data: bytes) -> Upsert | Delete:
     if rtype == DELETE:
         (n,) = _DELETE_HEAD.unpack_from(data)
         return Delete(np.frombuffer(data, "<u8", n, _DELETE_HEAD.size).astype(np.int64))
+    if rtype == RELOCATE:
+        (n,) = _DELETE_HEAD.unpack_from(data)
+        if len(data) != _DELETE_HEAD.size + 16 * n:
+            raise ValueError(f"{len(data)} bytes for {n} relocated rows")
+        both = np.frombuffer(data, "<u8", 2 * n, _DELETE_HEAD.size).astype(np.int64)
+        return Relocate(both[:n], both[n:])
     raise ValueError(f"unknown WAL record type {rtype}")

@@ -62,6 +62,8 @@ DISK_GAUGES = (("disk_bytes", "bytes the device holds for each file of the colle
                ("posting_garbage_bytes", "posting-file bytes no live posting uses (until the next compaction)",
                 ["collection"]),
                ("uncheckpointed_lsns", "applied writes no checkpoint covers yet", ["collection"]),
+               ("rows_relocated", "live rows moved out of sparse vector-file blocks since the collection opened",
+                ["collection"]),
                ("reclaimed_bytes", "bytes reclaimed since the collection opened, by kind", ["collection", "kind"]),
                ("last_compaction_unixtime", "when the last compaction (postings or vector rows) ran",
                 ["collection", "kind"]),
@@ -79,6 +81,7 @@ def _disk_metrics(fams: dict, name: str, s: dict) -> None:
     fams["dead_rows"].add_metric([name], garbage.get("dead_rows", 0))
     fams["posting_garbage_bytes"].add_metric([name], garbage.get("posting_bytes", 0))
     fams["uncheckpointed_lsns"].add_metric([name], backlog.get("uncheckpointed_lsns", 0))
+    fams["rows_relocated"].add_metric([name], s.get("maintenance", {}).get("rows_relocated", 0))
     for kind, nbytes in s.get("bytes_reclaimed", {}).items():
         fams["reclaimed_bytes"].add_metric([name, kind], nbytes)
     last = s.get("last_compaction", {})

@@ -1,0 +1,64 @@
+"""Moving live rows out of sparse blocks of the vector file, so that the blocks can be freed (issue 13).
+
+Deletes and overwrites leave dead rows in the append-only vector file; once a checkpoint commits them dead, the
+maintenance thread punches holes where a 4 KiB block holds dead rows only (storage/vectors.py). Random deletes
+leave most blocks holding a live row or two, so the maintenance thread copies those rows to new rows at the end
+of the file (VectorFile.sparse_rows says which), as a logged RELOCATE record (vdb/engine/walcodec.py): replay and
+replicas repeat it exactly, an id written meanwhile is left as its write made it, and the moved rows are indexed
+like new writes (their old records in postings become garbage that sweeps and compaction collect).
+
+A mixin of Collection (collection.py), whose write path logs and applies the record.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from index.rowstate import is_live
+from storage.crashpoints import crashpoint
+from vdb.engine import walcodec
+
+
+class Relocation:
+    def relocate(self, rows: np.ndarray) -> int:
+        """Move live `rows` to new rows at the end of the vector file, vectors and payloads unchanged, so the
+        blocks they leave can be freed (the maintenance thread's; see walcodec RELOCATE). An id written or
+        deleted meanwhile stays as that write left it. Logged like a write: replay and replicas repeat it."""
+        self._check_usable()
+        idx = self.index
+        rows = np.asarray(rows, np.int64)
+        ids = np.asarray(idx.int2ext[rows], np.int64)
+        vectors = idx.vectors_of(rows)  # rows never change while they exist, so reading them early is safe
+        op = walcodec.Relocate(ids, rows, vectors, idx.home_heads(vectors))
+        return self._log_and_apply(walcodec.RELOCATE, walcodec.encode_relocate(ids, rows), op, new_rows=len(rows))
+
+    def _apply_relocate(self, op: walcodec.Relocate) -> None:
+        """Each id still live at its row moves to a new row; the new row is in the memtable before the old one
+        dies, and searches that overlap are repeated (ReadPath._search_rows), so no search misses it."""
+        idx = self.index
+        live = op.vectors is not None  # relocate() read them; a replayed or replicated record carries none
+        if live:
+            crashpoint("relocate")  # logged, not applied: recovery replays it
+        with idx.lock:
+            at = self.rows_of(op.ids) == op.rows
+            at[at] = is_live(idx.state[op.rows[at]])
+            ids, old = op.ids[at], op.rows[at]
+            if len(ids) == 0:
+                return
+            vectors = op.vectors[at] if op.vectors is not None else idx.vectors_of(old)
+            heads = op.heads[at] if op.heads is not None else idx.home_heads(vectors)
+            payloads = self.idmap.payloads_of(ids) if self._pindex is not None or self.text.enabled else None
+            self._moves += 1  # odd: a search that overlaps this repeats itself (ReadPath._search_rows)
+            try:
+                rows = idx.add_rows(vectors, ids)
+                self.memtable.add(rows, vectors, heads)
+                self.idmap.moved(ids, rows)
+                idx.delete_rows(old)
+                self.changed_rows += len(ids)  # their records in postings are garbage now, as a replacement's
+                self.rows_relocated += len(ids)
+                if self._pindex is not None:
+                    self._pindex.set_rows(rows, payloads, idx.n_rows)
+                self.text.applied(rows, payloads, old, idx.n_rows)  # text index
+            finally:
+                self._moves += 1
+        if live:
+            crashpoint("relocate-applied")

@@ -162,7 +162,7 @@ class VectorFile:
         if len(n_live) == 0:
             return np.zeros(0, np.int64)
         held = int((n_live > 0).sum()) * BLOCK
-        garbage = held - int(np.asarray(live[: self.rows], bool).sum()) * self.row_size
+        garbage = held - int(np.asarray(live[: last[-1] + 1], bool).sum()) * self.row_size  # the blocks' rows
         if garbage <= max(min_garbage, fraction * held):
             return np.zeros(0, np.int64)
         fill = n_live / (last - first + 1)

@@ -14,9 +14,9 @@ DIM, N = 32, 12_000
 SETTINGS = dict(checkpoint_interval_s=3600, compact_min_mb=0.05, maintenance_batch=1024)
 
 
-def _filled(tmp_path, **extra):
-    db = vdb.connect(tmp_path / "d", **SETTINGS, **extra)
-    db.create_collection("c", dim=DIM)
+def _filled(tmp_path, collection=None, **extra):
+    db = vdb.connect(tmp_path / "d", **{**SETTINGS, **extra})
+    db.create_collection("c", dim=DIM, **(collection or {}))
     x = ClusteredMixture(DIM, 12, 1).sample(N, 1)
     for lo in range(0, N, 3000):
         ids = np.arange(lo, lo + 3000)
@@ -166,3 +166,109 @@ def test_relocate_records_round_trip_and_a_malformed_one_is_refused():
             assert "type 3" in str(e)
         else:
             raise AssertionError("a malformed RELOCATE record decoded")
+
+
+def _row_ranked_third(db, x, live, moved):
+    """A query (a live vector) whose third answer is one of `moved`, and that answer."""
+    for a in live[:400]:
+        ids, _ = db.search("c", x[a], top_k=5, nprobe=32, use_cache=False)
+        if ids[2] in moved:
+            return x[a], int(ids[2])
+    raise AssertionError("no query ranks a movable row third")
+
+
+def test_a_cache_hit_overlapping_a_relocation_still_has_the_row(tmp_path):
+    """Found by review: a semantic-cache hit reads the memtable and the row states itself, outside the search
+    path that repeats on an overlapping relocation; it served the hit without the moved row."""
+    db, x = _filled(tmp_path, {"cache_mb": 16}, relocate_rows=False)
+    try:
+        live, _ = _delete_most(db)
+        db.flush("c")
+        c = db.collection("c")
+        q, target = _row_ranked_third(db, x, live, set(c.index.int2ext[c.index.sparse_rows(10_000, 0, 0.3)].tolist()))
+        for _ in range(3):  # fill, then hits
+            db.search("c", q, top_k=5, nprobe=32)
+        snapshot, calls = c.memtable.snapshot, []
+
+        def snapshot_then_relocate():
+            view = snapshot()
+            if not calls:
+                calls.append(1)
+                c.relocate(c.rows_of(np.array([target])))
+            return view
+
+        c.memtable.snapshot = snapshot_then_relocate
+        try:
+            found, _ = db.search("c", q, top_k=5, nprobe=32)
+        finally:
+            del c.memtable.snapshot
+        assert calls and target in found and db.stats("c")["cache"]["hits"] >= 2
+    finally:
+        db.close()
+
+
+def test_a_text_search_overlapping_a_relocation_still_has_the_row(tmp_path):
+    """Found by review: a BM25 search read the row states outside the repeat-on-overlap path, and missed the
+    moved row (its old row dead, its new one not in the states it had read)."""
+    db = vdb.connect(tmp_path / "d", **SETTINGS, relocate_rows=False)
+    try:
+        n = 4000
+        db.create_collection("c", dim=DIM, text_field="text", text_commit_interval_s=0.1, bootstrap_rows=500)
+        x = np.random.default_rng(0).normal(size=(n, DIM)).astype(np.float32)
+        db.upsert("c", np.arange(n), x, [{"text": f"word{i} common"} for i in range(n)])
+        db.flush("c")
+        c = db.collection("c")
+        target = 5
+        row_state, calls = c.row_state, []
+
+        def state_then_relocate():
+            state = row_state()
+            if not calls:
+                calls.append(1)
+                c.relocate(c.rows_of(np.array([target])))
+            return state
+
+        c.row_state = state_then_relocate
+        try:
+            ids, _ = db.hybrid_search("c", text=f"word{target}", top_k=3)
+        finally:
+            del c.row_state
+        assert calls and np.asarray(ids).ravel()[0] == target
+    finally:
+        db.close()
+
+
+def test_a_full_disk_refusing_a_relocation_never_stops_checkpoints(tmp_path, monkeypatch):
+    """Found by review: the relocation's row reservation failed on a full disk and the step raised before its
+    checkpoint and reclaim, every step: the WAL was never purged and nothing was freed. Now the refusal is
+    counted, the checkpoint goes on, and once there is room again the rows move."""
+    from storage.errors import DiskFullError
+    db, x = _filled(tmp_path, checkpoint_interval_s=0.01)
+    try:
+        c = db.collection("c")
+        reserve = c.index.reserve_rows
+
+        def full_disk(extra):
+            if extra > 0:
+                raise DiskFullError(f"{c.path}: no space left on device (test)")
+            reserve(extra)
+
+        monkeypatch.setattr(c.index, "reserve_rows", full_disk)
+        live, _ = _delete_most(db)
+        for _ in range(100):  # the sweep the deletes started first, then the refused relocation
+            c.maintain()  # must not raise
+            if db.stats("c")["maintenance"]["last_error"]:
+                break
+        c.maintain()
+        stats = db.stats("c")
+        assert c.checkpoint_lsn == c.applied_lsn
+        assert stats["maintenance"]["rows_relocated"] == 0 and "disk is full" in stats["maintenance"]["last_error"]
+        monkeypatch.setattr(c.index, "reserve_rows", reserve)
+        db.delete("c", live[:SETTINGS["maintenance_batch"]])  # a batch more dead rows: the next look comes
+        for _ in range(100):
+            c.maintain()
+            if db.stats("c")["maintenance"]["rows_relocated"]:
+                break
+        assert db.stats("c")["maintenance"]["rows_relocated"] > 0
+    finally:
+        db.close()

@@ -55,8 +55,9 @@ class Replica:
             controller = controller or rayside.controller_peer(self.spec)
         self.node_id, self.controller = node_id, controller
         self.path = self.spec.replica_dir(shard, slot, node_id)
-        # relocate_rows off: a replica's log must stay a copy of its primary's, and a primary may be deposed
-        # between choosing rows and logging them (vdb/engine/relocation.py); replicas free whole dead blocks only
+        # relocate_rows off on every node, the primary too: a follower's log must stay a copy of its primary's,
+        # and a primary may be deposed between choosing rows and logging them (vdb/engine/relocation.py); a
+        # cluster's vector files free whole blocks of dead rows only
         self.db = vdb.connect(self.path / "db", **{**self.spec.settings, "relocate_rows": False})
         self.state = ReplicaState(self.path)
         self.term = self.state.term

@@ -26,6 +26,7 @@ class Maintainer:
         self._changed_rows_at_sweep = 0       # the collection's changed_rows when the last sweep ran
         self._changed_rows_at_relocation = 0  # ... when sparse rows of the vector file were last looked for
         self._relocation_pending = False      # the last look found rows to move
+        self._relocation_lock = threading.Lock()  # one look and its move at a time (a step may run on any thread)
         self._sweep_pending = False           # a sweep started and has merges or rewrites left
         self._sweep_deferrals = 0             # steps in a row that left a pending sweep for the backlog
         self._wake = threading.Event()
@@ -142,13 +143,6 @@ class Maintainer:
                 self._index_changed = True
                 self._checkpoint_now = True  # until the next checkpoint both posting files are on disk
                 worked = True
-        if self._relocation_due(settings):  # outside maint_lock: it is a logged write (vdb/engine/relocation.py)
-            rows = idx.sparse_rows(settings["maintenance_batch"], settings["compact_min_mb"] * (1 << 20),
-                                   settings["compact_garbage_fraction"])
-            self._relocation_pending = len(rows) > 0  # look again next step until a look finds nothing
-            if len(rows):
-                c.relocate(rows)
-                worked = True
         self.steps += worked
         if self._checkpoint_due():
             c.checkpoint()
@@ -159,7 +153,30 @@ class Maintainer:
         freed = idx.reclaim_rows()  # rows the last checkpoint committed as dead, once no search can read them
         if freed:
             self._compacted("vector rows", freed)
+        with self._relocation_lock:  # last: a full disk that refuses it must not stop the checkpoint
+            if self._relocation_due(settings):
+                worked = self._relocate(settings) or worked
         return worked
+
+    def _relocate(self, settings) -> bool:
+        """Move the live rows of sparse vector-file blocks (outside maint_lock: a logged write, see
+        vdb/engine/relocation.py). A failure (a full disk refusing the record) is counted and retried only
+        once more rows have died."""
+        rows = self.c.index.sparse_rows(settings["maintenance_batch"], settings["compact_min_mb"] * (1 << 20),
+                                        settings["compact_garbage_fraction"])
+        self._relocation_pending = False
+        if len(rows) == 0:
+            return False
+        try:
+            self.c.relocate(rows)
+        except Exception as e:
+            self.errors += 1
+            self.last_error = str(translate(e))
+            log.warning("collection %s: moving %d rows out of sparse blocks failed: %s", self.c.name, len(rows),
+                        self.last_error)
+            return False
+        self._relocation_pending = True  # look again next step until a look finds nothing
+        return True
 
     def _relocation_due(self, settings) -> bool:
         """Look for sparse blocks of the vector file once another maintenance_batch rows died since the last

@@ -49,8 +49,8 @@ class ReadPath:
         # A read epoch from the first row state read to the last vector read: the blocks of rows deleted
         # meanwhile are not reclaimed under this search (index/epochs.py)
         with self.index.epochs.reading():
-            if use_cache and self.cache is not None:
-                return self.cache.search(self, qs, k, p, ex, node, filter)
+            if use_cache and self.cache is not None:  # a hit reads the memtable and the row states too
+                return self.unmoved(lambda: self.cache.search(self, qs, k, p, ex, node, filter))
             rows, d = self.search_rows(qs, k, p, node, ex)
             return self.to_ext(rows, d)
 
@@ -59,19 +59,24 @@ class ReadPath:
         with self.index.epochs.reading():  # the cache and hybrid search call this directly
             return self._search_rows(qs, k, p, node, ex if ex is not None else Explain())
 
-    def _search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
-        # A relocation (Collection.relocate) adds a row to the memtable and then kills its old one: a search
-        # that took its memtable snapshot before and read the old row's state after would see neither. Such a
-        # search, rare as relocations are (one per maintenance step at most), is run again.
+    def unmoved(self, read):
+        """read(), as if no relocation overlapped it. A relocation (relocation.py) adds a row to the memtable
+        and the text index and then kills its old one: a read that took its memtable snapshot (or row states)
+        before and read the old row's state after would see neither. Such a read, rare as relocations are (one
+        per maintenance step at most), runs again; after MAX_SEARCH_RETRIES under the index lock, which
+        relocations apply under."""
         for _ in range(MAX_SEARCH_RETRIES):
             moves = self._moves
             if moves % 2 == 0:
-                rows, d = self._search_rows_once(qs, k, p, node, ex)
+                out = read()
                 if self._moves == moves:
-                    return rows, d
+                    return out
             time.sleep(0)  # a relocation is being applied: let it finish
-        with self.index.lock:  # still overlapping: relocations wait for this one (they apply under the lock)
-            return self._search_rows_once(qs, k, p, node, ex)
+        with self.index.lock:
+            return read()
+
+    def _search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
+        return self.unmoved(lambda: self._search_rows_once(qs, k, p, node, ex))
 
     def _search_rows_once(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
         mem = self.memtable.snapshot()  # before the index: see memtable.py

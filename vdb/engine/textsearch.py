@@ -104,6 +104,10 @@ def text_rows(c, texts: list[str], k: int, node):
     if not c.text.enabled:
         raise FailedPreconditionError(f"collection {c.name!r} has no full-text index; create it with "
                                       f"text_field=<payload field>")
+    return c.unmoved(lambda: _text_rows(c, texts, k, node))  # a relocation moves rows in the text index too
+
+
+def _text_rows(c, texts: list[str], k: int, node):
     state = c.row_state()
     restrict = None
     if node is not None:

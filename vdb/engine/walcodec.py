@@ -5,7 +5,7 @@
     DELETE (type 2):  u32 n | n x u64 ids
     RELOCATE (type 3): u32 n | n x u64 ids | n x u64 rows: each id still at that row moves, with its vector and
                       payload unchanged, to a new row (the maintenance thread's, to free the vector file's sparse
-                      blocks; vdb/engine/maintenance.py). Applied by the same rule on replay and on a replica.
+                      blocks; vdb/engine/relocation.py). Replay applies it by the same rule.
 
 All little endian. The WAL adds length, checksum and LSN around these bytes (docs/wal_format.md).
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 UPSERT, DELETE, RELOCATE = 1, 2, 3
 _UPSERT_HEAD = struct.Struct("<III")
-_DELETE_HEAD = struct.Struct("<I")
+_COUNT_HEAD = struct.Struct("<I")  # DELETE and RELOCATE: the number of ids
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ def encode_upsert(ids: np.ndarray, vectors: np.ndarray, payloads: list[dict | No
 
 
 def encode_delete(ids: np.ndarray) -> bytes:
-    return _DELETE_HEAD.pack(len(ids)) + np.asarray(ids, "<u8").tobytes()
+    return _COUNT_HEAD.pack(len(ids)) + np.asarray(ids, "<u8").tobytes()
 
 
 def encode_relocate(ids: np.ndarray, rows: np.ndarray) -> bytes:
-    return _DELETE_HEAD.pack(len(ids)) + np.asarray(ids, "<u8").tobytes() + np.asarray(rows, "<u8").tobytes()
+    return _COUNT_HEAD.pack(len(ids)) + np.asarray(ids, "<u8").tobytes() + np.asarray(rows, "<u8").tobytes()
 
 
 def decode(rtype: int, data: bytes) -> Upsert | Delete | Relocate:
@@ -78,12 +78,12 @@ def _decode(rtype: int, data: bytes) -> Upsert | Delete | Relocate:
         payloads = json.loads(data[off: off + nblob]) if nblob else None
         return Upsert(ids, vectors, payloads)
     if rtype == DELETE:
-        (n,) = _DELETE_HEAD.unpack_from(data)
-        return Delete(np.frombuffer(data, "<u8", n, _DELETE_HEAD.size).astype(np.int64))
+        (n,) = _COUNT_HEAD.unpack_from(data)
+        return Delete(np.frombuffer(data, "<u8", n, _COUNT_HEAD.size).astype(np.int64))
     if rtype == RELOCATE:
-        (n,) = _DELETE_HEAD.unpack_from(data)
-        if len(data) != _DELETE_HEAD.size + 16 * n:
+        (n,) = _COUNT_HEAD.unpack_from(data)
+        if len(data) != _COUNT_HEAD.size + 16 * n:
             raise ValueError(f"{len(data)} bytes for {n} relocated rows")
-        both = np.frombuffer(data, "<u8", 2 * n, _DELETE_HEAD.size).astype(np.int64)
+        both = np.frombuffer(data, "<u8", 2 * n, _COUNT_HEAD.size).astype(np.int64)
         return Relocate(both[:n], both[n:])
     raise ValueError(f"unknown WAL record type {rtype}")

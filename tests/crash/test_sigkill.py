@@ -165,16 +165,16 @@ CHURN_POINTS = ["compact-written:1", "compact:1", "reclaim-rows:1", "reclaim-row
                 "checkpoint-after-meta:3"]
 
 
-def test_kills_in_compaction_reclaim_and_wal_roll_lose_nothing(zygote, tmp_path):
-    """Issue 13's new steps: a kill while a compacted posting file is written or published, while dead vector
-    rows are reclaimed, or right after the WAL rolled: every acknowledged write survives, no acknowledged
-    delete comes back, and `check` passes (the punched rows are dead in the committed state)."""
-    data, model, fired = tmp_path / "data", {}, set()
-    for it, point in enumerate(CHURN_POINTS + [""]):
+def run_churn_kills(zygote, tmp_path: Path, points: list[str], seed: int, settings: dict | None = None):
+    """One churning child per crash point (and a last one killed from outside), each verified after its death:
+    (the points that fired, the last verification's stats)."""
+    data, model, fired, stats = tmp_path / "data", {}, set(), {}
+    for it, point in enumerate(points + [""]):
         log = tmp_path / f"churn-{it}.jsonl"
-        pid = _spawn(zygote, dir=str(data), log=str(log), seed=50 + it, threads=1, crash_at=point, churn=True)
+        pid = _spawn(zygote, dir=str(data), log=str(log), seed=seed + it, threads=1, crash_at=point, churn=True,
+                     settings=settings or {})
         assert _wait_for(lambda: log.exists() and b"ready" in log.read_bytes(), 30), "child never got ready"
-        if point and _wait_for(lambda: _dead(pid), 20):
+        if point and _wait_for(lambda: _dead(pid), 30):
             fired.add(point)
         if not _dead(pid):
             time.sleep(0.3)
@@ -182,6 +182,14 @@ def test_kills_in_compaction_reclaim_and_wal_roll_lose_nothing(zygote, tmp_path)
         _spawn_reap(zygote, pid)
         acked, inflight = _read_log(log)
         stats = _verify(data, model, acked, inflight)
+    return fired, stats
+
+
+def test_kills_in_compaction_reclaim_and_wal_roll_lose_nothing(zygote, tmp_path):
+    """Issue 13's new steps: a kill while a compacted posting file is written or published, while dead vector
+    rows are reclaimed, or right after the WAL rolled: every acknowledged write survives, no acknowledged
+    delete comes back, and `check` passes (the punched rows are dead in the committed state)."""
+    fired, stats = run_churn_kills(zygote, tmp_path, CHURN_POINTS, seed=50)
     assert fired == set(CHURN_POINTS)
     assert stats["garbage"]["dead_rows"] > 0
 
@@ -193,19 +201,6 @@ def test_kills_while_live_rows_move_out_of_sparse_blocks_lose_nothing(zygote, tm
     """A kill after a RELOCATE record is logged and before it is applied, right after it is applied, or while the
     blocks it emptied are freed: every acknowledged write survives at its vector, no acknowledged delete comes
     back, and `check` passes. maintenance_batch 64 makes maintenance look for sparse blocks every 64 dead rows."""
-    data, model, fired = tmp_path / "data", {}, set()
-    settings = {"maintenance_batch": 64, "compact_min_mb": 0.02}
-    for it, point in enumerate(RELOCATE_POINTS + [""]):
-        log = tmp_path / f"relocate-{it}.jsonl"
-        pid = _spawn(zygote, dir=str(data), log=str(log), seed=70 + it, threads=1, crash_at=point, churn=True,
-                     settings=settings)
-        assert _wait_for(lambda: log.exists() and b"ready" in log.read_bytes(), 30), "child never got ready"
-        if point and _wait_for(lambda: _dead(pid), 30):
-            fired.add(point)
-        if not _dead(pid):
-            time.sleep(0.3)
-            os.kill(pid, signal.SIGKILL)
-        _spawn_reap(zygote, pid)
-        acked, inflight = _read_log(log)
-        _verify(data, model, acked, inflight)
+    fired, _ = run_churn_kills(zygote, tmp_path, RELOCATE_POINTS, seed=70,
+                               settings={"maintenance_batch": 64, "compact_min_mb": 0.02})
     assert fired == set(RELOCATE_POINTS)

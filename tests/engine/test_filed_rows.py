@@ -26,6 +26,22 @@ def _data(n, seed):
     return ClusteredMixture(DIM, 10, 1).sample(n, seed)
 
 
+def _indexed_and_watched(db):
+    """1,500 indexed rows, and the 400 rows (with their ids) a test will watch while they are unindexed."""
+    db.upsert("c", np.arange(1500), _data(1500, 4))
+    db.flush("c")
+    return db.collection("c"), _data(400, 5), np.arange(20_000, 20_400)
+
+
+def _index_with_splits(db, c):
+    """Write and index 3,000 more rows in 30 parts, as a maintenance step would (the caller holds maint_lock):
+    splits, new heads, retirements next to the watched rows."""
+    feed, feed_ids = _data(3000, 6), np.arange(30_000, 33_000)
+    for part in np.array_split(np.arange(len(feed)), 30):
+        db.upsert("c", feed_ids[part], feed[part])
+        c.index.insert(c.rows_of(feed_ids[part]))
+
+
 def test_unindexed_rows_are_found_through_their_heads(tmp_path):
     db = _db(tmp_path)
     try:
@@ -63,11 +79,7 @@ def test_splits_retiring_the_heads_of_unindexed_rows_never_hide_them_from_a_sear
     rows under the held maint_lock, as a maintenance step does."""
     db = _db(tmp_path)
     try:
-        db.upsert("c", np.arange(1500), _data(1500, 4))
-        db.flush("c")
-        c = db.collection("c")
-        watched, feed = _data(400, 5), _data(3000, 6)
-        watched_ids, feed_ids = np.arange(20_000, 20_400), np.arange(30_000, 33_000)
+        c, watched, watched_ids = _indexed_and_watched(db)
         splits_before = db.stats("c")["maintenance"]["splits"]
         missed: list[int] = []
         done = threading.Event()
@@ -84,9 +96,7 @@ def test_splits_retiring_the_heads_of_unindexed_rows_never_hide_them_from_a_sear
             searcher = threading.Thread(target=search_each_watched_row)
             searcher.start()
             try:
-                for part in np.array_split(np.arange(len(feed)), 30):
-                    db.upsert("c", feed_ids[part], feed[part])
-                    c.index.insert(c.rows_of(feed_ids[part]))  # into postings: splits, new heads, retirements
+                _index_with_splits(db, c)
             finally:
                 done.set()
                 searcher.join()
@@ -109,19 +119,13 @@ def test_a_search_whose_posting_snapshot_predates_new_heads_still_scans_the_rows
     400 rows were missed while splits ran)."""
     db = _db(tmp_path)
     try:
-        db.upsert("c", np.arange(1500), _data(1500, 4))
-        db.flush("c")
-        c = db.collection("c")
-        watched, feed = _data(400, 5), _data(3000, 6)
-        watched_ids, feed_ids = np.arange(20_000, 20_400), np.arange(30_000, 33_000)
+        c, watched, watched_ids = _indexed_and_watched(db)
         store = c.index.files.postings
         with c.index.maint_lock:
             db.upsert("c", watched_ids, watched)
             before_splits = store.dir
             splits = db.stats("c")["maintenance"]["splits"]
-            for part in np.array_split(np.arange(len(feed)), 30):  # splits of heads next to the watched rows'
-                db.upsert("c", feed_ids[part], feed[part])
-                c.index.insert(c.rows_of(feed_ids[part]))
+            _index_with_splits(db, c)  # splits of heads next to the watched rows'
             assert db.stats("c")["maintenance"]["splits"] > splits + 10
             current, store.dir = store.dir, before_splits  # as a search that snapshotted before the splits
             try:

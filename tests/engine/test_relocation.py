@@ -4,6 +4,8 @@ shrinks to about its live rows, that nothing a user wrote changes (vectors, payl
 that a write racing a relocation wins, and that a search overlapping one still sees the row."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 import vdb
@@ -44,6 +46,35 @@ def _settle(db):
 
 def _vector_file_bytes(db):
     return db.stats("c")["disk"]["vectors.f32"]
+
+
+def _movable(db):
+    """After deleting most rows (relocation off): the collection, its live ids, and the rows a relocation would
+    move now (every sparse block's)."""
+    live, _ = _delete_most(db)
+    c = db.collection("c")
+    return c, live, c.index.sparse_rows(10_000, 0, 0.3)
+
+
+@contextlib.contextmanager
+def _relocating_once_after(c, owner, name: str, ids):
+    """Replace owner.<name>() (a read a search makes) by one that, the first time, returns what the original
+    gives and then relocates the rows of `ids` in collection c: the race between the two, frozen. Yields the
+    calls made."""
+    original, calls = getattr(owner, name), []
+
+    def then_relocate():
+        out = original()
+        if not calls:
+            calls.append(1)
+            c.relocate(c.rows_of(np.asarray(ids, np.int64)))
+        return out
+
+    setattr(owner, name, then_relocate)
+    try:
+        yield calls
+    finally:
+        delattr(owner, name)
 
 
 def test_random_deletes_free_the_blocks_their_survivors_held_and_change_nothing_users_see(tmp_path):
@@ -100,9 +131,7 @@ def test_without_relocation_the_survivors_keep_their_blocks(tmp_path):
 def test_a_write_after_the_rows_were_chosen_wins_over_their_relocation(tmp_path):
     db, x = _filled(tmp_path, relocate_rows=False)
     try:
-        live, _ = _delete_most(db)
-        c = db.collection("c")
-        rows = c.index.sparse_rows(10_000, 0, 0.3)
+        c, live, rows = _movable(db)
         ids = c.index.int2ext[rows]
         moved_again, deleted, kept = int(ids[0]), int(ids[1]), int(ids[2])
         new_vector = x[moved_again] + 5.0
@@ -129,25 +158,10 @@ def test_a_search_overlapping_a_relocation_still_finds_the_row(tmp_path):
     have the new row) and before it read the old row's state (dead by then). The search runs again."""
     db, x = _filled(tmp_path, relocate_rows=False)
     try:
-        live, _ = _delete_most(db)
-        c = db.collection("c")
-        rows = c.index.sparse_rows(10_000, 0, 0.3)
+        c, _, rows = _movable(db)
         target = int(c.index.int2ext[rows[0]])
-        snapshot = c.memtable.snapshot
-        calls = []
-
-        def snapshot_then_relocate():
-            view = snapshot()
-            if not calls:
-                calls.append(1)
-                c.relocate(rows)
-            return view
-
-        c.memtable.snapshot = snapshot_then_relocate
-        try:
+        with _relocating_once_after(c, c.memtable, "snapshot", c.index.int2ext[rows]) as calls:
             found, d = db.search("c", x[target], top_k=1, nprobe=64, use_cache=False)
-        finally:
-            del c.memtable.snapshot
         assert calls and found[0] == target and d[0] < 1e-3
     finally:
         db.close()
@@ -182,26 +196,13 @@ def test_a_cache_hit_overlapping_a_relocation_still_has_the_row(tmp_path):
     path that repeats on an overlapping relocation; it served the hit without the moved row."""
     db, x = _filled(tmp_path, {"cache_mb": 16}, relocate_rows=False)
     try:
-        live, _ = _delete_most(db)
+        c, live, rows = _movable(db)
         db.flush("c")
-        c = db.collection("c")
-        q, target = _row_ranked_third(db, x, live, set(c.index.int2ext[c.index.sparse_rows(10_000, 0, 0.3)].tolist()))
+        q, target = _row_ranked_third(db, x, live, set(c.index.int2ext[rows].tolist()))
         for _ in range(3):  # fill, then hits
             db.search("c", q, top_k=5, nprobe=32)
-        snapshot, calls = c.memtable.snapshot, []
-
-        def snapshot_then_relocate():
-            view = snapshot()
-            if not calls:
-                calls.append(1)
-                c.relocate(c.rows_of(np.array([target])))
-            return view
-
-        c.memtable.snapshot = snapshot_then_relocate
-        try:
+        with _relocating_once_after(c, c.memtable, "snapshot", [target]) as calls:
             found, _ = db.search("c", q, top_k=5, nprobe=32)
-        finally:
-            del c.memtable.snapshot
         assert calls and target in found and db.stats("c")["cache"]["hits"] >= 2
     finally:
         db.close()
@@ -219,20 +220,8 @@ def test_a_text_search_overlapping_a_relocation_still_has_the_row(tmp_path):
         db.flush("c")
         c = db.collection("c")
         target = 5
-        row_state, calls = c.row_state, []
-
-        def state_then_relocate():
-            state = row_state()
-            if not calls:
-                calls.append(1)
-                c.relocate(c.rows_of(np.array([target])))
-            return state
-
-        c.row_state = state_then_relocate
-        try:
+        with _relocating_once_after(c, c, "row_state", [target]) as calls:
             ids, _ = db.hybrid_search("c", text=f"word{target}", top_k=3)
-        finally:
-            del c.row_state
         assert calls and np.asarray(ids).ravel()[0] == target
     finally:
         db.close()

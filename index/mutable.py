@@ -382,11 +382,13 @@ class MutableSpannIndex(Rebalancing, LiveDiskServing, SpannIndex):
         super().close()
 
     def disk_usage(self) -> dict:
-        """Allocated bytes per file of the directory (and "total"), and the garbage: dead rows (those whose
-        blocks are still allocated count in the vector file) and posting bytes no live extent uses."""
-        dead = int(len(self.state) - is_live(self.state).sum())
+        """Allocated bytes per file of the directory (and "total"), and the garbage: dead rows, dead rows' bytes
+        in vector-file blocks that also hold a live row, and posting bytes no live extent uses."""
+        live = is_live(self.state)
         return {"files": self.files.allocated_bytes(),
-                "garbage": {"dead_rows": dead, "posting_bytes": self.files.postings.garbage_bytes()}}
+                "garbage": {"dead_rows": int(len(live) - live.sum()),
+                            "posting_bytes": self.files.postings.garbage_bytes(),
+                            "vector_row_bytes": self.files.vectors.garbage_bytes(live)}}
 
     def maintenance_stats(self) -> dict:
         """Counters of the maintenance work (splits, merges, reassignments, ...) and posting-file garbage."""

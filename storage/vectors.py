@@ -159,10 +159,7 @@ class VectorFile:
         1 / (1 - fraction) of its live rows, as the posting file does). Random deletes leave most blocks
         holding some live row: holes alone freed 5.7 of 57 MB in the streaming runbook (issue 13)."""
         _, first, last, n_live = self._block_fill(live)
-        if len(n_live) == 0:
-            return np.zeros(0, np.int64)
-        held = int((n_live > 0).sum()) * BLOCK
-        garbage = held - int(np.asarray(live[: last[-1] + 1], bool).sum()) * self.row_size  # the blocks' rows
+        held, garbage = self._held_and_garbage(live, last, n_live)
         if garbage <= max(min_garbage, fraction * held):
             return np.zeros(0, np.int64)
         fill = n_live / (last - first + 1)
@@ -172,6 +169,18 @@ class VectorFile:
         spans = [np.arange(first[i], last[i] + 1) for i in chosen]
         rows = np.unique(np.concatenate(spans)) if spans else np.zeros(0, np.int64)
         return rows[np.asarray(live, bool)[rows]]
+
+    def garbage_bytes(self, live: np.ndarray) -> int:
+        """Bytes of dead rows in the blocks that also hold a live row: what holes cannot free and moving the
+        live rows out (sparse_rows) can."""
+        _, _, last, n_live = self._block_fill(live)
+        return self._held_and_garbage(live, last, n_live)[1]
+
+    def _held_and_garbage(self, live: np.ndarray, last: np.ndarray, n_live: np.ndarray) -> tuple[int, int]:
+        if len(n_live) == 0:
+            return 0, 0
+        held = int((n_live > 0).sum()) * BLOCK
+        return held, max(0, held - int(np.asarray(live[: last[-1] + 1], bool).sum()) * self.row_size)
 
     def allocated_bytes(self) -> int:
         """Bytes of real blocks on the device (holes of reclaimed rows and the growth tail excluded)."""

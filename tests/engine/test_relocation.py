@@ -82,6 +82,8 @@ def test_random_deletes_free_the_blocks_their_survivors_held_and_change_nothing_
     try:
         live, dead = _delete_most(db)
         before = _vector_file_bytes(db)
+        garbage_before = db.stats("c")["garbage"]["vector_row_bytes"]
+        assert garbage_before > 0.5 * (N - len(live)) * row_bytes(DIM)  # deletes this random leave most in place
         _settle(db)
         after = _vector_file_bytes(db)
         live_bytes = len(live) * row_bytes(DIM)
@@ -91,6 +93,7 @@ def test_random_deletes_free_the_blocks_their_survivors_held_and_change_nothing_
         # ahead of the writes and a block at each end
         assert after <= live_bytes / 0.7 + RESERVE_ROWS_BYTES + 4 * BLOCK, (before, after, live_bytes)
         assert before - after >= 0.5 * (N * row_bytes(DIM) - live_bytes)  # half of the dead rows' bytes, at least
+        assert stats["garbage"]["vector_row_bytes"] <= 0.3 * after  # within compact_garbage_fraction of what is held
         got = {r.id: r for r in db.get("c", live)}
         assert sorted(got) == live.tolist()
         for i in live[::37]:

@@ -219,5 +219,6 @@ def test_metrics_endpoint_counts_rpcs_by_method_and_code(tmp_path):
         assert 'vdb_disk_bytes{collection="c",file="vectors.f32"}' in text  # disk per file (issue 13)
         assert 'vdb_dead_rows{collection="c"} 0.0' in text and 'vdb_uncheckpointed_lsns{collection="c"}' in text
         assert 'vdb_rows_relocated{collection="c"} 0.0' in text  # live rows moved out of sparse blocks
+        assert 'vdb_vector_garbage_bytes{collection="c"} 0.0' in text
     finally:
         r.stop()

@@ -61,6 +61,8 @@ DISK_GAUGES = (("disk_bytes", "bytes the device holds for each file of the colle
                 ["collection"]),
                ("posting_garbage_bytes", "posting-file bytes no live posting uses (until the next compaction)",
                 ["collection"]),
+               ("vector_garbage_bytes", "dead rows' bytes in vector-file blocks that also hold a live row (what "
+                "moving live rows out of sparse blocks frees)", ["collection"]),
                ("uncheckpointed_lsns", "applied writes no checkpoint covers yet", ["collection"]),
                ("rows_relocated", "live rows moved out of sparse vector-file blocks since the collection opened",
                 ["collection"]),
@@ -80,6 +82,7 @@ def _disk_metrics(fams: dict, name: str, s: dict) -> None:
     garbage, backlog = s.get("garbage", {}), s.get("backlog", {})
     fams["dead_rows"].add_metric([name], garbage.get("dead_rows", 0))
     fams["posting_garbage_bytes"].add_metric([name], garbage.get("posting_bytes", 0))
+    fams["vector_garbage_bytes"].add_metric([name], garbage.get("vector_row_bytes", 0))
     fams["uncheckpointed_lsns"].add_metric([name], backlog.get("uncheckpointed_lsns", 0))
     fams["rows_relocated"].add_metric([name], s.get("maintenance", {}).get("rows_relocated", 0))
     for kind, nbytes in s.get("bytes_reclaimed", {}).items():

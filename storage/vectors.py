@@ -25,6 +25,8 @@ ROW_SALT = 0x9E3779B1  # the row-index term of the checksum (also used by index/
 _MASK32 = np.uint64(0xFFFFFFFF)
 RESERVE_ROWS_BYTES = 4 << 20  # rows are allocated ahead of the writes in steps of about this many bytes
 BLOCK = 4096  # the file system block a hole is punched in: only blocks holding dead rows alone are freed
+FIRST_BLOCK = HEADER_SIZE // BLOCK  # the first block that holds rows
+SCAN_BLOCKS = 1 << 18  # blocks per step of a pass over the rows' states (bounded temporaries at 10M rows)
 
 
 def row_bytes(dim: int) -> int:
@@ -55,6 +57,7 @@ class VectorFile:
         self.row_size = row_bytes(dim)
         self._reserved_rows = rows  # rows whose blocks are known to be allocated (see reserve)
         self._punched = np.zeros(0, bool)  # per file block: freed by reclaim (this process; a reopen redoes it)
+        self.seen_garbage_bytes = -1  # garbage_bytes as of the last pass over the rows (-1: none yet)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     @classmethod
@@ -121,9 +124,10 @@ class VectorFile:
         The caller guarantees that no dead row is read again (a punched row reads as zeros and fails its
         checksum), and that `dead` is committed: a crash must never bring a punched row back to life. Blocks
         that also hold a live row, or a row past len(dead), are kept."""
-        b, _, _, n_live = self._block_fill(~np.asarray(dead, bool))
-        if len(b) == 0:
+        n_live = self._live_per_block(~np.asarray(dead, bool))
+        if len(n_live) == 0:
             return 0
+        b = np.arange(FIRST_BLOCK, FIRST_BLOCK + len(n_live), dtype=np.int64)
         end_block = int(b[-1]) + 1
         free = n_live == 0
         if len(self._punched) < end_block:
@@ -139,17 +143,24 @@ class VectorFile:
             freed += int(stop - start) * BLOCK
         return freed
 
-    def _block_fill(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The file blocks whose bytes all belong to rows [0, len(live)) (the block a later row shares is left
-        out), and per block its first and last row and how many of them are live (a row spanning two blocks
-        counts in both)."""
+    def _block_rows(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and last row whose bytes lie in each file block."""
+        first = (blocks * BLOCK - HEADER_SIZE) // self.row_size
+        return first, ((blocks + 1) * BLOCK - 1 - HEADER_SIZE) // self.row_size
+
+    def _live_per_block(self, live: np.ndarray) -> np.ndarray:
+        """Live rows per file block whose bytes all belong to rows [0, len(live)) (the block a later row shares
+        is left out; a row spanning two blocks counts in both), block FIRST_BLOCK first. In steps of SCAN_BLOCKS:
+        one pass over 10M rows held 150-380 MB of temporaries."""
         n = min(len(live), self.rows)
-        end_block = max(HEADER_SIZE // BLOCK, (HEADER_SIZE + n * self.row_size) // BLOCK)
-        b = np.arange(HEADER_SIZE // BLOCK, end_block, dtype=np.int64)
-        first = (b * BLOCK - HEADER_SIZE) // self.row_size
-        last = ((b + 1) * BLOCK - 1 - HEADER_SIZE) // self.row_size
-        live_before = np.concatenate([[0], np.cumsum(np.asarray(live[:n], bool), dtype=np.int64)])
-        return b, first, last, live_before[last + 1] - live_before[first]
+        end = max(FIRST_BLOCK, (HEADER_SIZE + n * self.row_size) // BLOCK)
+        out = np.empty(end - FIRST_BLOCK, np.int32)
+        for lo in range(FIRST_BLOCK, end, SCAN_BLOCKS):
+            first, last = self._block_rows(np.arange(lo, min(end, lo + SCAN_BLOCKS), dtype=np.int64))
+            r0 = int(first[0])
+            before = np.concatenate([[0], np.cumsum(np.asarray(live[r0: int(last[-1]) + 1], bool), dtype=np.int32)])
+            out[lo - FIRST_BLOCK: lo - FIRST_BLOCK + len(first)] = before[last - r0 + 1] - before[first - r0]
+        return out
 
     def sparse_rows(self, live: np.ndarray, max_rows: int, min_garbage: float, fraction: float) -> np.ndarray:
         """The live rows worth copying to the end of the file so that the blocks they leave hold only dead rows
@@ -157,30 +168,35 @@ class VectorFile:
         bytes and `fraction` of their bytes in dead rows; then those of the emptiest blocks, at most about
         max_rows, taken only from blocks at most 1 - fraction live (so the file stays within about
         1 / (1 - fraction) of its live rows, as the posting file does). Random deletes leave most blocks
-        holding some live row: holes alone freed 5.7 of 57 MB in the streaming runbook (issue 13)."""
-        _, first, last, n_live = self._block_fill(live)
-        held, garbage = self._held_and_garbage(live, last, n_live)
-        if garbage <= max(min_garbage, fraction * held):
+        holding some live row: holes alone freed 5.7 of 57 MB in the streaming runbook (issue 13). Also
+        refreshes what `garbage_bytes` reports."""
+        n_live = self._live_per_block(live)
+        held, self.seen_garbage_bytes = self._held_and_garbage(live, n_live)
+        if self.seen_garbage_bytes <= max(min_garbage, fraction * held):
             return np.zeros(0, np.int64)
-        fill = n_live / (last - first + 1)
-        chosen = np.flatnonzero((n_live > 0) & (fill <= 1.0 - fraction))
+        span = (BLOCK - 1) // self.row_size + 2  # the most rows a block's bytes belong to (blocks vary by one)
+        chosen = np.flatnonzero((n_live > 0) & (n_live <= (1.0 - fraction) * span))
         chosen = chosen[np.argsort(n_live[chosen], kind="stable")]
         chosen = chosen[: max(1, int(np.searchsorted(np.cumsum(n_live[chosen]), max_rows, side="right")))]
-        spans = [np.arange(first[i], last[i] + 1) for i in chosen]
+        first, last = self._block_rows(chosen.astype(np.int64) + FIRST_BLOCK)
+        spans = [np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())]
         rows = np.unique(np.concatenate(spans)) if spans else np.zeros(0, np.int64)
         return rows[np.asarray(live, bool)[rows]]
 
     def garbage_bytes(self, live: np.ndarray) -> int:
         """Bytes of dead rows in the blocks that also hold a live row: what holes cannot free and moving the
-        live rows out (sparse_rows) can."""
-        _, _, last, n_live = self._block_fill(live)
-        return self._held_and_garbage(live, last, n_live)[1]
+        live rows out (sparse_rows) can. As of the maintenance thread's last look (sparse_rows) when it has
+        looked: a pass over every row's state, too much for every stats call at 10M rows."""
+        if self.seen_garbage_bytes < 0:
+            self.seen_garbage_bytes = self._held_and_garbage(live, self._live_per_block(live))[1]
+        return self.seen_garbage_bytes
 
-    def _held_and_garbage(self, live: np.ndarray, last: np.ndarray, n_live: np.ndarray) -> tuple[int, int]:
+    def _held_and_garbage(self, live: np.ndarray, n_live: np.ndarray) -> tuple[int, int]:
         if len(n_live) == 0:
             return 0, 0
         held = int((n_live > 0).sum()) * BLOCK
-        return held, max(0, held - int(np.asarray(live[: last[-1] + 1], bool).sum()) * self.row_size)
+        last_row = int(self._block_rows(np.int64(FIRST_BLOCK + len(n_live) - 1))[1])
+        return held, max(0, held - int(np.asarray(live[: last_row + 1], bool).sum()) * self.row_size)
 
     def allocated_bytes(self) -> int:
         """Bytes of real blocks on the device (holes of reclaimed rows and the growth tail excluded)."""

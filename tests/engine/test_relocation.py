@@ -264,3 +264,35 @@ def test_a_full_disk_refusing_a_relocation_never_stops_checkpoints(tmp_path, mon
         assert db.stats("c")["maintenance"]["rows_relocated"] > 0
     finally:
         db.close()
+
+
+def test_a_relocation_that_fails_after_it_was_logged_fails_the_step_and_the_collection(tmp_path, monkeypatch):
+    """Found by review: every relocation failure was counted as a refusal, so maintain() reported success on a
+    collection that applying the logged record had just failed. Only a full disk's refusal is absorbed now."""
+    db, _ = _filled(tmp_path)
+    try:
+        c = db.collection("c")
+        _delete_most(db)
+
+        def broken(ids, rows):
+            raise RuntimeError("injected: the id map cannot take the move")
+
+        monkeypatch.setattr(c.idmap, "moved", broken)
+        c.maintainer.stop()  # only this thread steps: the step that relocates is the one that must fail
+        for _ in range(100):
+            try:
+                c.maintain()
+            except vdb.UnavailableError as e:
+                assert "applying the logged write" in str(e)
+                break
+            assert c.failed is None, "maintain() returned normally on a collection it had just failed"
+        else:
+            raise AssertionError("no relocation was tried")
+        assert c.failed is not None
+    finally:
+        db.close()
+    db = vdb.connect(tmp_path / "d")  # reopening replays the logged RELOCATE
+    try:
+        assert db.count("c") == N - int(N * 0.8) and db.check("c")[0]["ok"]
+    finally:
+        db.close()

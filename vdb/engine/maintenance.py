@@ -160,8 +160,9 @@ class Maintainer:
 
     def _relocate(self, settings) -> bool:
         """Move the live rows of sparse vector-file blocks (outside maint_lock: a logged write, see
-        vdb/engine/relocation.py). A failure (a full disk refusing the record) is counted and retried only
-        once more rows have died."""
+        vdb/engine/relocation.py). A full disk refusing the record (nothing was logged) is counted and retried
+        once more rows have died; any other failure propagates (one after the record was logged has failed the
+        collection, which reopens from its files)."""
         rows = self.c.index.sparse_rows(settings["maintenance_batch"], settings["compact_min_mb"] * (1 << 20),
                                         settings["compact_garbage_fraction"])
         self._relocation_pending = False
@@ -169,7 +170,7 @@ class Maintainer:
             return False
         try:
             self.c.relocate(rows)
-        except Exception as e:
+        except ResourceExhaustedError as e:
             self.errors += 1
             self.last_error = str(translate(e))
             log.warning("collection %s: moving %d rows out of sparse blocks failed: %s", self.c.name, len(rows),

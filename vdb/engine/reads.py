@@ -64,7 +64,7 @@ class ReadPath:
         and the text index and then kills its old one: a read that took its memtable snapshot (or row states)
         before and read the old row's state after would see neither. Such a read, rare as relocations are (one
         per maintenance step at most), runs again; after MAX_SEARCH_RETRIES under the index lock, which
-        relocations apply under."""
+        relocations apply under. A repeated cached search counts its lookup (and may admit its query) twice."""
         for _ in range(MAX_SEARCH_RETRIES):
             moves = self._moves
             if moves % 2 == 0:

@@ -182,3 +182,47 @@ def test_verify_holds_a_few_megabytes_whatever_the_row_count(tmp_path):
         tracemalloc.stop()
         vf.close()
     assert peak < 16 << 20, peak
+
+
+def _brute_live_per_block(n: int, row_size: int, live: np.ndarray) -> list[int]:
+    """Live rows whose bytes touch each whole block of rows [0, n), counted byte range by byte range."""
+    from storage.fileheader import HEADER_SIZE
+    from storage.vectors import BLOCK
+    out = []
+    for b in range(HEADER_SIZE // BLOCK, (HEADER_SIZE + n * row_size) // BLOCK):
+        lo, hi = b * BLOCK, (b + 1) * BLOCK
+        out.append(sum(bool(live[r]) for r in range(n)
+                       if HEADER_SIZE + r * row_size < hi and HEADER_SIZE + (r + 1) * row_size > lo))
+    return out
+
+
+def test_sparse_rows_and_garbage_agree_with_a_byte_by_byte_count(tmp_path, monkeypatch):
+    """The per-block live counts behind sparse_rows, garbage_bytes and reclaim, computed in steps of
+    SCAN_BLOCKS blocks, against a count of every row's byte range, for rows smaller and larger than a block."""
+    from storage import vectors
+    from storage.vectors import BLOCK, VectorFile, row_bytes
+    rng = np.random.default_rng(3)
+    for case in range(40):
+        monkeypatch.setattr(vectors, "SCAN_BLOCKS", int(rng.choice([1, 3, 1 << 16])))
+        dim = int(rng.choice([1, 7, 64, 1023, 1025, 2048]))
+        n = int(rng.integers(0, 40 if dim > 500 else 400))
+        vf = VectorFile.create(tmp_path / f"v{case}.f32", dim)
+        try:
+            vf.append(np.zeros((n, dim), np.float32))
+            live = rng.random(n) < rng.random()
+            counts = _brute_live_per_block(n, row_bytes(dim), live)
+            held = sum(c > 0 for c in counts) * BLOCK
+            last_row = ((len(counts) + vectors.FIRST_BLOCK) * BLOCK - 1 - vectors.HEADER_SIZE) // row_bytes(dim)
+            garbage = max(0, held - int(live[: last_row + 1].sum()) * row_bytes(dim)) if counts else 0
+            assert vf.garbage_bytes(live) == garbage, (dim, n)
+            rows = vf.sparse_rows(live, int(rng.integers(1, 200)), 0, 0.3)
+            assert live[rows].all() and len(np.unique(rows)) == len(rows)
+            if garbage > 0.3 * held:  # something was due: the rows chosen empty the blocks they came from
+                assert len(rows) > 0
+                after = live.copy()
+                after[rows] = False
+                now = _brute_live_per_block(n, row_bytes(dim), after)
+                emptied = [i for i, (c0, c1) in enumerate(zip(counts, now)) if c0 > 0 and c1 == 0]
+                assert emptied
+        finally:
+            vf.close()

@@ -83,8 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
             "the index with a widened probe, finished exactly when it comes up short)",
             _positive),
     Setting("relocate_rows", True, "free the vector file's blocks that deletes left sparse by moving their live "
-            "rows to its end (a logged maintenance write; off on every node of a cluster, whose logs copy their primary's)",
-            lambda v: isinstance(v, bool)),
+            "rows to its end (a logged maintenance write; off on every node of a cluster, whose logs copy their "
+            "primary's)", lambda v: isinstance(v, bool)),
     Setting("memtable_scan_all_rows", 1024, "a search scans every acknowledged row not yet in postings while "
             "there are at most this many; above, only the rows filed under the heads it probes (each row is filed "
             "under its nearest head as it is written), as it scans only the probed postings",

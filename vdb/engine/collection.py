@@ -223,21 +223,29 @@ class Collection(ReadPath, Relocation, Reporting):
             n_old = int(had.sum())
             self.changed_rows += n_old
             if isinstance(op, walcodec.Upsert):
-                rows = idx.add_rows(op.vectors, op.ids)
-                payloads = op.payloads or [None] * len(rows)
-                self.idmap.upserted(op.ids, rows, payloads, had)
+                payloads = op.payloads or [None] * len(op.ids)
                 # a replayed or replicated record has no heads yet: the search for them is derived, not logged
                 heads = op.heads if op.heads is not None else idx.home_heads(op.vectors)
-                self.memtable.add(rows, op.vectors, heads)
+                rows = self._add_live_rows(op.ids, op.vectors, heads, payloads, old[had])
+                self.idmap.upserted(op.ids, rows, payloads, had)
                 self.live += len(rows) - n_old
-                if self._pindex is not None:
-                    self._pindex.set_rows(rows, payloads, idx.n_rows)
-                self.text.applied(rows, payloads, old[had], idx.n_rows)  # text index
             else:
                 gone = op.ids[had].tolist()
                 self.idmap.deleted(gone)
                 self.live -= n_old
                 self.text.applied(None, None, old[had], idx.n_rows)  # text index
+
+    def _add_live_rows(self, ids, vectors, heads, payloads, dead_rows: np.ndarray) -> np.ndarray:
+        """New live rows of `ids` (an upsert's, or a relocation's) in the vector file and the memtable, and in
+        the payload and text indexes (`dead_rows`: the rows they replace, for the text index). Under idx.lock;
+        returns the rows. The one place that knows every structure a new row enters."""
+        idx = self.index
+        rows = idx.add_rows(vectors, ids)
+        self.memtable.add(rows, vectors, heads)
+        if self._pindex is not None:
+            self._pindex.set_rows(rows, payloads, idx.n_rows)
+        self.text.applied(rows, payloads, dead_rows, idx.n_rows)  # text index
+        return rows
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent."""

@@ -57,7 +57,8 @@ class ReadPath:
     def search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node=None, ex: Explain | None = None):
         """Uncached search with prepared queries; (rows, kernel distances) [nq, k]."""
         with self.index.epochs.reading():  # the cache and hybrid search call this directly
-            return self._search_rows(qs, k, p, node, ex if ex is not None else Explain())
+            ex = ex if ex is not None else Explain()
+            return self.unmoved(lambda: self._search_rows(qs, k, p, node, ex))
 
     def unmoved(self, read):
         """read(), as if no relocation overlapped it. A relocation (relocation.py) adds a row to the memtable
@@ -76,9 +77,6 @@ class ReadPath:
             return read()
 
     def _search_rows(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
-        return self.unmoved(lambda: self._search_rows_once(qs, k, p, node, ex))
-
-    def _search_rows_once(self, qs: np.ndarray, k: int, p: SearchParams, node, ex: Explain):
         mem = self.memtable.snapshot()  # before the index: see memtable.py
         idx = self.index
         state = idx.state

@@ -57,15 +57,11 @@ class Relocation:
             payloads = self.idmap.payloads_of(ids) if self._pindex is not None or self.text.enabled else None
             self._moves += 1  # odd: a search that overlaps this repeats itself (ReadPath.unmoved)
             try:
-                rows = idx.add_rows(vectors, ids)
-                self.memtable.add(rows, vectors, heads)
+                rows = self._add_live_rows(ids, vectors, heads, payloads, old)  # before the old rows die
                 self.idmap.moved(ids, rows)
                 idx.delete_rows(old)
                 self.changed_rows += len(ids)  # their records in postings are garbage now, as a replacement's
                 self.rows_relocated += len(ids)
-                if self._pindex is not None:
-                    self._pindex.set_rows(rows, payloads, idx.n_rows)
-                self.text.applied(rows, payloads, old, idx.n_rows)  # text index
             finally:
                 self._moves += 1
         if live:

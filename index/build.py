@@ -340,13 +340,17 @@ def write_metadata(d: IndexDir, ext_ids: np.ndarray, heads: np.ndarray, head_ind
         # later ("int2ext" holds the rows from "int2ext_from" on; index/ids.py)
         manifest["id_map"], manifest["dense_rows"], manifest["int2ext_from"] = "dense", int(n), int(n)
         stored_ids = np.zeros(0, np.int64)
-    order = np.argsort(ext_ids, kind="stable")
+    if len(ext_ids) < 2 or (ext_ids[1:] > ext_ids[:-1]).all():
+        keys, rows = ext_ids, np.arange(n, dtype=np.int64)  # already in key order (dense ids): no sort, no copy
+    else:
+        rows = np.argsort(ext_ids, kind="stable").astype(np.int64)
+        keys = ext_ids[rows]
     with d.meta.write() as w:
         w.put_array("directory", d.postings.dir.to_array())
         w.put_array("state", np.zeros(n, np.uint8))
         w.put_array("int2ext", stored_ids)
         w.put_array("quantizer", quantizer.to_array())
         w.put_array("head_index", head_index.to_bytes())
-        w.put_ids(ext_ids[order], order.astype(np.int64), sorted_new=True)
+        w.put_ids(keys, rows, sorted_new=True)
         w.set_manifest(manifest)
     return stats

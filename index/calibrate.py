@@ -20,7 +20,7 @@ from index.types import Metric, SearchParams
 log = logging.getLogger(__name__)
 LADDER = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MARGIN = 0.005   # the sample's recall must clear the target by this much (~1 standard error at 500 samples)
-BLOCK = 262_144  # base rows per exact-search block (bounded memory while streaming a 10M-row file)
+BLOCK_BYTES = 64 << 20  # float32 base rows per exact-search block: bounded memory while streaming a 10M-row file
 
 
 def exact_neighbours(matrix, queries: np.ndarray, rows: np.ndarray, k: int, metric: Metric) -> np.ndarray:
@@ -32,11 +32,14 @@ def exact_neighbours(matrix, queries: np.ndarray, rows: np.ndarray, k: int, metr
     best_i = np.full((nq, k), -1, np.int64)
     ip = metric is not Metric.L2
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    for s in range(0, len(matrix), BLOCK):
-        block = np.ascontiguousarray(matrix[s: s + BLOCK, :dim], dtype=np.float32)
-        flat = faiss.IndexFlatIP(dim) if ip else faiss.IndexFlatL2(dim)
-        flat.add(block)
-        d, i = flat.search(q, min(k + 1, len(block)))
+    block_rows = max(1, BLOCK_BYTES // (4 * max(dim, 1)))
+    for s in range(0, len(matrix), block_rows):
+        # faiss.knn scans the block where it lies: an index over it was a second copy, and the previous
+        # block's index still alive beside the next block made the calibration's peak three blocks
+        block = np.ascontiguousarray(matrix[s: s + block_rows, :dim], dtype=np.float32)
+        d, i = faiss.knn(q, block, min(k + 1, len(block)),
+                         metric=faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
+        del block
         d = -d if ip else d
         i = np.where(i >= 0, i + s, -1)
         d = np.where(i == rows[:, None], np.inf, d)  # never the query's own row

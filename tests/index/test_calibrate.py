@@ -51,3 +51,27 @@ def test_nprobe_for_reads_the_curve():
     cal = {"nprobe": 8, "curve": [[4, 0.8], [8, 0.92], [16, 0.97]]}
     assert nprobe_for(cal, 0, 32) == 8 and nprobe_for(cal, 0.95, 32) == 16 and nprobe_for(None, 0.95, 32) == 32
     assert nprobe_for(cal, 0.99, 32) == 32  # beyond the curve: twice the largest measured
+
+
+def test_the_exact_answer_streams_blocks_of_a_bounded_size_whatever_the_dimension(tmp_path, monkeypatch):
+    # the blocks were a fixed 262,144 rows (805 MB of float32 at dim 768), and an index over each block copied
+    # it again while the previous block's index was still alive
+    import tracemalloc
+    import index.calibrate as calibrate_module
+    from index.calibrate import exact_neighbours
+    from index.types import Metric
+    monkeypatch.setattr(calibrate_module, "BLOCK_BYTES", 1 << 20, raising=False)
+    rng = np.random.default_rng(3)
+    matrix = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float32, shape=(4096, 1025))
+    matrix[:] = rng.normal(size=matrix.shape).astype(np.float32)
+    rows = np.array([5, 900, 4000])
+    queries = np.ascontiguousarray(matrix[rows, :1024])
+    tracemalloc.start()
+    got = exact_neighbours(matrix, queries, rows, 5, Metric.L2)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 3 << 20, f"{peak / 2**20:.1f} MiB for a 16 MiB matrix with 1 MiB blocks"
+    base = np.asarray(matrix[:, :1024])
+    d = ((base[None, :, :] - queries[:, None, :]) ** 2).sum(-1)
+    d[np.arange(3), rows] = np.inf
+    assert got.tolist() == np.argsort(d, axis=1)[:, :5].tolist()

@@ -243,3 +243,22 @@ def test_a_stream_whose_image_disagrees_with_its_header_is_a_corruption_error(tm
         m.read_array_stream("blob", read_ten if damage == "header says fewer bytes" else read_all)
     assert "checksum" not in str(e.value)  # the checksum holds: the image is what is wrong
     m.close()
+
+
+def test_a_bulk_id_map_write_holds_a_bounded_slice_of_python_objects(tmp_path):
+    # a 10M-row build once made every entry's key, value and tuple at once (~2 GB, the build's peak anonymous
+    # memory); the entries are now encoded one slice at a time, whatever the batch's size
+    import tracemalloc
+    n = 400_000
+    ids = np.arange(n, dtype=np.int64) * 3
+    m = MetaStore(tmp_path, create=True)
+    with m.write() as w:
+        tracemalloc.start()
+        w.put_ids(ids, np.arange(n), sorted_new=True)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak / 2**20:.1f} MiB of Python objects for {n} entries"
+    got = m.lookup(np.array([0, 3, 3 * (n - 1), 1, 3 * n]))
+    assert got.tolist() == [0, 1, n - 1, -1, -1]
+    assert dict(m.iter_ids()) == {3 * i: i for i in range(n)}
+    m.close()

@@ -394,3 +394,42 @@ def test_calibrating_only_refuses_what_it_would_silently_skip(tmp_path, tiered, 
                                                                 target_recall=0))
     with pytest.raises(InvalidParameterError, match="no target recall"):
         scan_codes_index(tmp_path / "n", -1, calibrate_only=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_tier_scan_keeps_the_best_estimate_of_each_live_allowed_row(seed):
+    """The scan skips an entry that cannot enter the full heap before it reads the row's state (issue 12: the
+    state reads and the heap's duplicate checks were most of the scan); its answer must stay the brute-force
+    one: each counted row once, at its smallest estimate, deleted rows, stale replicas and disallowed rows out."""
+    from index.kernels.tier import tier_scan
+    rng = np.random.default_rng(seed)
+    n_rows, n_entries, n_sub = 300, 2000, 4
+    rows = rng.integers(0, n_rows, n_entries).astype(np.int64)          # replicas: a row in several postings
+    state = rng.integers(0, 3, n_rows).astype(np.uint8)
+    versions = np.where(rng.random(n_entries) < 0.8, state[rows], (state[rows] + 1) % 3).astype(np.uint8)
+    codes = rng.integers(0, 256, (n_entries, n_sub)).astype(np.uint8)
+    terms = rng.random(n_entries).astype(np.float32)
+    lut = rng.standard_normal((n_sub, 256)).astype(np.float32)
+    start = np.arange(0, n_entries, 100, dtype=np.int64)
+    count = np.full(len(start), 100, np.int64)
+    pids = rng.permutation(len(start))[:12].astype(np.int64)
+    qb = rng.standard_normal(len(pids)).astype(np.float32)
+    allow = (rng.random(n_rows) < 0.7).astype(np.uint8) if seed % 2 else np.zeros(0, np.uint8)
+    cap = 25
+    hd, hi = np.empty(cap, np.float32), np.empty(cap, np.int64)
+    n, scanned = tier_scan(pids, start, count, rows, versions, terms, codes, lut, qb, np.float32(2.0), state,
+                           allow, True, hd, hi)
+    best: dict[int, float] = {}
+    for i, p in enumerate(pids):
+        for e in range(start[p], start[p] + count[p]):
+            r = int(rows[e])
+            if versions[e] != state[r] or (len(allow) and not allow[r]):
+                continue
+            ip = np.float32(qb[i]) + np.float32(lut[np.arange(n_sub), codes[e]].sum(dtype=np.float32))
+            d = np.float32(2.0) + terms[e] - np.float32(2.0) * ip
+            best[r] = min(best.get(r, np.inf), float(d))
+    want = sorted(best.items(), key=lambda kv: kv[1])[:cap]
+    got = sorted(zip(hi[:n].tolist(), hd[:n].tolist()), key=lambda kv: kv[1])
+    assert scanned == 12 * 100
+    assert [r for r, _ in got] == [r for r, _ in want]
+    assert np.allclose([d for _, d in got], [d for _, d in want], rtol=1e-5, atol=1e-5)

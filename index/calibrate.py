@@ -19,7 +19,8 @@ from index.types import Metric, SearchParams
 
 log = logging.getLogger(__name__)
 LADDER = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-MARGIN = 0.005   # the sample's recall must clear the target by this much (~1 standard error at 500 samples)
+MARGIN = 0.005   # the sample's recall must clear the target by at least this much, and by Z standard errors of
+Z = 2.0          # its mean: at 10M a 1-SE margin (0.005) chose a tier nprobe that gave 0.8989 on 800 new queries
 BLOCK_BYTES = 64 << 20  # float32 base rows per exact-search block: bounded memory while streaming a 10M-row file
 
 
@@ -51,8 +52,27 @@ def exact_neighbours(matrix, queries: np.ndarray, rows: np.ndarray, k: int, metr
 
 def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each row of `truth` found in the same row of `found` (-1 never matches)."""
-    hits = [len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, int((t >= 0).sum())) for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 0.0
+    hits = _hits(found, truth)
+    return float(np.mean(hits)) if len(hits) else 0.0
+
+
+def _hits(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.array([len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, int((t >= 0).sum()))
+                     for f, t in zip(found, truth)], np.float64)
+
+
+def margin_of(hits: np.ndarray) -> float:
+    """How far a sample's mean recall must clear a target: Z standard errors of the mean, at least MARGIN."""
+    if len(hits) < 2:
+        return MARGIN
+    return max(MARGIN, Z * float(np.std(hits, ddof=1)) / float(np.sqrt(len(hits))))
+
+
+def _margins(calibration: dict) -> list[float]:
+    """The margin of each curve point (a calibration stored before margins were: MARGIN for every point)."""
+    curve = calibration.get("curve") or []
+    stored = calibration.get("margins")
+    return list(stored) if stored is not None and len(stored) == len(curve) else [MARGIN] * len(curve)
 
 
 def calibrate(index, target: float, *, samples: int = 500, k: int = 10, seed: int = 0,
@@ -104,30 +124,34 @@ def _held_out(index, samples: int, k: int, seed: int):
 def _curve(index, held_out, target: float, k: int, ladder, params: SearchParams) -> dict:
     """Recall per nprobe of the ladder with `params`' other knobs, up to the target and two points beyond."""
     rows, queries, truth = held_out
-    curve, chosen, beyond = [], None, 0
+    curve, margins, chosen, beyond = [], [], None, 0
     for nprobe in ladder:  # up to the target, then two more points for searches that ask for more
         nprobe = min(nprobe, index.head_count())
         found, _ = index.search_rows(queries, k + 1, params.replace(nprobe=nprobe).resolved(k + 1))
         found = np.array([f[f != r][:k] for f, r in zip(found, rows)])
-        r = recall_of(found, truth)
+        hits = _hits(found, truth)
+        r, m = float(np.mean(hits)), round(float(margin_of(hits)), 4)
         curve.append([int(nprobe), round(r, 4)])
-        if chosen is None and r >= target + MARGIN:
+        margins.append(m)
+        if chosen is None and r >= target + m:
             chosen = nprobe
         elif chosen is not None:
             beyond += 1
         if beyond >= 2 or nprobe >= index.head_count() or r >= 0.999:
             break
     chosen = chosen if chosen is not None else curve[-1][0]
-    return {"target_recall": target, "nprobe": int(chosen), "curve": curve, "samples": int(len(rows)), "k": k}
+    return {"target_recall": target, "nprobe": int(chosen), "curve": curve, "margins": margins,
+            "samples": int(len(rows)), "k": k}
 
 
 def reaches_target(calibration: dict | None) -> bool:
-    """Whether a calibration's curve reached its own target recall (by MARGIN, as `calibrate` chooses): True
+    """Whether a calibration's curve reached its own target recall (by its margin, as `calibrate` chooses): True
     when it had no target or measured nothing (an empty index). A curve that never reached it means the path it
     was measured through cannot deliver the target at any nprobe it tried."""
     if not calibration or not calibration.get("target_recall") or not calibration.get("curve"):
         return True
-    return any(r >= calibration["target_recall"] + MARGIN for _, r in calibration["curve"])
+    target = calibration["target_recall"]
+    return any(r >= target + m for (_, r), m in zip(calibration["curve"], _margins(calibration)))
 
 
 def nprobe_for(calibration: dict | None, target: float | None, fallback: int) -> int:
@@ -137,7 +161,7 @@ def nprobe_for(calibration: dict | None, target: float | None, fallback: int) ->
         return fallback
     if not target:
         return int(calibration["nprobe"]) or fallback
-    for nprobe, r in calibration["curve"]:
-        if r >= target + MARGIN:
+    for (nprobe, r), m in zip(calibration["curve"], _margins(calibration)):
+        if r >= target + m:
             return int(nprobe)
     return int(calibration["curve"][-1][0]) * (2 if target > calibration["curve"][-1][1] else 1)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from index import FlatIndex, SpannIndex, build_index, recall_at_k
 from index.build import calibrate_index
-from index.calibrate import MARGIN, exact_neighbours, nprobe_for
+from index.calibrate import MARGIN, Z, exact_neighbours, margin_of, nprobe_for, reaches_target
 from index.types import BuildParams, Metric
 
 
@@ -23,8 +24,10 @@ def test_the_build_picks_the_smallest_nprobe_that_reaches_the_target(built_l2, b
         curve = dict(cal["curve"])
         assert cal["target_recall"] == 0.9 and cal["samples"] == 500
         chosen = cal["nprobe"]
-        assert curve[chosen] >= 0.9 + MARGIN
-        assert all(r < 0.9 + MARGIN for p, r in curve.items() if p < chosen)
+        margins = dict(zip(curve, cal["margins"]))
+        assert all(m >= MARGIN for m in margins.values())
+        assert curve[chosen] >= 0.9 + margins[chosen]
+        assert all(r < 0.9 + margins[p] for p, r in curve.items() if p < chosen)
         # the default search uses it, and it holds on independent queries from the same distribution
         assert np.array_equal(idx.search(queries, 10)[0], idx.search(queries, 10, nprobe=chosen)[0])
         truth, _ = FlatIndex(base, "l2").search(queries, 10)
@@ -45,6 +48,20 @@ def test_an_uncalibrated_index_falls_back_and_can_be_calibrated_later(tmp_path, 
     cal = calibrate_index(path, 0.8, samples=200)
     with SpannIndex.open(path) as idx:
         assert idx.calibration == cal and idx.default_nprobe() == cal["nprobe"] < 32
+
+
+def test_the_margin_is_two_standard_errors_of_the_sample_and_never_below_the_floor():
+    """At 10M the scan tier's calibration cleared 0.90 by the old fixed 0.005 (about one standard error at 500
+    samples) with nprobe 48, which then gave 0.8989 on 800 new queries: the margin now scales with the sample's
+    own spread."""
+    spread = np.array([1.0, 0.6] * 250)                  # per-query recall@10 of 500 samples, std 0.2
+    assert margin_of(spread) == pytest.approx(Z * np.std(spread, ddof=1) / np.sqrt(500))
+    assert margin_of(spread) > 2 * MARGIN
+    assert margin_of(np.full(500, 0.9)) == MARGIN        # no spread: the floor
+    cal = {"target_recall": 0.9, "nprobe": 16, "curve": [[8, 0.905], [16, 0.93]], "margins": [0.018, 0.012]}
+    assert nprobe_for(cal, 0.9, 32) == 16                # 0.905 does not clear 0.9 by its own margin
+    assert nprobe_for({**cal, "margins": None}, 0.9, 32) == 8  # stored before margins: MARGIN
+    assert not reaches_target({**cal, "curve": [[8, 0.905], [16, 0.91]]})
 
 
 def test_nprobe_for_reads_the_curve():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import vdb
+from vdb.engine.idmap import IdMap
 from index import BuildParams, build_index
 
 DIM = 8
@@ -85,3 +86,33 @@ def test_inserts_of_new_ids_and_deletes_of_bulk_built_ones_read_no_lmdb(tmp_path
         db.delete("c", [0])                          # its dense row is dead: its new row is LMDB's to say
         assert asked == [1]
         assert db.get("c", [0]) == []
+
+
+def test_check_of_an_open_collection_finds_a_live_bulk_built_id_missing_from_lmdb(tmp_path):
+    """Found by review: rows_of answers a live dense id from the rows, so the open check, which compared the
+    rows with rows_of, stopped seeing an id-map entry missing from LMDB (the closed check still did)."""
+    import lmdb
+    x = np.random.default_rng(0).standard_normal((1000, DIM)).astype(np.float32)
+    build_index(x, tmp_path / "bulk", params=BuildParams(head_ratio=0.05))
+    with vdb.connect(tmp_path / "data", checkpoint_interval_s=3600) as db:
+        db.attach_collection("c", tmp_path / "bulk")
+    env = lmdb.open(str(tmp_path / "bulk" / "meta"), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.delete((400).to_bytes(8, "big"), db=env.open_db(b"ext2int", txn=txn))
+    env.close()
+    with vdb.connect(tmp_path / "data", checkpoint_interval_s=3600) as db:
+        report = db.check("c")[0]
+        assert not report["ok"] and any("row 400" in v for v in report["violations"])
+        assert db.get("c", [400])[0].id == 400   # serving answers from the rows meanwhile
+
+
+def test_negative_ids_are_never_read_as_rows():
+    """Found by review: -1 (what a row deleted meanwhile reads as) indexed the state array from its end."""
+    class Rows:
+        int2ext = type("R", (), {"dense_rows": 0, "tail": np.array([5, 6, 7])})()
+        state = np.zeros(3, np.uint8)
+
+        def committed_rows(self, ids):
+            return np.full(len(ids), -1, np.int64)
+    m = IdMap(Rows())
+    assert m.rows_of(np.array([-9, -1, 8])).tolist() == [-1, -1, -1]

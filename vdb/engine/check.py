@@ -45,7 +45,7 @@ def check_collection(c) -> dict:
         try:  # a damaged id-map entry stops the walk: it is reported (verify() named it), never raised
             violations += _row_invariants(state, int2ext, reached, c.meta_ids(), c.live)
             violations += _orphan_payloads(c.orphaned_payloads())
-            mapped = c.rows_of(int2ext[live].astype(np.int64)) if live.any() else np.zeros(0)
+            mapped = c.recorded_rows_of(int2ext[live].astype(np.int64)) if live.any() else np.zeros(0)
         except Exception as e:  # noqa: BLE001 - whatever stops the walk is a finding
             violations.append(translate(e).message)
         else:

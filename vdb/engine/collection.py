@@ -251,6 +251,10 @@ class Collection(ReadPath, Relocation, Reporting):
         """Row of each external id, -1 if absent."""
         return self.idmap.rows_of(ids)
 
+    def recorded_rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each external id as the id map records it (check: IdMap.recorded_rows_of)."""
+        return self.idmap.recorded_rows_of(ids)
+
     def meta_ids(self):
         """Every (external id, row) the id map holds now: LMDB overlaid with the changes since the checkpoint."""
         return self.idmap.live_items()

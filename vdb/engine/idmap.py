@@ -21,7 +21,7 @@ class IdMap:
         self._index = index                           # MutableSpannIndex: the committed id map and payloads
         self._rows: dict[int, int] = {}               # ext id -> row (-1: deleted) since the last checkpoint
         self._payloads: dict[int, dict | None] = {}   # ext id -> payload (None: none) since the last checkpoint
-        self._max_id: int | None = None               # >= every id any row ever held (found on first use)
+        self._max_id: int | None = None               # >= every id LMDB or a live row holds (see max_id)
 
     # -- changes (the write path, in LSN order) ---------------------------------------------------------
     def upserted(self, ext_ids: np.ndarray, rows: np.ndarray, payloads: list, existed: np.ndarray) -> None:
@@ -56,10 +56,19 @@ class IdMap:
     # -- reads ------------------------------------------------------------------------------------------
     def rows_of(self, ext_ids: np.ndarray) -> np.ndarray:
         """Row of each external id, -1 if absent."""
+        return self._rows_of(ext_ids, from_rows=True)
+
+    def recorded_rows_of(self, ext_ids: np.ndarray) -> np.ndarray:
+        """rows_of from the map's own records only (the overlay, then LMDB), never from the rows: what a check
+        compares the rows against (an entry missing from LMDB is damage rows_of would not see)."""
+        return self._rows_of(ext_ids, from_rows=False)
+
+    def _rows_of(self, ext_ids: np.ndarray, *, from_rows: bool) -> np.ndarray:
         out = np.fromiter((self._rows.get(e, UNKNOWN) for e in ext_ids.tolist()), np.int64, len(ext_ids))
         miss = np.nonzero(out == UNKNOWN)[0]
         if len(miss):
-            out[miss] = self._known_rows(ext_ids[miss])
+            if from_rows:
+                out[miss] = self._known_rows(ext_ids[miss])
             ask = miss[out[miss] == UNKNOWN]
             if len(ask):
                 committed = self._index.committed_rows(ext_ids[ask])
@@ -69,7 +78,7 @@ class IdMap:
 
     def _known_rows(self, ext_ids: np.ndarray) -> np.ndarray:
         """What the rows themselves say about ids the overlay does not hold (UNKNOWN where they cannot tell):
-        an id above every id a row ever held has no entry, and id e of a dense build is on row e while that row
+        an id above max_id has no entry, and id e of a dense build is on row e while that row
         is live (ids are unique among live rows). An entry LMDB holds is for a row still live (a later delete is
         in the overlay), so these answers are the ones LMDB would give. They spare the write path one LMDB get
         per id, a GIL-bound loop that the searches of issue 13 waited behind: 512 per batch of inserts of new
@@ -77,15 +86,16 @@ class IdMap:
         out = np.full(len(ext_ids), UNKNOWN, np.int64)
         out[ext_ids > self.max_id()] = -1
         dense = self._index.int2ext.dense_rows
-        inside = np.nonzero(ext_ids < dense)[0]
+        inside = np.nonzero((ext_ids >= 0) & (ext_ids < dense))[0]  # (ids are validated >= 0; -1 is "none")
         if len(inside):
             live = inside[is_live(self._index.state[ext_ids[inside]])]
             out[live] = ext_ids[live]
         return out
 
     def max_id(self) -> int:
-        """An id no row ever held is above this: the largest id of a row (dense ids: dense_rows - 1) when first
-        asked, raised by every id given a row since."""
+        """No live row and no LMDB entry holds an id above this: the largest id of a live row (dense ids:
+        dense_rows - 1) when first asked, raised by every id given a row since (an entry LMDB holds is for a row
+        still live, or the overlay has its delete)."""
         if self._max_id is None:
             ids = self._index.int2ext
             self._max_id = max(ids.dense_rows - 1, int(ids.tail.max()) if len(ids.tail) else -1)

@@ -31,7 +31,7 @@ def test_the_build_picks_the_smallest_nprobe_that_reaches_the_target(built_l2, b
         # the default search uses it, and it holds on independent queries from the same distribution
         assert np.array_equal(idx.search(queries, 10)[0], idx.search(queries, 10, nprobe=chosen)[0])
         truth, _ = FlatIndex(base, "l2").search(queries, 10)
-        assert recall_at_k(idx.search(queries, 10)[0], truth, 10) >= 0.88
+        assert recall_at_k(idx.search(queries, 10)[0], truth, 10) >= 0.90
 
 
 def test_a_higher_target_probes_more(built_l2):
@@ -92,3 +92,21 @@ def test_the_exact_answer_streams_blocks_of_a_bounded_size_whatever_the_dimensio
     d = ((base[None, :, :] - queries[:, None, :]) ** 2).sum(-1)
     d[np.arange(3), rows] = np.inf
     assert got.tolist() == np.argsort(d, axis=1)[:, :5].tolist()
+
+
+def test_calibration_queries_are_moved_off_their_rows_by_a_share_of_the_nearest_neighbour_distance(built_l2):
+    """Stored rows are easier queries than new points (the index was built around them): at 10M a calibration
+    on them chose a tier nprobe that served 0.899 on fresh queries. Each sample now moves by MOVE times its
+    distance to its nearest other row, in a random direction."""
+    from index.calibrate import MOVE, moved_off
+    with SpannIndex.open(built_l2) as idx:
+        rows = np.array([10, 200, 3000, 4500])
+        stored = idx.stored_vectors(rows)
+        moved = moved_off(idx, stored, rows, np.random.default_rng(0))
+        matrix = np.asarray(idx.stored_matrix())[:, : stored.shape[1]]
+        d = np.linalg.norm(matrix[None, :, :] - stored[:, None, :], axis=2)
+        d[np.arange(len(rows)), rows] = np.inf
+        nearest = d.min(1)
+        assert np.allclose(np.linalg.norm(moved - stored, axis=1), MOVE * nearest, rtol=1e-3)
+        again = moved_off(idx, stored, rows, np.random.default_rng(0))
+        assert np.array_equal(moved, again)                     # seeded: a build calibrates the same way twice

@@ -78,9 +78,9 @@ class IdMap:
 
     def _known_rows(self, ext_ids: np.ndarray) -> np.ndarray:
         """What the rows themselves say about ids the overlay does not hold (UNKNOWN where they cannot tell):
-        an id above max_id has no entry, and id e of a dense build is on row e while that row
-        is live (ids are unique among live rows). An entry LMDB holds is for a row still live (a later delete is
-        in the overlay), so these answers are the ones LMDB would give. They spare the write path one LMDB get
+        an id above max_id has no entry, and id e of a dense build is on row e while that row is live (ids are
+        unique among live rows). An entry LMDB holds is for a row still live (a later delete is in the overlay),
+        so these answers are the ones LMDB would give. They spare the write path one LMDB get
         per id, a GIL-bound loop that the searches of issue 13 waited behind: 512 per batch of inserts of new
         ids and deletes of bulk-built ones."""
         out = np.full(len(ext_ids), UNKNOWN, np.int64)

@@ -22,7 +22,7 @@ import numpy as np
 from index.assign import closure_assign
 from index.calibrate import calibrate
 from index.centroids import HeadIndex
-from index.clustering import hierarchical_heads
+from index.clustering import HeadClustering, cluster_heads
 from index.distance import as_matrix, normalize, prepare_base
 from index.errors import InvalidParameterError, InvalidVectorsError
 from index.quantize import Int8Quantizer
@@ -249,14 +249,15 @@ def quantizer_sample_rows(n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, min(n, QUANTIZER_SAMPLE), replace=False))
 
 
-def train_heads(space, n: int, params: BuildParams, metric: Metric, progress: ProgressFactory) -> np.ndarray:
+def train_heads(space, n: int, params: BuildParams, metric: Metric, progress: ProgressFactory) -> HeadClustering:
     """head_ratio * n head vectors by hierarchical balanced k-means over `space` (all n rows, or a sample of
-    them: the Ray build trains on a sample). Shared by the local and the distributed build."""
+    them: the Ray build trains on a sample), and the nearest head of each row of `space` within its leaf.
+    Shared by the local and the distributed build."""
     n_target = max(1, int(round(params.head_ratio * n)))
     bar = progress("cluster heads", n_target)
-    heads = hierarchical_heads(space, n_target, params, spherical=metric.angular, progress=bar.update)
+    clustering = cluster_heads(space, n_target, params, spherical=metric.angular, progress=bar.update)
     bar.close()
-    return heads
+    return clustering
 
 
 def build_head_index(heads: np.ndarray, metric: Metric, params: BuildParams) -> HeadIndex:
@@ -285,7 +286,8 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     sample_rows = quantizer_sample_rows(n, params.seed)
     quantizer = Int8Quantizer.train(np.asarray(vec[sample_rows], dtype=np.float32))
     hs = HeadSpaceView(vec, metric)
-    heads = train_heads(hs, n, params, metric, progress)
+    clustering = train_heads(hs, n, params, metric, progress)
+    heads = clustering.heads
     timings["cluster"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -294,7 +296,8 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
 
     t = time.perf_counter()
     bar = progress("assign (RNG rule)", n)
-    assignment = closure_assign(hs, n, heads, head_index, params, progress=bar.update)
+    assignment = closure_assign(hs, n, heads, head_index, params, progress=bar.update, owner=clustering.owner)
+    del clustering
     bar.close()
     heads, assignment, head_index = drop_empty_heads(heads, assignment, head_index, metric, params)
     timings["assign"] = round(time.perf_counter() - t, 3)

@@ -6,10 +6,16 @@ by k-means on a sample (upper levels), and child targets are apportioned to the 
 regions get more heads; a node with t <= leaf_split_max is clustered directly into t cells with a
 capacity-constrained assignment (every cell holds at most slack * n / t points), which is what makes the
 leaves even.
+
+Each row also learns its nearest head within its leaf (`HeadClustering.owner`): the closure assignment starts
+there and looks only at that head's neighbourhood, instead of searching every row's way through the head index.
 """
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import faiss
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 CHUNK = 65536
 BALANCE_SAMPLE = 100_000
 SMALL_PROBLEM = 4_000_000  # n * k below which leaves are clustered in numba
+GATHER_ROWS = 262_144  # a node this small is gathered once and its children get slices, not gathers of their own
+IN_FLIGHT = 8  # leaves per thread gathered and waiting for the pool: bounds the memory they hold
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, spherical: bool, niter: int = 12) -> np.ndarray:
@@ -37,7 +45,7 @@ def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _nearest(data, rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Nearest centroid of each row of data[rows], computed in chunks to bound memory."""
+    """Nearest centroid of each row of data[rows], gathered in chunks to bound memory."""
     index = faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids))
     out = np.empty(len(rows), np.int64)
@@ -45,6 +53,13 @@ def _nearest(data, rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         _, lab = index.search(_take(data, rows[s: s + CHUNK]), 1)
         out[s: s + CHUNK] = lab[:, 0]
     return out
+
+
+def _nearest_of(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each row of x (already gathered)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids))
+    return index.search(x, 1)[1][:, 0]
 
 
 def _take(data, rows: np.ndarray) -> np.ndarray:
@@ -112,38 +127,89 @@ def _unit(c: np.ndarray) -> np.ndarray:
     return (c / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 
+@dataclass
+class HeadClustering:
+    heads: np.ndarray   # float32 [H, dim]
+    owner: np.ndarray   # int32 [n] the nearest head of each row among the heads of its leaf (-1: none)
+
+
 def hierarchical_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
                        progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Return about `n_heads` head vectors [H, dim] for the rows of `data` (array-like, e.g. a memmap).
 
     `data` must already be in head space (unit vectors when `spherical`)."""
+    return cluster_heads(data, n_heads, params, spherical=spherical, progress=progress).heads
+
+
+def cluster_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
+                  progress: Callable[[int], None] | None = None) -> HeadClustering:
+    """`hierarchical_heads`, and the nearest head of every row within its leaf.
+
+    Leaves are clustered on a pool of threads (the kernels release the GIL) while the tree is walked; their
+    heads are numbered in the order of the walk, so the result does not depend on which thread finished first."""
     n = len(data)
     n_heads = int(min(max(n_heads, 1), n))
     out: list[np.ndarray] = []
-    stack = [(np.arange(n, dtype=np.int64), n_heads, params.seed)]
-    while stack:
-        rows, t, seed = stack.pop()
-        if t <= params.leaf_split_max or len(rows) <= params.train_samples // 4:
-            heads = balanced_leaves(_take(data, rows), min(t, len(rows)), params, seed, spherical)
+    owner = np.full(n, -1, np.int32)  # stays -1 only for a row no leaf took (none: every child with rows gets one)
+    threads = max(1, faiss.omp_get_max_threads())
+    pending: deque = deque()  # (rows, future of (heads, nearest head in the leaf)), in the order of the walk
+
+    first_head = [0]  # the number the next collected leaf's first head gets
+
+    def collect(limit: int) -> None:
+        while len(pending) > limit:
+            rows, job = pending.popleft()
+            heads, nearest = job.result()
+            owner[rows] = first_head[0] + nearest
+            first_head[0] += len(heads)
             out.append(heads)
             if progress:
                 progress(len(heads))
-            continue
-        k = min(params.branching, t)
-        rng = np.random.default_rng(seed)
-        sample_rows = rows if len(rows) <= params.train_samples else np.sort(
-            rng.choice(rows, params.train_samples, replace=False))
-        centroids = _kmeans(_take(data, sample_rows), k, seed, spherical)
-        labels = _nearest(data, rows, centroids)
-        sizes = np.bincount(labels, minlength=k)
-        targets = _apportion(sizes, t)
-        order = np.argsort(labels, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        for child in range(k):
-            if targets[child] == 0:
+
+    with ThreadPoolExecutor(threads) as pool:
+        stack = [(np.arange(n, dtype=np.int64), None, n_heads, params.seed)]
+        while stack:
+            rows, x, t, seed = stack.pop()
+            if t <= params.leaf_split_max or len(rows) <= params.train_samples // 4:
+                x = _take(data, rows) if x is None else x
+                pending.append((rows, pool.submit(_leaf, x, min(t, len(rows)), params, seed, spherical)))
+                collect(IN_FLIGHT * threads)
                 continue
-            child_rows = rows[order[bounds[child]: bounds[child + 1]]]
-            stack.append((child_rows, int(targets[child]), seed * 31 + child + 1))
+            if x is None and len(rows) <= GATHER_ROWS:
+                x = _take(data, rows)
+            k = min(params.branching, t)
+            rng = np.random.default_rng(seed)
+            sample_rows = rows if len(rows) <= params.train_samples else np.sort(
+                rng.choice(rows, params.train_samples, replace=False))
+            sample = _take(data, sample_rows) if x is None else x[np.searchsorted(rows, sample_rows)]
+            centroids = _kmeans(sample, k, seed, spherical)
+            labels = _nearest(data, rows, centroids) if x is None else _nearest_of(x, centroids)
+            sizes = np.bincount(labels, minlength=k)
+            targets = _apportion(sizes, t)
+            order = np.argsort(labels, kind="stable")  # stable: each child's rows stay ascending
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            for child in range(k):
+                if targets[child] == 0:
+                    continue
+                part = order[bounds[child]: bounds[child + 1]]
+                stack.append((rows[part], None if x is None else x[part], int(targets[child]),
+                              seed * 31 + child + 1))
+            del x, sample
+        collect(0)
     heads = np.concatenate(out).astype(np.float32)
     log.info("hierarchical balanced k-means: %d heads for %d vectors", len(heads), n)
-    return heads
+    return HeadClustering(heads, owner)
+
+
+def _leaf(x: np.ndarray, t: int, params: BuildParams, seed: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    heads = balanced_leaves(x, t, params, seed, spherical)
+    return heads, _nearest_in_leaf(x, heads)
+
+
+def _nearest_in_leaf(x: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    nearest = np.empty(len(x), np.int64)
+    for s in range(0, len(x), CHUNK):
+        block = x[s: s + CHUNK]
+        nearest[s: s + CHUNK] = (sq_dists(block, heads) if len(block) * len(heads) <= SMALL_PROBLEM
+                                 else _sq_dists(block, heads)).argmin(1)
+    return nearest

@@ -168,7 +168,7 @@ def train_plan(stored: StoredView, params: BuildParams, metric: Metric, head_sam
         data = HeadSpaceView(stored[rows], metric)
     else:
         data = HeadSpaceView(stored, metric)
-    heads = train_heads(data, n, params, metric, progress)
+    heads = train_heads(data, n, params, metric, progress).heads
     timings["cluster"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     head_index = build_head_index(heads, metric, params)

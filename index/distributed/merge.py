@@ -1,8 +1,8 @@
 """The driver's merge: partition records -> capped postings -> the staged index directory, committed once.
 
 The records of all partitions are concatenated in row order, which is the order the local build's
-`closure_assign` collects them in, and then finished exactly as it does: sort by (head, distance), cap posting
-lengths with `cap_postings` (a vector is never left in zero postings), drop heads nobody chose. The postings,
+`closure_assign` collects them in, and then finished by the same `assignment_from_records`: sort by (head,
+distance), cap posting lengths (a vector is never left in zero postings), drop heads nobody chose. The postings,
 heads and metadata are written with the local build's own writers (`index.build`), so the format is the same.
 """
 from __future__ import annotations
@@ -12,12 +12,11 @@ import time
 
 import numpy as np
 
-from index.assign import Assignment, auto_cap
+from index.assign import assignment_from_records
 from index.build import _write_postings, drop_empty_heads, write_metadata
 from index.centroids import HeadIndex
 from index.distributed.partition import Partition
 from index.distributed.staging import Plan, Staging
-from index.kernels import cap_postings
 from index.types import BuildParams, Metric
 from storage import CorruptionError, IndexDir
 from storage.posting_format import code_bytes
@@ -47,20 +46,6 @@ def load_records(staging: Staging, parts: list[Partition], n: int, dim: int):
         codes[p.start: p.stop] = a["codes"]
         rows.append(r.astype(np.int64)), heads.append(a["heads"].astype(np.int64)), dists.append(a["dists"])
     return np.concatenate(rows), np.concatenate(heads), np.concatenate(dists).astype(np.float32), codes
-
-
-def assignment_from_records(vec: np.ndarray, head: np.ndarray, dist: np.ndarray, n_rows: int, n_heads: int,
-                            params: BuildParams) -> Assignment:
-    """Posting membership from records collected in row order: the tail of `closure_assign`, unchanged."""
-    order = np.lexsort((dist, head))  # by head, nearest first; ties keep row order
-    vec, head, dist = vec[order], head[order], dist[order]
-    starts = np.searchsorted(head, np.arange(n_heads + 1)).astype(np.int64)
-    cap = auto_cap(len(vec), n_heads, params)
-    replicas = np.bincount(vec, minlength=n_rows).astype(np.int32)
-    keep = cap_postings(vec, starts, replicas, cap)
-    vec, head, dist = vec[keep], head[keep], dist[keep]
-    starts = np.searchsorted(head, np.arange(n_heads + 1)).astype(np.int64)
-    return Assignment(vec, dist, starts, cap, int((np.diff(starts) > cap).sum()))
 
 
 def merge(staging: Staging, parts: list[Partition], plan: Plan, ext_ids: np.ndarray, params: BuildParams,

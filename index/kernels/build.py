@@ -77,7 +77,8 @@ def cap_postings(vec, starts, replicas, cap):
 @njit(nogil=True, cache=True)
 def balanced_assign(D, capacity):
     """Assign each row of D [n, k] to a column, at most `capacity` rows per column, greedily in order of regret
-    (second-best minus best distance), so that points with most to lose choose first."""
+    (second-best minus best distance), so that points with most to lose choose first: each takes its nearest
+    column that still has room."""
     n, k = D.shape
     regret = np.empty(n, np.float32)
     for i in range(n):
@@ -95,12 +96,16 @@ def balanced_assign(D, capacity):
     counts = np.zeros(k, np.int64)
     labels = np.empty(n, np.int64)
     for i in order:
-        prefs = np.argsort(D[i])
-        for c in prefs:
-            if counts[c] < capacity:
-                labels[i] = c
-                counts[c] += 1
-                break
+        best = -1
+        best_d = np.inf
+        for c in range(k):  # a scan of k, not a sort of the row: k is small and most columns have room
+            if counts[c] < capacity and (best < 0 or D[i, c] < best_d):
+                best = c
+                best_d = D[i, c]
+        if best < 0:  # every column full: only if capacity * k < n, which callers never ask
+            best = np.argmin(D[i])
+        labels[i] = best
+        counts[best] += 1
     return labels
 
 
@@ -139,6 +144,18 @@ def cluster_means(x, labels, k, old):
     return out
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def _sq_dist_to(x, v, out):
+    """out[i] = |x[i] - v|^2, accumulated in float32 (vectorised)."""
+    n, dim = x.shape
+    for i in range(n):
+        acc = np.float32(0.0)
+        for t in range(dim):
+            diff = x[i, t] - v[t]
+            acc += diff * diff
+        out[i] = acc
+
+
 @njit(nogil=True, cache=True)
 def kmeans_pp_init(x, k, seed):
     """k-means++ seeding (D^2 sampling), deterministic for a given seed."""
@@ -147,15 +164,13 @@ def kmeans_pp_init(x, k, seed):
     centers = np.empty((k, dim), np.float32)
     first = np.random.randint(n)
     centers[0] = x[first]
-    best = np.empty(n, np.float64)
-    for i in range(n):
-        acc = 0.0
-        for t in range(dim):
-            diff = x[i, t] - centers[0, t]
-            acc += diff * diff
-        best[i] = acc
+    best = np.empty(n, np.float32)
+    _sq_dist_to(x, centers[0], best)
+    dist = np.empty(n, np.float32)
     for c in range(1, k):
-        total = best.sum()
+        total = 0.0  # the sampling sums in float64: float32 would lose the small terms of a large total
+        for i in range(n):
+            total += best[i]
         if total <= 0:
             pick = np.random.randint(n)
         else:
@@ -168,11 +183,45 @@ def kmeans_pp_init(x, k, seed):
                     pick = i
                     break
         centers[c] = x[pick]
+        _sq_dist_to(x, centers[c], dist)
         for i in range(n):
-            acc = 0.0
-            for t in range(dim):
-                diff = x[i, t] - centers[c, t]
-                acc += diff * diff
-            if acc < best[i]:
-                best[i] = acc
+            if dist[i] < best[i]:
+                best[i] = dist[i]
     return centers
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def neighbourhood_candidates(x, heads, start, graph, cand, cand_d):
+    """The nearest heads of each row of x among its start head's neighbourhood, exactly.
+
+    start: int [n] a head near each row (its nearest head within its clustering leaf); graph: int [H, K] each
+    head's neighbourhood (itself first, then its nearest heads; -1 = none). Fills cand int64 [n, C] and
+    cand_d float32 [n, C] (squared distances) with the C nearest of the K, ascending, padded (-1, inf)."""
+    n, dim = x.shape
+    width = graph.shape[1]
+    C = cand.shape[1]
+    for i in range(n):
+        m = 0
+        g = graph[start[i]]
+        for t in range(width):
+            h = g[t]
+            if h < 0:
+                continue
+            acc = np.float32(0.0)
+            for j in range(dim):
+                diff = x[i, j] - heads[h, j]
+                acc += diff * diff
+            if m == C and acc >= cand_d[i, C - 1]:
+                continue
+            p = m if m < C else C - 1  # insertion into the sorted top C
+            while p > 0 and cand_d[i, p - 1] > acc:
+                cand_d[i, p] = cand_d[i, p - 1]
+                cand[i, p] = cand[i, p - 1]
+                p -= 1
+            cand_d[i, p] = acc
+            cand[i, p] = h
+            if m < C:
+                m += 1
+        for p in range(m, C):
+            cand[i, p] = -1
+            cand_d[i, p] = np.inf

@@ -296,7 +296,8 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
 
     t = time.perf_counter()
     bar = progress("assign (RNG rule)", n)
-    assignment = closure_assign(hs, n, heads, head_index, params, progress=bar.update, owner=clustering.owner)
+    owner = clustering.owner if params.leaf_assign else None
+    assignment = closure_assign(hs, n, heads, head_index, params, progress=bar.update, owner=owner)
     del clustering
     bar.close()
     heads, assignment, head_index = drop_empty_heads(heads, assignment, head_index, metric, params)

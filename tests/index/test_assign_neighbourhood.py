@@ -129,3 +129,15 @@ def test_balanced_assign_gives_each_row_its_nearest_column_with_room_in_regret_o
         room = np.nonzero(counts < 40)[0]
         assert labels[i] == room[np.argmin(D[i, room])]
         counts[labels[i]] += 1
+
+
+def test_a_build_with_leaf_assign_puts_every_row_in_a_posting(tmp_path):
+    from index import SpannIndex, build_index
+    base = clustered(6000, DIM)
+    params = BuildParams(leaf_assign=True, head_index="hnsw", head_ratio=0.05, target_recall=0)
+    summary = build_index(base, tmp_path / "idx", params=params)
+    assert summary["vectors_without_posting"] == 0
+    with SpannIndex.open(tmp_path / "idx") as idx:
+        assert idx.files.manifest["build_params"]["leaf_assign"] is True
+        found, _ = idx.search(base[:50], 1, nprobe=idx.head_count())
+    assert (found[:, 0] == np.arange(50)).mean() > 0.9

@@ -7,8 +7,8 @@ regions get more heads; a node with t <= leaf_split_max is clustered directly in
 capacity-constrained assignment (every cell holds at most slack * n / t points), which is what makes the
 leaves even.
 
-Each row also learns its nearest head within its leaf (`HeadClustering.owner`): the closure assignment starts
-there and looks only at that head's neighbourhood, instead of searching every row's way through the head index.
+Each row also learns its nearest head within its leaf (`HeadClustering.owner`): with `BuildParams.leaf_assign`
+the closure assignment starts there and looks only at that head's neighbourhood (index/assign.py).
 """
 from __future__ import annotations
 

@@ -46,18 +46,15 @@ def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def _nearest(data, rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid of each row of data[rows], gathered in chunks to bound memory."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids))
     out = np.empty(len(rows), np.int64)
     for s in range(0, len(rows), CHUNK):
-        _, lab = index.search(_take(data, rows[s: s + CHUNK]), 1)
-        out[s: s + CHUNK] = lab[:, 0]
+        out[s: s + CHUNK] = _nearest_of(_take(data, rows[s: s + CHUNK]), centroids)
     return out
 
 
 def _nearest_of(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid of each row of x (already gathered)."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
+    index = faiss.IndexFlatL2(centroids.shape[1])  # a node's few children: rebuilt per chunk at no cost
     index.add(np.ascontiguousarray(centroids))
     return index.search(x, 1)[1][:, 0]
 

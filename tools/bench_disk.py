@@ -65,8 +65,9 @@ def cmd_build(args) -> dict:
     if "vdb" in args.systems:
         with PeakAnon(0.05) as peak:
             t = time.perf_counter()
-            summary = build_index(base, vdb_dir, params=BuildParams(), overwrite=True)
+            summary = build_index(base, vdb_dir, params=BuildParams(**json.loads(args.build_params)), overwrite=True)
             out["vdb"] = {"build_s": round(time.perf_counter() - t, 1), "anon_peak_bytes": peak.peak,
+                          "build_params": json.loads(args.build_params),
                           "timings_s": summary["timings_s"], "calibration": summary.get("calibration"),
                           "stats": {k: v for k, v in summary.items() if k not in ("timings_s", "calibration")}}
         print(f"[build] vdb {out['vdb']['build_s']} s, peak anon {peak.peak / 2**30:.2f} GiB", flush=True)
@@ -312,6 +313,7 @@ def parse_args(argv=None):
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--nq", type=int, default=10_000, help="queries generated (with exact top-100)")
     ap.add_argument("--systems", default="vdb,faiss")
+    ap.add_argument("--build-params", default="{}", help='build: BuildParams fields as JSON, e.g. {"leaf_assign": true}')
     ap.add_argument("--faiss-factory", default="IVF8192_HNSW32,SQ8")
     ap.add_argument("--faiss-train", type=int, default=262_144)
     ap.add_argument("--limit-mb", type=int, default=1024)

@@ -251,11 +251,13 @@ def quantizer_sample_rows(n: int, seed: int) -> np.ndarray:
 
 def train_heads(space, n: int, params: BuildParams, metric: Metric, progress: ProgressFactory) -> HeadClustering:
     """head_ratio * n head vectors by hierarchical balanced k-means over `space` (all n rows, or a sample of
-    them: the Ray build trains on a sample), and the nearest head of each row of `space` within its leaf.
+    them: the Ray build trains on a sample), and with `params.leaf_assign` the nearest head of each row of `space`
+    within its leaf (HeadClustering.owner; all -1 otherwise, as nothing else reads it).
     Shared by the local and the distributed build."""
     n_target = max(1, int(round(params.head_ratio * n)))
     bar = progress("cluster heads", n_target)
-    clustering = cluster_heads(space, n_target, params, spherical=metric.angular, progress=bar.update)
+    clustering = cluster_heads(space, n_target, params, spherical=metric.angular, progress=bar.update,
+                               owners=params.leaf_assign)  # only the leaf assignment uses the owners
     bar.close()
     return clustering
 

@@ -135,12 +135,13 @@ def hierarchical_heads(data, n_heads: int, params: BuildParams, *, spherical: bo
     """Return about `n_heads` head vectors [H, dim] for the rows of `data` (array-like, e.g. a memmap).
 
     `data` must already be in head space (unit vectors when `spherical`)."""
-    return cluster_heads(data, n_heads, params, spherical=spherical, progress=progress).heads
+    return cluster_heads(data, n_heads, params, spherical=spherical, progress=progress, owners=False).heads
 
 
 def cluster_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
-                  progress: Callable[[int], None] | None = None) -> HeadClustering:
-    """`hierarchical_heads`, and the nearest head of every row within its leaf.
+                  progress: Callable[[int], None] | None = None, owners: bool = True) -> HeadClustering:
+    """`hierarchical_heads`, and (with `owners`; else all -1, not computed) the nearest head of every row within
+    its leaf.
 
     Leaves are clustered on a pool of threads (the kernels release the GIL) while the tree is walked; their
     heads are numbered in the order of the walk, so the result does not depend on which thread finished first."""
@@ -157,7 +158,8 @@ def cluster_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
         while len(pending) > limit:
             rows, job = pending.popleft()
             heads, nearest = job.result()
-            owner[rows] = first_head[0] + nearest
+            if nearest is not None:
+                owner[rows] = first_head[0] + nearest
             first_head[0] += len(heads)
             out.append(heads)
             if progress:
@@ -169,7 +171,7 @@ def cluster_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
             rows, x, t, seed = stack.pop()
             if t <= params.leaf_split_max or len(rows) <= params.train_samples // 4:
                 x = _take(data, rows) if x is None else x
-                pending.append((rows, pool.submit(_leaf, x, min(t, len(rows)), params, seed, spherical)))
+                pending.append((rows, pool.submit(_leaf, x, min(t, len(rows)), params, seed, spherical, owners)))
                 collect(IN_FLIGHT * threads)
                 continue
             if x is None and len(rows) <= GATHER_ROWS:
@@ -198,9 +200,10 @@ def cluster_heads(data, n_heads: int, params: BuildParams, *, spherical: bool,
     return HeadClustering(heads, owner)
 
 
-def _leaf(x: np.ndarray, t: int, params: BuildParams, seed: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+def _leaf(x: np.ndarray, t: int, params: BuildParams, seed: int, spherical: bool, owners: bool):
+    """(heads of one leaf, the nearest of them for each row or None when `owners` is off)."""
     heads = balanced_leaves(x, t, params, seed, spherical)
-    return heads, _nearest_in_leaf(x, heads)
+    return heads, _nearest_in_leaf(x, heads) if owners else None
 
 
 def _nearest_in_leaf(x: np.ndarray, heads: np.ndarray) -> np.ndarray:

@@ -97,6 +97,13 @@ def test_cluster_heads_do_not_depend_on_the_number_of_threads(clustering):
     assert np.array_equal(one.heads, result.heads) and np.array_equal(one.owner, result.owner)
 
 
+def test_cluster_heads_without_owners_gives_the_same_heads_and_no_owners(clustering):
+    base, params, result = clustering
+    plain = cluster_heads(base, 600, params, spherical=False, owners=False)
+    assert np.array_equal(plain.heads, result.heads)
+    assert (plain.owner == -1).all() and (result.owner >= 0).all()
+
+
 def test_assignment_from_owners_chooses_the_heads_exact_candidates_choose(clustering):
     base, params, result = clustering
     heads, owner = result.heads, result.owner

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from index.kernels import exact_block, rerank_cut, search_one
+from index.kernels import exact_at, rerank_cut, search_one
 from index.types import DISK_RERANK_EPS
 from storage import CorruptionError
 from storage.blockio import BlockReader
@@ -106,12 +106,13 @@ class DiskSearcher:
         local[miss] = starts
         return (np.concatenate([buf, hits]) if len(hits) else buf), local, counts, len(buf)
 
-    def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
-        """float32 [m, dim + 1] rows (checksum word last) read from the vector file in one wave; bytes read."""
+    def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 rows `rows` (dim floats and the checksum word each) read from the vector file in one wave:
+        (the buffer as float32 words, the word where each row starts). Rows sit at 4-byte multiples of the file
+        and reads start on block boundaries, so every row starts on a word of the buffer."""
         size = self.vectors.row_size
         buf, starts = self.row_reader.read(HEADER_SIZE + rows * size, np.full(len(rows), size))
-        take = starts[:, None] + np.arange(size)[None, :]
-        return buf[take].view(np.float32).reshape(len(rows), self.vectors.dim + 1), len(buf)
+        return buf.view(np.float32), starts // 4
 
     def candidates(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, rerank_k: int):
         """INT8 scan of postings `pids` (read now or cached): (rows [<= rerank_k], INT8 distances ascending,
@@ -133,14 +134,14 @@ class DiskSearcher:
         dists = np.full(k, np.inf, np.float32)
         if len(cand) == 0:
             return ids, dists, 0
-        block, row_bytes = self.read_rows(cand)
+        words, at = self.read_rows(cand)
         exact = np.empty(len(cand), np.float32)
-        bad = exact_block(block, block.view(np.uint32), cand, q, is_l2, exact)
+        bad = exact_at(words, words.view(np.uint32), at, cand, q, is_l2, exact)
         if bad >= 0:
             self.vectors.raise_corrupt_row(int(bad))
         top = np.argsort(exact, kind="stable")[:k]
         ids[: len(top)], dists[: len(top)] = cand[top], exact[top]
-        return ids, dists, row_bytes
+        return ids, dists, words.nbytes
 
     def search_one(self, pids, q, qa, qw, qc, is_l2: bool, state, allow, k: int, rerank_k: int,
                    rerank_eps: float) -> tuple[np.ndarray, np.ndarray, int, int]:

@@ -12,6 +12,7 @@ import weakref
 
 import numpy as np
 
+from index.kernels.ids import answer_ids
 from index.rowstate import DELETED
 
 
@@ -54,6 +55,19 @@ class RowIds:
             raise ReferenceError("the index this id map belongs to is gone")
         out[(holder.state[flat] & DELETED) != 0] = -1
         return int(out[0]) if scalar else out.reshape(rows.shape)
+
+    def of_answers(self, rows: np.ndarray) -> np.ndarray:
+        """The external ids of a search answer's rows (any shape, int64), -1 for an empty slot (row < 0) or a row
+        deleted meanwhile: the serving path's lookup, in one kernel pass."""
+        holder = self._holder()
+        if holder is None:
+            raise ReferenceError("the index this id map belongs to is gone")
+        flat = np.ascontiguousarray(rows, dtype=np.int64).ravel()
+        out = np.empty(len(flat), np.int64)
+        bad = answer_ids(flat, self.dense_rows, self.tail, holder.state, DELETED, out)
+        if bad >= 0:
+            raise IndexError(f"row {int(flat[bad])} out of range for {self.n} rows")
+        return out.reshape(np.shape(rows))
 
     def __array__(self, dtype=None, copy=None):
         out = self[np.arange(self.n, dtype=np.int64)]

@@ -165,7 +165,7 @@ class SpannIndex(CommittedState, DiskServing):
             p = p.replace(**knobs)
         rows, dists = self.search_rows(prepare_base(q, self.metric), k, p.resolved(k), threads=threads,
                                        stats=stats)
-        ids = np.where(rows >= 0, self.int2ext[np.maximum(rows, 0)], -1)
+        ids = self.int2ext.of_answers(rows)
         dists = from_kernel(dists, self.metric)
         return (ids[0], dists[0]) if single else (ids, dists)
 

@@ -67,7 +67,7 @@ class TierSearcher:
         self.src_crc = codes.table["src_crc"].astype(np.uint32)
         self.src_count = codes.table["src_count"].astype(np.int64)
         self.start, self.count = codes.start, codes.count
-        self.codebook = np.ascontiguousarray(codes.codebook)                   # [M, 256, dsub]
+        self.codebook_t = np.ascontiguousarray(codes.codebook.transpose(0, 2, 1))  # [M, dsub, 256]: tier_query's
         self.base = codes.base[:, :dim]                                        # int8 [P, dim]
         self.scale = quantizer.scale.astype(np.float32)
         self.offset = (quantizer.lo + 128.0 * quantizer.scale).astype(np.float64)
@@ -109,7 +109,7 @@ class TierSearcher:
         (rows, estimates ascending, entries scanned)."""
         c = self.codes
         rows, est, scanned = tier_query(pids.astype(np.int64), self.start, self.count, c.rows, c.versions, c.terms,
-                                        c.codes, self.codebook, self.base, self.scale, self.offset, q, state, allow,
+                                        c.codes, self.codebook_t, self.base, self.scale, self.offset, q, state, allow,
                                         is_l2, rerank_k)
         return rows, est, int(scanned)
 

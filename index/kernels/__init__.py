@@ -9,8 +9,8 @@ from index.kernels.build import (balanced_assign, cap_postings, cluster_means, k
                                  rng_select, sq_dists)
 from index.kernels.exact import merge_candidates, merge_topk, nearest_key, small_exact_topk
 from index.kernels.postings import live_counts, mark_reachable
-from index.kernels.search import exact_block, exact_rows, rerank_cut, scan_ip, scan_l2, search_many, search_one
+from index.kernels.search import exact_at, exact_rows, rerank_cut, scan_ip, scan_l2, search_many, search_one
 
-__all__ = ["balanced_assign", "cap_postings", "cluster_means", "exact_block", "exact_rows", "kmeans_pp_init", "live_counts",
+__all__ = ["balanced_assign", "cap_postings", "cluster_means", "exact_at", "exact_rows", "kmeans_pp_init", "live_counts",
            "mark_reachable", "merge_candidates", "neighbourhood_candidates", "rerank_cut", "merge_topk", "nearest_key", "rng_select", "scan_ip", "scan_l2", "search_many",
            "search_one", "small_exact_topk", "sq_dists"]

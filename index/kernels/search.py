@@ -159,11 +159,14 @@ def exact_rows(mat, mat_u32, rows, q, is_l2, out):
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def exact_block(block, block_u32, rows, q, is_l2, out):
-    """exact_rows over rows already read into `block` ([m, dim + 1]: row t of the block is row rows[t] of the
-    vector file, checksum last). Returns -1, or the first row whose checksum fails."""
+def exact_at(buf_f32, buf_u32, at, rows, q, is_l2, out):
+    """exact_rows over rows already read into a buffer: row rows[t] of the vector file (dim floats, checksum word
+    last) starts at word at[t] of `buf_f32` / `buf_u32` (two views of the buffer). Returns -1, or the first row
+    whose checksum fails."""
+    width = q.shape[0] + 1
     for t in range(rows.shape[0]):
-        acc, ok = _exact_one(block[t], block_u32[t], rows[t], q, is_l2)
+        s = at[t]
+        acc, ok = _exact_one(buf_f32[s: s + width], buf_u32[s: s + width], rows[t], q, is_l2)
         if not ok:
             return rows[t]
         out[t] = acc

@@ -34,6 +34,21 @@ def test_row_ids_behave_like_the_array_they_stand_for():
         ids[np.array([8])]
 
 
+def test_answer_ids_map_empty_slots_and_deleted_rows_to_minus_one():
+    """of_answers (the serving path's one-kernel lookup) agrees with indexing, and says -1 for an empty answer slot
+    (row -1) and a row deleted after the search found it."""
+    state = np.zeros(8, np.uint8)
+    holder = _Holder(state)
+    ids = RowIds(5, np.array([70, 71, 72], np.int64), holder)
+    rows = np.array([[7, -1, 0], [5, 4, -1]])
+    assert np.array_equal(ids.of_answers(rows), [[72, -1, 0], [70, 4, -1]])
+    state[[0, 7]] |= DELETED
+    assert np.array_equal(ids.of_answers(rows), [[-1, -1, -1], [70, 4, -1]])
+    assert ids.of_answers(np.zeros((0, 10), np.int64)).shape == (0, 10)
+    with pytest.raises(IndexError):
+        ids.of_answers(np.array([8]))
+
+
 def test_stored_tails_of_both_forms():
     assert np.array_equal(tail_of_stored(np.array([7, 8]), 3, 3, 5), [7, 8])          # rows from 3 on
     assert np.array_equal(tail_of_stored(np.array([0, -1, 2, 7, 8]), None, 3, 5), [7, 8])  # every row (legacy)

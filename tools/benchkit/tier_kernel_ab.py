@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -60,13 +61,18 @@ def main() -> None:
     if idx.tier is None:
         ap.error("the index serves without its scan tier within this budget")
     current = {"kernel": kernels["after"]}
+    stored_codebook = np.ascontiguousarray(idx.tier.codes.codebook)  # [M, 256, dsub], as the file has it
     original = TierSearcher.estimates
 
     def estimates(self, pids, qv, is_l2, state, allow, rerank_k):
         c = self.codes
-        rows, est, scanned = current["kernel"](pids.astype(np.int64), self.start, self.count, c.rows, c.versions,
-                                               c.terms, c.codes, self.codebook, self.base, self.scale, self.offset,
-                                               qv, state, allow, is_l2, rerank_k)
+        kernel = current["kernel"]
+        # kernels before 2026-12-04 take the codebook as stored, [M, 256, dsub]; later ones transposed
+        transposed = "codebook_t" in inspect.signature(kernel.py_func).parameters
+        codebook = self.codebook_t if transposed else stored_codebook
+        rows, est, scanned = kernel(pids.astype(np.int64), self.start, self.count, c.rows, c.versions, c.terms,
+                                    c.codes, codebook, self.base, self.scale, self.offset, qv, state, allow,
+                                    is_l2, rerank_k)
         return rows, est, int(scanned)
     TierSearcher.estimates = estimates
     try:

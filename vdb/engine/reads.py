@@ -163,7 +163,7 @@ class ReadPath:
         int2ext = self.index.int2ext
         if len(int2ext) == 0:  # a collection with no rows yet: every answer slot is empty
             return np.full(rows.shape, -1, np.int64), np.full(rows.shape, np.inf, np.float32)
-        ext = np.where(rows >= 0, int2ext[np.maximum(rows, 0)], -1)
+        ext = int2ext.of_answers(rows)
         d = from_kernel(np.where(ext >= 0, d, np.inf).astype(np.float32), self.metric)
         return ext, d
 

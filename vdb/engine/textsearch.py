@@ -118,7 +118,7 @@ def _text_rows(c, texts: list[str], k: int, node):
     else:
         allow = is_live(state)
     rows, scores = c.text.search(texts, k, allow, restrict=restrict)
-    ext = np.where(rows >= 0, c.index.int2ext[np.maximum(rows, 0)], -1)  # -1 also for a row deleted meanwhile
+    ext = c.index.int2ext.of_answers(rows)  # -1 also for a row deleted meanwhile
     return ext, np.where(ext >= 0, scores, -np.inf)
 
 

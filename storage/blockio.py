@@ -4,10 +4,11 @@ A query that needs R pages read one fault at a time waits R device round trips; 
 about one (the device serves its queue in parallel). `BlockReader.read` takes every range a query needs,
 widens each to whole blocks, merges ranges that touch, and
 
-  * with O_DIRECT (the default where the file system supports it) submits them all in one Linux AIO
-    `io_submit` and waits in one `io_getevents`: one thread keeps the device queue full, the GIL is released
-    for both calls (ctypes), and nothing enters the page cache, so a memory limit (a cgroup counts the page
-    cache) is spent only on what the index chose to keep (its posting cache);
+  * with O_DIRECT (the default where the file system supports it) submits them all through Linux AIO
+    (`io_submit`, a few requests per call: SUBMIT_CHUNK) before it waits for any (`io_getevents`): one thread
+    keeps the device queue full, the GIL is released for both calls (ctypes), and nothing enters the page
+    cache, so a memory limit (a cgroup counts the page cache) is spent only on what the index chose to keep
+    (its posting cache);
   * without O_DIRECT (tmpfs, some network file systems, or `direct=False`) reads each range with os.preadv,
     one after another: correct, through the page cache, and as slow as that is.
 

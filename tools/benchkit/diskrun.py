@@ -115,21 +115,22 @@ def measure(opener, name: str, points: list, files: list, queries: np.ndarray, t
         c0 = counters() if counters else None
         ids, lat, io = singles(search_one, q)
         row = {"params": params, "recall": round(recall(ids, tr), 4), "n": n, **pct(lat),
-               "read_bytes_per_query": io / n, "pages_per_query": io / n / 4096}
+               "read_bytes_per_query": io / n, "read_kb_per_query": io / n / 1024}
         if counters:
             row["own_counters_per_query"] = _per_query(c0, counters(), n)
         out["points"].append(row)
         if save:
             save(out)  # a child killed later (OOM) still leaves what it measured
         print(f"[{name}] {params} recall={row['recall']} p50={row['p50_ms']} p99={row['p99_ms']} "
-              f"qps1={row['qps_1thread']} pages/q={row['pages_per_query']:.1f}", file=sys.stderr, flush=True)
+              f"qps1={row['qps_1thread']} KB/q={row['read_kb_per_query']:.1f}" +
+              (f" reads/q={_reads(row['own_counters_per_query']):.1f}" if counters else ""), file=sys.stderr, flush=True)
     for params in [p for p in points if p.get("in_flight")] or points[:1]:
         search_one = make(params)
         for threads in flights:
             q, tr = sl.take(n)
             c0 = counters() if counters else None
             row, ids = in_flight(search_one, q, threads)
-            row.update(params=params, recall=round(recall(ids, tr), 4), pages_per_query=row["read_bytes_per_query"] / 4096)
+            row.update(params=params, recall=round(recall(ids, tr), 4), read_kb_per_query=row["read_bytes_per_query"] / 1024)
             if counters:
                 row["own_counters_per_query"] = _per_query(c0, counters(), n)
             out["in_flight"].append(row)
@@ -145,6 +146,12 @@ def measure(opener, name: str, points: list, files: list, queries: np.ndarray, t
 def _per_query(a: dict, b: dict, n: int) -> dict:
     return {f"{part}_{k}": (b[part][k] - a[part][k]) / n for part in ("postings", "rows") for k in ("reads", "pages")} | \
         {"cache_hit_rate": _rate(a["cache"], b["cache"])}
+
+
+def _reads(per_query: dict) -> float:
+    """Device requests per query (postings and rows): what the issue's page-read budget counts since a read of a
+    row is one 512-byte-aligned request rather than a 4 KiB page (storage/blockio.py)."""
+    return per_query["postings_reads"] + per_query["rows_reads"]
 
 
 def _rate(a: dict, b: dict) -> float:

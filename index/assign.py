@@ -3,10 +3,10 @@ then cap posting lengths without ever leaving a vector in zero postings.
 
 A bulk build knows a head near every row already (its nearest head within its clustering leaf). With
 `BuildParams.leaf_assign` its candidates are that head's neighbourhood in a graph over the heads, with exact
-distances: one head search per head instead of one per row (at 10M rows the per-row search was 286 of the build's
-507 s, the neighbourhoods 109 s), but fewer rows land inside the closure and recall at a given nprobe falls
-(docs/benchmarks.md), so it is off by default. Rows without such a head (online inserts, the Ray build's
-partitions) always search the head index."""
+distances: one head search per head instead of one per row (at 10M rows the per-row search took 265 of the
+build's 411 s, the neighbourhoods 78 of 231 s). Fewer rows land inside the closure and recall at a given nprobe
+falls by ~0.8 points at 10M, which the build's calibration absorbs (docs/benchmarks.md); on by default. Rows
+without such a head (online inserts, the Ray build's partitions) always search the head index."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

@@ -249,15 +249,16 @@ def quantizer_sample_rows(n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, min(n, QUANTIZER_SAMPLE), replace=False))
 
 
-def train_heads(space, n: int, params: BuildParams, metric: Metric, progress: ProgressFactory) -> HeadClustering:
+def train_heads(space, n: int, params: BuildParams, metric: Metric, progress: ProgressFactory, *,
+                owners: bool) -> HeadClustering:
     """head_ratio * n head vectors by hierarchical balanced k-means over `space` (all n rows, or a sample of
-    them: the Ray build trains on a sample), and with `params.leaf_assign` the nearest head of each row of `space`
-    within its leaf (HeadClustering.owner; all -1 otherwise, as nothing else reads it).
+    them: the Ray build trains on a sample), and with `owners` the nearest head of each row of `space` within its
+    leaf (HeadClustering.owner; all -1 otherwise: only the leaf assignment reads it).
     Shared by the local and the distributed build."""
     n_target = max(1, int(round(params.head_ratio * n)))
     bar = progress("cluster heads", n_target)
     clustering = cluster_heads(space, n_target, params, spherical=metric.angular, progress=bar.update,
-                               owners=params.leaf_assign)  # only the leaf assignment uses the owners
+                               owners=owners)
     bar.close()
     return clustering
 
@@ -288,7 +289,7 @@ def _build_into(d: IndexDir, source, ext_ids, params: BuildParams, metric: Metri
     sample_rows = quantizer_sample_rows(n, params.seed)
     quantizer = Int8Quantizer.train(np.asarray(vec[sample_rows], dtype=np.float32))
     hs = HeadSpaceView(vec, metric)
-    clustering = train_heads(hs, n, params, metric, progress)
+    clustering = train_heads(hs, n, params, metric, progress, owners=params.leaf_assign)
     heads = clustering.heads
     timings["cluster"] = round(time.perf_counter() - t, 3)
 

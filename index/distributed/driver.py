@@ -13,6 +13,7 @@ completed partitions (staging.py). Ray is imported lazily and only here; nothing
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -62,7 +63,8 @@ def build_index_ray(input_path: str | os.PathLike, out_dir: str | os.PathLike, *
     input_path = Path(input_path).resolve()
     source = reader(input_path)
     n, dim = _check_shape(source)
-    params = params.resolved(dim)
+    # a partition does not know its rows' leaf heads, so every row searches the head index: the manifest says so
+    params = dataclasses.replace(params.resolved(dim), leaf_assign=False)
     metric = Metric.parse(params.metric)
     ext_ids = validate_ids(ids, n) if ids is not None else np.arange(n, dtype=np.int64)
     out_dir = prepare_output(out_dir, overwrite)
@@ -168,7 +170,7 @@ def train_plan(stored: StoredView, params: BuildParams, metric: Metric, head_sam
         data = HeadSpaceView(stored[rows], metric)
     else:
         data = HeadSpaceView(stored, metric)
-    heads = train_heads(data, n, params, metric, progress).heads
+    heads = train_heads(data, n, params, metric, progress, owners=False).heads
     timings["cluster"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     head_index = build_head_index(heads, metric, params)

@@ -39,7 +39,7 @@ MAX_DEPTH = 256              # requests per AIO context (a query needs tens)
 SUBMIT_CHUNK = 4             # requests per io_submit: one call for a whole wave holds every request back (the block
                              # layer's plug) until the last is set up, ~120 us for 30 rows on this VM; in fours
                              # the device starts on the first while the rest are prepared: p50 of a 10M tier query
-                             # 11% lower (interleaved A/B of 4000 queries, docs/benchmarks.md)
+                             # 7% lower (tools/benchkit/tree_ab.py, docs/benchmarks/disk-c128-10m-submit-chunk-ab.json)
 _SYSCALLS = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}  # setup, destroy, getevents, submit
 IOCB = np.dtype([("data", "<u8"), ("key", "<u4"), ("rw_flags", "<u4"), ("opcode", "<u2"), ("reqprio", "<i2"),
                  ("fildes", "<u4"), ("buf", "<u8"), ("nbytes", "<u8"), ("offset", "<i8"), ("reserved2", "<u8"),

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-import faiss
 import numpy as np
 
+from index.kernels.exact import fold_block_topk
 from index.types import Metric, SearchParams
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,20 @@ def exact_neighbours(matrix, queries: np.ndarray, rows: np.ndarray, k: int, metr
     nq = len(queries)
     best_d = np.full((nq, k), np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
-    ip = metric is not Metric.L2
+    is_l2 = metric is Metric.L2
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    block_rows = max(1, BLOCK_BYTES // (4 * max(dim, 1)))
+    exclude = np.ascontiguousarray(rows, dtype=np.int64)
+    # a block's rows and its [nq, rows] products each stay within BLOCK_BYTES
+    block_rows = max(1, BLOCK_BYTES // (4 * max(dim, nq, 1)))
     for s in range(0, len(matrix), block_rows):
-        # faiss.knn scans the block where it lies: an index over it was a second copy, and the previous
-        # block's index still alive beside the next block made the calibration's peak three blocks
-        block = np.ascontiguousarray(matrix[s: s + block_rows, :dim], dtype=np.float32)
-        d, i = faiss.knn(q, block, min(k + 1, len(block)),
-                         metric=faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
-        del block
-        d = -d if ip else d
-        i = np.where(i >= 0, i + s, -1)
-        d = np.where(i == rows[:, None], np.inf, d)  # never the query's own row
-        d, i = np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1)
-        order = np.argsort(d, axis=1, kind="stable")[:, :k]
-        best_d, best_i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+        # one BLAS product per block and a compiled fold of it into the running top-k: faiss.knn kept a heap
+        # per query and took 39 of the 10M build's 41 s of calibration (the product alone is ~5x faster). The
+        # block is the file's strided view, which BLAS reads in place: no copy of the rows
+        block = matrix[s: s + block_rows, :dim]
+        dots = q @ block.T
+        norms = np.einsum("ij,ij->i", block, block) if is_l2 else np.zeros(0, np.float32)
+        fold_block_topk(dots, norms, s, exclude, is_l2, best_d, best_i)
+        del dots
     return best_i
 
 

@@ -1,4 +1,5 @@
-"""Small exact kernels: the cache's nearest-key scan, merging two candidate lists, the memtable's top-k."""
+"""Small exact kernels: the cache's nearest-key scan, merging two candidate lists, the memtable's top-k, the
+calibration's running top-k over blocks of dot products."""
 from __future__ import annotations
 
 import numpy as np
@@ -123,6 +124,28 @@ def small_exact_topk(vecs, rows, dead, qs, k, is_l2, out_r, out_d, heads, probes
             for j in range(probes.shape[1]):
                 if 0 <= probes[q, j] < n_known:
                     probed[probes[q, j]] = False
+
+
+@njit(nogil=True, cache=True)
+def fold_block_topk(dots, block_norms, first_row, exclude, is_l2, best_d, best_i):
+    """Fold one block of base rows into running per-query top-k lists: dots [nq, nb] are query . row for rows
+    first_row .. first_row + nb - 1, block_norms their squared norms; the kernel distance is |row|^2 - 2 dot for
+    L2 (the query's own norm ranks nothing) and -dot otherwise. Row exclude[q] never enters query q's list.
+    best_d / best_i [nq, k] (inf / -1 where empty) are kept sorted, ties to the earlier row."""
+    nq, nb = dots.shape
+    k = best_d.shape[1]
+    for q in range(nq):
+        worst = best_d[q, k - 1]
+        for j in range(nb):
+            v = block_norms[j] - 2.0 * dots[q, j] if is_l2 else -dots[q, j]
+            if v >= worst or first_row + j == exclude[q]:
+                continue
+            pos = k - 1
+            while pos > 0 and best_d[q, pos - 1] > v:
+                best_d[q, pos], best_i[q, pos] = best_d[q, pos - 1], best_i[q, pos - 1]
+                pos -= 1
+            best_d[q, pos], best_i[q, pos] = v, first_row + j
+            worst = best_d[q, k - 1]
 
 
 def merge_candidates(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray, k: int):

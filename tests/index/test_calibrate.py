@@ -18,6 +18,23 @@ def test_exact_neighbours_exclude_the_query_row_and_match_brute_force(base):
     assert np.array_equal(got, want[:, 1:])   # the sample itself is its own nearest: dropped
 
 
+def test_exact_neighbours_by_inner_product_across_blocks_match_brute_force(monkeypatch):
+    # blocks of 64 rows, so the running top-k is folded across many blocks, ties and all
+    import index.calibrate as calibrate_module
+    monkeypatch.setattr(calibrate_module, "BLOCK_BYTES", 64 * 4 * 16)
+    rng = np.random.default_rng(5)
+    matrix = rng.normal(size=(1000, 17)).astype(np.float32)   # 16 dims and a trailing column, as the file
+    matrix[500] = matrix[20]                                   # a tie: the earlier row ranks first
+    queries = rng.normal(size=(7, 16)).astype(np.float32)
+    queries[0] = matrix[20, :16] * 50                          # its nearest by -dot are rows 20 and 500
+    rows = np.array([3, 8, 9, 10, 11, 12, 13])
+    got = exact_neighbours(matrix, queries, rows, 6, Metric.IP)
+    d = -(queries @ matrix[:, :16].T)
+    d[np.arange(7), rows] = np.inf
+    assert got.tolist() == np.argsort(d, axis=1, kind="stable")[:, :6].tolist()
+    assert got[0, :2].tolist() == [20, 500]
+
+
 def test_the_build_picks_the_smallest_nprobe_that_reaches_the_target(built_l2, base, queries):
     with SpannIndex.open(built_l2) as idx:
         cal = idx.calibration

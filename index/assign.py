@@ -20,7 +20,8 @@ from index.centroids import HeadIndex
 from index.kernels import cap_postings, neighbourhood_candidates, rng_select
 from index.types import BuildParams
 
-CHUNK = 32768
+CHUNK = 32768       # rows per head-index search of the per-row assignment
+LEAF_STEP_BYTES = 64 << 20  # float32 rows per step of the leaf assignment (sorted by leaf head within a step)
 NEIGHBOURHOOD = 2  # a head's neighbourhood holds this many times params.candidates other heads
 GRAPH_CHUNK = 16384  # heads per head-index search while the head graph is built
 
@@ -136,18 +137,13 @@ def closure_assign(data, n_rows: int, heads: np.ndarray, head_index: HeadIndex, 
     graph = head_graph(heads, head_index, NEIGHBOURHOOD * params.candidates) if neighbourhoods else None
     threads = faiss.omp_get_max_threads()
     vecs, hs, ds = [], [], []
-    for s in range(0, n_rows, CHUNK):
-        x = np.ascontiguousarray(data[s: s + CHUNK], dtype=np.float32)
+    step = CHUNK if graph is None else max(CHUNK, LEAF_STEP_BYTES // (4 * max(1, heads.shape[1])))
+    for s in range(0, n_rows, step):
+        x = np.ascontiguousarray(data[s: s + step], dtype=np.float32)
         if graph is None:
             sel, sel_d, _ = select_heads(x, heads, head_index, params)
         else:
-            start = owner[s: s + len(x)]
-            sel = np.empty((len(x), params.max_replicas), np.int64)
-            sel_d = np.empty(sel.shape, np.float32)
-            known = start >= 0
-            sel[known], sel_d[known], _ = neighbourhood_heads(x[known], start[known], heads, graph, params, threads)
-            if not known.all():
-                sel[~known], sel_d[~known], _ = select_heads(x[~known], heads, head_index, params)
+            sel, sel_d = _leaf_select(x, owner[s: s + len(x)], heads, head_index, graph, params, threads)
         ok = sel >= 0
         rows = np.broadcast_to(np.arange(s, s + len(x))[:, None], sel.shape)
         vecs.append(rows[ok]), hs.append(sel[ok]), ds.append(sel_d[ok])
@@ -155,6 +151,26 @@ def closure_assign(data, n_rows: int, heads: np.ndarray, head_index: HeadIndex, 
             progress(len(x))
     return assignment_from_records(np.concatenate(vecs), np.concatenate(hs), np.concatenate(ds), n_rows,
                                    len(heads), params)
+
+
+def _leaf_select(x: np.ndarray, start: np.ndarray, heads: np.ndarray, head_index: HeadIndex, graph: np.ndarray,
+                 params: BuildParams, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sel, sel_d) of rows x (in their order) from the neighbourhoods of their leaf heads `start`; rows without
+    one (-1) search the head index. The rows are visited grouped by leaf head: a leaf's heads are numbered
+    together and neighbouring heads share most of their neighbourhoods, so the head rows one row reads are
+    still in cache for the next (a 10M build's 200K heads are 100 MB; in row order the kernels waited on memory:
+    2.7x slower in steps of 32K rows, 3.5x in steps of 131K, measured on the 10M build's heads)."""
+    order = np.argsort(start, kind="stable")
+    x, start = x[order], start[order]
+    sel = np.empty((len(x), params.max_replicas), np.int64)
+    sel_d = np.empty(sel.shape, np.float32)
+    known = start >= 0
+    sel[known], sel_d[known], _ = neighbourhood_heads(x[known], start[known], heads, graph, params, threads)
+    if not known.all():
+        sel[~known], sel_d[~known], _ = select_heads(x[~known], heads, head_index, params)
+    unsorted_sel, unsorted_d = np.empty_like(sel), np.empty_like(sel_d)
+    unsorted_sel[order], unsorted_d[order] = sel, sel_d
+    return unsorted_sel, unsorted_d
 
 
 def assignment_from_records(vec: np.ndarray, head: np.ndarray, dist: np.ndarray, n_rows: int, n_heads: int,

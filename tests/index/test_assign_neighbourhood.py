@@ -123,6 +123,28 @@ def test_assignment_from_owners_chooses_the_heads_exact_candidates_choose(cluste
     assert _agreement(mixed, exact, len(base)) > 0.95
 
 
+def test_visiting_rows_grouped_by_leaf_head_changes_no_rows_choice(clustering, monkeypatch):
+    # the leaf assignment sorts each step's rows by leaf head (cache locality) and puts the choices back in
+    # row order: every row gets exactly what the kernels give it alone, whatever the step size
+    import index.assign as assign_module
+    from index.assign import neighbourhood_heads, select_heads
+    base, params, result = clustering
+    heads, owner = result.heads, result.owner.copy()
+    owner[::7] = -1                                           # some rows search the head index instead
+    approx = HeadIndex.build(heads, angular=False, kind="hnsw", m=16, ef_construction=40)
+    graph = head_graph(heads, approx, 2 * params.candidates)
+    known = owner >= 0
+    want = np.full((len(base), params.max_replicas), -1, np.int64)
+    want[known] = neighbourhood_heads(base[known], owner[known], heads, graph, params, 1)[0]
+    want[~known] = select_heads(base[~known], heads, approx, params)[0]
+    for step_bytes in (1 << 30, 4 * DIM * 3000):              # one step; steps of 3,000 rows
+        monkeypatch.setattr(assign_module, "LEAF_STEP_BYTES", step_bytes)
+        monkeypatch.setattr(assign_module, "CHUNK", 1000)
+        got = closure_assign(base, len(base), heads, approx, params, owner=owner)
+        sets = _rows_sets(got, len(base))
+        assert all(sets[i] == set(want[i][want[i] >= 0].tolist()) for i in range(len(base)))
+
+
 def test_balanced_assign_gives_each_row_its_nearest_column_with_room_in_regret_order():
     rng = np.random.default_rng(4)
     D = rng.random((200, 7)).astype(np.float32)

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -86,14 +87,23 @@ def validate_ids(ids, n: int) -> np.ndarray:
 def _stream_vectors(source, d: IndexDir, metric: Metric, progress: ProgressFactory) -> int:
     n, dim = source.shape
     bar = progress("read vectors", n)
-    for s in range(0, n, CHUNK):
-        x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(n, s + CHUNK) - 1}")
-        try:
-            x = prepare_base(x, metric)
-        except InvalidVectorsError as e:
-            raise InvalidVectorsError(f"input rows from {s}: {e}") from None
-        d.vectors.append(x)
-        bar.update(len(x))
+    # one chunk is written (checksums and pwrite, both without the GIL) while the next is read and checked:
+    # the writes are most of this step once the device's dirty-page throttle sets in
+    with ThreadPoolExecutor(1) as writer:
+        pending = None
+        for s in range(0, n, CHUNK):
+            x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(n, s + CHUNK) - 1}")
+            try:
+                x = prepare_base(x, metric)
+            except InvalidVectorsError as e:
+                raise InvalidVectorsError(f"input rows from {s}: {e}") from None
+            if pending is not None:
+                pending.result()  # in order, and a failed write stops the stream
+                bar.update(CHUNK)
+            pending = writer.submit(d.vectors.append, x)
+        if pending is not None:
+            pending.result()
+            bar.update(n - (n - 1) // CHUNK * CHUNK)
     bar.close()
     return n
 

@@ -27,6 +27,18 @@ def test_round_trip_reads_exact_rows(tmp_path):
     f.close()
 
 
+def test_checksums_follow_the_documented_formula_exactly():
+    # (sum_j word_j * (2j + 1) + i * 0x9E3779B1) mod 2**32, spelled out in Python integers: the on-disk format
+    # must not change with how the sum is computed (it was a numpy uint64 product, now a compiled loop)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 300)).astype(np.float32)
+    x[0] = np.frombuffer(np.full(300, 0xFFFFFFFF, np.uint32).tobytes(), np.float32)  # largest words: overflows
+    for first in (0, 7, 2**40 + 3):
+        want = [(sum(int(w) * (2 * j + 1) for j, w in enumerate(row.view(np.uint32))) + (first + i) * 0x9E3779B1)
+                % 2**32 for i, row in enumerate(x)]
+        assert row_checksums(x, first).tolist() == want
+
+
 def test_every_single_bit_flip_in_a_row_is_detected():
     x = np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)
     good = row_checksums(x, 5)[0]

@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 PAGE = 4096
 DIRECT_BLOCKS = (512, 1024, 2048, PAGE)  # O_DIRECT alignments tried at open, smallest first
@@ -149,6 +149,37 @@ def _first_short(events, r_off, r_len, size):
         if events[t, 2] < min(r_len[i], size - r_off[i]):
             return t
     return -1
+
+
+# libc's syscall(2) with six integer arguments, called from compiled code (resolved by name, so the kernel caches)
+_syscall = types.ExternalFunction("syscall", types.int64(types.int64, types.int64, types.int64, types.int64,
+                                                         types.int64, types.int64))
+
+
+@njit(nogil=True, cache=True)
+def _wave(submit_nr, getevents_nr, ctx, ptrs_addr, n, chunk, events_addr, event_bytes, progress):
+    """Submit n requests (their pointers at ptrs_addr) `chunk` at a time and wait for all n completions into
+    events_addr, in one call without the GIL: through ctypes each of a wave's ~10 calls gave the GIL away and
+    took it back, and with queries in flight every hand-over waited on another thread's Python. progress[0] /
+    progress[1] count the requests submitted / completed so far (resumed from). Returns 0, or -1 when a call
+    failed: the caller continues from `progress` through the calls that read errno."""
+    done = progress[0]
+    while done < n:
+        r = _syscall(submit_nr, ctx, min(n - done, chunk), ptrs_addr + 8 * done, 0, 0)
+        if r < 0:
+            progress[0] = done
+            return -1
+        done += r
+    progress[0] = done
+    got = progress[1]
+    while got < n:
+        r = _syscall(getevents_nr, ctx, n - got, n - got, events_addr + got * event_bytes, 0)
+        if r < 0:
+            progress[1] = got
+            return -1
+        got += r
+    progress[1] = got
+    return 0
 
 
 class _Aio:
@@ -296,12 +327,14 @@ class BlockReader:
         events = np.zeros((min(n_all, MAX_DEPTH), IO_EVENT.itemsize // 8), np.int64)
         for s in range(0, n_all, MAX_DEPTH):
             n = min(MAX_DEPTH, n_all - s)
-            done = 0
-            while done < n:
-                done += self._aio.submit(ctx, min(n - done, SUBMIT_CHUNK), ptrs.ctypes.data + 8 * (s + done))
-            got = 0
-            while got < n:
-                got += self._aio.getevents(ctx, n - got, n - got, events.ctypes.data + got * IO_EVENT.itemsize)
+            progress = np.zeros(2, np.int64)
+            if _wave(self._aio.submit_nr, self._aio.getevents_nr, ctx, ptrs.ctypes.data + 8 * s, n, SUBMIT_CHUNK,
+                     events.ctypes.data, IO_EVENT.itemsize, progress) < 0:
+                done, got = int(progress[0]), int(progress[1])  # retried on EAGAIN / EINTR, raised otherwise
+                while done < n:
+                    done += self._aio.submit(ctx, min(n - done, SUBMIT_CHUNK), ptrs.ctypes.data + 8 * (s + done))
+                while got < n:
+                    got += self._aio.getevents(ctx, n - got, n - got, events.ctypes.data + got * IO_EVENT.itemsize)
             bad = _first_short(events[:n], r_off, r_len, self.size)
             if bad >= 0:
                 res, at = int(events[bad, 2]), int(r_off[events[bad, 0]])

@@ -167,3 +167,15 @@ def test_the_request_records_are_laid_out_as_the_kernel_abi_says():
     assert cbs["nbytes"].tolist() == r_len.tolist() and cbs["offset"].tolist() == r_off.tolist()
     assert (cbs["key"] == 0).all() and (cbs["flags"] == 0).all() and (cbs["reqprio"] == 0).all()
     assert ptrs.tolist() == [(1 << 20) + 64 * i for i in range(3)]
+
+
+def test_a_failed_call_in_the_wave_stops_and_says_how_far_it_got():
+    # the wave's syscalls run in compiled code without errno; on a failure it hands back its progress and the
+    # reader finishes through the calls that read errno (here: no such AIO context, which they raise)
+    from storage.blockio import IO_EVENT, _Aio, _wave
+    aio = _Aio()
+    progress = np.zeros(2, np.int64)
+    assert _wave(aio.submit_nr, aio.getevents_nr, 0, 0, 3, 4, 0, IO_EVENT.itemsize, progress) == -1
+    assert progress.tolist() == [0, 0]
+    with pytest.raises(OSError):
+        aio.submit(0, 1, 0)

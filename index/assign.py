@@ -165,8 +165,10 @@ def _leaf_select(x: np.ndarray, start: np.ndarray, heads: np.ndarray, head_index
     sel = np.empty((len(x), params.max_replicas), np.int64)
     sel_d = np.empty(sel.shape, np.float32)
     known = start >= 0
-    sel[known], sel_d[known], _ = neighbourhood_heads(x[known], start[known], heads, graph, params, threads)
-    if not known.all():
+    if known.all():  # the bulk build: every row has a leaf head (no third copy of the step's rows)
+        sel[:], sel_d[:], _ = neighbourhood_heads(x, start, heads, graph, params, threads)
+    else:
+        sel[known], sel_d[known], _ = neighbourhood_heads(x[known], start[known], heads, graph, params, threads)
         sel[~known], sel_d[~known], _ = select_heads(x[~known], heads, head_index, params)
     unsorted_sel, unsorted_d = np.empty_like(sel), np.empty_like(sel_d)
     unsorted_sel[order], unsorted_d[order] = sel, sel_d

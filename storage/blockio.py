@@ -193,6 +193,11 @@ class _Aio:
         libc = ctypes.CDLL(None, use_errno=True)
         self.syscall = libc.syscall
         self.syscall.restype = ctypes.c_long
+        try:  # compiles (or loads) _wave and links libc's `syscall` into it, without making a call
+            _wave(0, 0, 0, 0, 0, 1, 0, 0, np.zeros(2, np.int64))
+            self.compiled = True
+        except Exception:  # noqa: BLE001 - no such symbol for compiled code here: the ctypes calls serve alone
+            self.compiled = False
 
     def _call(self, *args) -> int:
         r = self.syscall(*[ctypes.c_long(a) for a in args])
@@ -327,9 +332,10 @@ class BlockReader:
         events = np.zeros((min(n_all, MAX_DEPTH), IO_EVENT.itemsize // 8), np.int64)
         for s in range(0, n_all, MAX_DEPTH):
             n = min(MAX_DEPTH, n_all - s)
-            progress = np.zeros(2, np.int64)
-            if _wave(self._aio.submit_nr, self._aio.getevents_nr, ctx, ptrs.ctypes.data + 8 * s, n, SUBMIT_CHUNK,
-                     events.ctypes.data, IO_EVENT.itemsize, progress) < 0:
+            progress = np.zeros(2, np.int64)   # without the compiled wave the ctypes calls do all of it
+            if not self._aio.compiled or _wave(self._aio.submit_nr, self._aio.getevents_nr, ctx,
+                                               ptrs.ctypes.data + 8 * s, n, SUBMIT_CHUNK, events.ctypes.data,
+                                               IO_EVENT.itemsize, progress) < 0:
                 done, got = int(progress[0]), int(progress[1])  # retried on EAGAIN / EINTR, raised otherwise
                 while done < n:
                     done += self._aio.submit(ctx, min(n - done, SUBMIT_CHUNK), ptrs.ctypes.data + 8 * (s + done))

@@ -179,3 +179,20 @@ def test_a_failed_call_in_the_wave_stops_and_says_how_far_it_got():
     assert progress.tolist() == [0, 0]
     with pytest.raises(OSError):
         aio.submit(0, 1, 0)
+
+
+def test_without_the_compiled_wave_the_ctypes_calls_read_everything(data_file, monkeypatch):
+    # where compiled code cannot link libc's syscall, the reader must still read every byte through ctypes
+    from storage import blockio
+    path, data = data_file
+    r = BlockReader(path)
+    try:
+        if not r.direct:
+            pytest.skip("no O_DIRECT here: the AIO path is not used")
+        monkeypatch.setattr(r._aio, "compiled", False)
+        monkeypatch.setattr(blockio, "_wave", None)   # never called
+        offsets, lengths = _ranges(data, 50, seed=3)
+        buf, starts = r.read(offsets, lengths)
+        assert all(np.array_equal(buf[s: s + n], data[o: o + n]) for o, n, s in zip(offsets, lengths, starts))
+    finally:
+        r.close()

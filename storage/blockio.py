@@ -30,6 +30,7 @@ import platform
 import threading
 from dataclasses import dataclass
 
+import llvmlite.binding as llvm
 import numpy as np
 from numba import njit, types
 
@@ -191,12 +192,15 @@ class _Aio:
             raise OSError(errno.ENOSYS, f"no AIO syscall numbers for {platform.machine()}")
         self.setup_nr, self.destroy_nr, self.getevents_nr, self.submit_nr = nums
         libc = ctypes.CDLL(None, use_errno=True)
-        self.syscall = libc.syscall
+        self.syscall = libc.syscall   # AttributeError without it: then there is no AIO path at all
         self.syscall.restype = ctypes.c_long
-        try:  # compiles (or loads) _wave and links libc's `syscall` into it, without making a call
+        # the compiled wave calls this very function: registered by address, because a name the JIT cannot
+        # resolve is not an error at compile time but a jump to nowhere at the first call
+        llvm.add_symbol("syscall", ctypes.cast(self.syscall, ctypes.c_void_p).value)
+        try:  # compiles (or loads) _wave now, without making a call
             _wave(0, 0, 0, 0, 0, 1, 0, 0, np.zeros(2, np.int64))
             self.compiled = True
-        except Exception:  # noqa: BLE001 - no such symbol for compiled code here: the ctypes calls serve alone
+        except Exception:  # noqa: BLE001 - numba could not build it here: the ctypes calls serve alone
             self.compiled = False
 
     def _call(self, *args) -> int:
@@ -332,21 +336,42 @@ class BlockReader:
         events = np.zeros((min(n_all, MAX_DEPTH), IO_EVENT.itemsize // 8), np.int64)
         for s in range(0, n_all, MAX_DEPTH):
             n = min(MAX_DEPTH, n_all - s)
-            progress = np.zeros(2, np.int64)   # without the compiled wave the ctypes calls do all of it
-            if not self._aio.compiled or _wave(self._aio.submit_nr, self._aio.getevents_nr, ctx,
-                                               ptrs.ctypes.data + 8 * s, n, SUBMIT_CHUNK, events.ctypes.data,
-                                               IO_EVENT.itemsize, progress) < 0:
-                done, got = int(progress[0]), int(progress[1])  # retried on EAGAIN / EINTR, raised otherwise
-                while done < n:
-                    done += self._aio.submit(ctx, min(n - done, SUBMIT_CHUNK), ptrs.ctypes.data + 8 * (s + done))
-                while got < n:
-                    got += self._aio.getevents(ctx, n - got, n - got, events.ctypes.data + got * IO_EVENT.itemsize)
+            try:
+                self._wave(ctx, ptrs.ctypes.data + 8 * s, n, events)
+            except BaseException:
+                # requests may still be in flight: they would land in `buf` after it is freed, and their
+                # completions would answer this thread's next wave. io_destroy waits for them; a new context
+                # serves the next read
+                self._drop_context(ctx)
+                raise
             bad = _first_short(events[:n], r_off, r_len, self.size)
             if bad >= 0:
                 res, at = int(events[bad, 2]), int(r_off[events[bad, 0]])
                 if res < 0:
                     raise OSError(-res, f"{self.path}: read at {at}: {os.strerror(-res)}")
                 raise EOFError(f"{self.path}: short read at {at}")
+
+    def _wave(self, ctx: int, ptrs_addr: int, n: int, events: np.ndarray) -> None:
+        """Submit the n requests at ptrs_addr and wait for their n completions into `events`."""
+        progress = np.zeros(2, np.int64)   # without the compiled wave the ctypes calls do all of it
+        if self._aio.compiled and _wave(self._aio.submit_nr, self._aio.getevents_nr, ctx, ptrs_addr, n,
+                                        SUBMIT_CHUNK, events.ctypes.data, IO_EVENT.itemsize, progress) == 0:
+            return
+        done, got = int(progress[0]), int(progress[1])  # retried on EAGAIN / EINTR, raised otherwise
+        while done < n:
+            done += self._aio.submit(ctx, min(n - done, SUBMIT_CHUNK), ptrs_addr + 8 * done)
+        while got < n:
+            got += self._aio.getevents(ctx, n - got, n - got, events.ctypes.data + got * IO_EVENT.itemsize)
+
+    def _drop_context(self, ctx: int) -> None:
+        self._local.ctx = None
+        with self._ctx_lock:
+            if ctx in self._contexts:
+                self._contexts.remove(ctx)
+        try:
+            self._aio.destroy(ctx)
+        except OSError:
+            pass
 
     def close(self) -> None:
         with self._ctx_lock:

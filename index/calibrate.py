@@ -32,8 +32,10 @@ def exact_neighbours(matrix, queries: np.ndarray, rows: np.ndarray, k: int, metr
     streamed in blocks, the query's own row (`rows`) excluded."""
     dim = queries.shape[1]
     nq = len(queries)
-    best_d = np.full((nq, k), np.inf, np.float32)
-    best_i = np.full((nq, k), -1, np.int64)
+    best_d = np.full((nq, max(k, 0)), np.inf, np.float32)
+    best_i = np.full((nq, max(k, 0)), -1, np.int64)
+    if k <= 0 or nq == 0:
+        return best_i   # nothing to rank (the kernel needs a k-th slot)
     is_l2 = metric is Metric.L2
     q = np.ascontiguousarray(queries, dtype=np.float32)
     exclude = np.ascontiguousarray(rows, dtype=np.int64)

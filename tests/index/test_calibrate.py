@@ -35,6 +35,13 @@ def test_exact_neighbours_by_inner_product_across_blocks_match_brute_force(monke
     assert got[0, :2].tolist() == [20, 500]
 
 
+def test_exact_neighbours_of_nothing_is_an_empty_answer():
+    # k = 0 indexed the k-th slot of an empty list in the kernel and wrote outside it (a reviewer's heap abort)
+    m = np.random.default_rng(1).normal(size=(50, 9)).astype(np.float32)
+    assert exact_neighbours(m, m[:3, :8], np.arange(3), 0, Metric.L2).shape == (3, 0)
+    assert exact_neighbours(m, m[:0, :8], np.arange(0), 5, Metric.L2).shape == (0, 5)
+
+
 def test_the_build_picks_the_smallest_nprobe_that_reaches_the_target(built_l2, base, queries):
     with SpannIndex.open(built_l2) as idx:
         cal = idx.calibration

@@ -21,7 +21,7 @@ from index.kernels import cap_postings, neighbourhood_candidates, rng_select
 from index.types import BuildParams
 
 CHUNK = 32768       # rows per head-index search of the per-row assignment
-LEAF_STEP_BYTES = 64 << 20  # float32 rows per step of the leaf assignment (sorted by leaf head within a step)
+LEAF_STEP_BYTES = 192 << 20  # what one step of the leaf assignment holds (rows sorted by leaf head within it)
 NEIGHBOURHOOD = 2  # a head's neighbourhood holds this many times params.candidates other heads
 GRAPH_CHUNK = 16384  # heads per head-index search while the head graph is built
 
@@ -137,7 +137,10 @@ def closure_assign(data, n_rows: int, heads: np.ndarray, head_index: HeadIndex, 
     graph = head_graph(heads, head_index, NEIGHBOURHOOD * params.candidates) if neighbourhoods else None
     threads = faiss.omp_get_max_threads()
     vecs, hs, ds = [], [], []
-    step = CHUNK if graph is None else max(CHUNK, LEAF_STEP_BYTES // (4 * max(1, heads.shape[1])))
+    # a step holds its rows twice (as read, sorted), their candidates and their choices twice (sorted, in
+    # row order): 1.6 KB a row at dim 128, so 125K rows a step
+    per_row = 8 * heads.shape[1] + 12 * params.candidates + 24 * params.max_replicas
+    step = CHUNK if graph is None else max(CHUNK, LEAF_STEP_BYTES // per_row)
     for s in range(0, n_rows, step):
         x = np.ascontiguousarray(data[s: s + step], dtype=np.float32)
         if graph is None:

@@ -137,7 +137,7 @@ def test_visiting_rows_grouped_by_leaf_head_changes_no_rows_choice(clustering, m
     want = np.full((len(base), params.max_replicas), -1, np.int64)
     want[known] = neighbourhood_heads(base[known], owner[known], heads, graph, params, 1)[0]
     want[~known] = select_heads(base[~known], heads, approx, params)[0]
-    for step_bytes in (1 << 30, 4 * DIM * 3000):              # one step; steps of 3,000 rows
+    for step_bytes in (1 << 30, 1):                           # one step; steps of CHUNK (1,000) rows
         monkeypatch.setattr(assign_module, "LEAF_STEP_BYTES", step_bytes)
         monkeypatch.setattr(assign_module, "CHUNK", 1000)
         got = closure_assign(base, len(base), heads, approx, params, owner=owner)

@@ -92,11 +92,16 @@ def _stream_vectors(source, d: IndexDir, metric: Metric, progress: ProgressFacto
     with ThreadPoolExecutor(1) as writer:
         pending = None
         for s in range(0, n, CHUNK):
-            x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(n, s + CHUNK) - 1}")
             try:
-                x = prepare_base(x, metric)
+                x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(n, s + CHUNK) - 1}")
+                try:
+                    x = prepare_base(x, metric)
+                except InvalidVectorsError as e:
+                    raise InvalidVectorsError(f"input rows from {s}: {e}") from None
             except InvalidVectorsError as e:
-                raise InvalidVectorsError(f"input rows from {s}: {e}") from None
+                if pending is not None and pending.exception() is not None:
+                    raise pending.exception() from e  # the write before failed too (a full disk): say that first
+                raise
             if pending is not None:
                 pending.result()  # in order, and a failed write stops the stream
                 bar.update(CHUNK)

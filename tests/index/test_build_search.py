@@ -193,3 +193,21 @@ def test_threaded_batch_equals_single_threaded(built_l2, queries):
 def idx_params(idx):
     from index import SearchParams
     return SearchParams().resolved(10)
+
+
+def test_a_failed_row_write_is_reported_before_a_bad_chunk_read_after_it(tmp_path, monkeypatch):
+    # the build writes one chunk while it checks the next: when the write failed (a full disk) and the next
+    # chunk is invalid too, the write's error is what the user must see first (it was lost)
+    import index.build as build_module
+    import storage.vectors as vectors_module
+    from storage.errors import DiskFullError
+    monkeypatch.setattr(build_module, "CHUNK", 1000)
+    x = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
+    x[1500] = np.nan                                   # the second chunk fails its check
+
+    def full(self, vectors):
+        raise DiskFullError("no space left for the rows")
+    monkeypatch.setattr(vectors_module.VectorFile, "append", full)
+    with pytest.raises(DiskFullError):
+        build_index(x, tmp_path / "i")
+    assert not (tmp_path / "i").exists()              # nothing half-built is published

@@ -93,11 +93,7 @@ def _stream_vectors(source, d: IndexDir, metric: Metric, progress: ProgressFacto
         pending = None
         for s in range(0, n, CHUNK):
             try:
-                x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(n, s + CHUNK) - 1}")
-                try:
-                    x = prepare_base(x, metric)
-                except InvalidVectorsError as e:
-                    raise InvalidVectorsError(f"input rows from {s}: {e}") from None
+                x = _checked_chunk(source, s, dim, metric)
             except InvalidVectorsError as e:
                 if pending is not None and pending.exception() is not None:
                     raise pending.exception() from e  # the write before failed too (a full disk): say that first
@@ -111,6 +107,15 @@ def _stream_vectors(source, d: IndexDir, metric: Metric, progress: ProgressFacto
             bar.update(n - (n - 1) // CHUNK * CHUNK)
     bar.close()
     return n
+
+
+def _checked_chunk(source, s: int, dim: int, metric: Metric) -> np.ndarray:
+    """Rows s .. s + CHUNK of `source` checked and in stored form; InvalidVectorsError naming the rows."""
+    x = as_matrix(source[s: s + CHUNK], dim, name=f"input rows {s}..{min(source.shape[0], s + CHUNK) - 1}")
+    try:
+        return prepare_base(x, metric)
+    except InvalidVectorsError as e:
+        raise InvalidVectorsError(f"input rows from {s}: {e}") from None
 
 
 def _encode_all(vec: np.ndarray, quantizer: Int8Quantizer, progress: ProgressFactory,

@@ -101,7 +101,8 @@ def fio(path: Path, depth: int, seconds: int, block: str = "4k") -> dict:
         job = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)["jobs"][0]["read"]
     except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as e:
         return {"error": f"{type(e).__name__}: {e}", "command": " ".join(cmd)}
-    return {"file": path.name, "block": block, "iodepth": depth, "iops": round(job["iops"], 1), "lat_mean_us": round(job["lat_ns"]["mean"] / 1e3, 1),
+    return {"file": path.name, "block": block, "iodepth": depth, "iops": round(job["iops"], 1),
+            "lat_mean_us": round(job["lat_ns"]["mean"] / 1e3, 1),
             "lat_p50_us": round(job["clat_ns"]["percentile"]["50.000000"] / 1e3, 1),
             "lat_p99_us": round(job["clat_ns"]["percentile"]["99.000000"] / 1e3, 1), "command": " ".join(cmd)}
 

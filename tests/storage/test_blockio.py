@@ -25,6 +25,13 @@ def _ranges(data, n, seed):
     return offsets, lengths
 
 
+def _reads_back_exactly(reader, data, n, seed) -> bool:
+    """n random ranges read through `reader` in one wave: every one holds the file's bytes."""
+    offsets, lengths = _ranges(data, n, seed)
+    buf, starts = reader.read(offsets, lengths)
+    return all(np.array_equal(buf[s: s + k], data[o: o + k]) for o, k, s in zip(offsets, lengths, starts))
+
+
 @pytest.mark.parametrize("direct", [True, False])
 def test_every_range_comes_back_exactly(data_file, direct):
     path, data = data_file
@@ -140,9 +147,7 @@ def test_threads_share_one_reader(data_file):
     def work(seed):
         try:
             for i in range(20):
-                offsets, lengths = _ranges(data, 40, seed * 100 + i)
-                buf, starts = r.read(offsets, lengths)
-                assert all(np.array_equal(buf[s: s + n], data[o: o + n]) for o, n, s in zip(offsets, lengths, starts))
+                assert _reads_back_exactly(r, data, 40, seed * 100 + i)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -181,44 +186,37 @@ def test_a_failed_call_in_the_wave_stops_and_says_how_far_it_got():
         aio.submit(0, 1, 0)
 
 
-def test_without_the_compiled_wave_the_ctypes_calls_read_everything(data_file, monkeypatch):
+@pytest.fixture
+def ctypes_reader(data_file, monkeypatch):
+    """A reader on the AIO path with the compiled wave off (the ctypes calls do every submit and wait)."""
+    r = BlockReader(data_file[0])
+    if not r.direct:
+        r.close()
+        pytest.skip("no O_DIRECT here: the AIO path is not used")
+    monkeypatch.setattr(r._aio, "compiled", False)
+    yield r
+    r.close()
+
+
+def test_without_the_compiled_wave_the_ctypes_calls_read_everything(data_file, ctypes_reader, monkeypatch):
     # where compiled code cannot link libc's syscall, the reader must still read every byte through ctypes
     from storage import blockio
-    path, data = data_file
-    r = BlockReader(path)
-    try:
-        if not r.direct:
-            pytest.skip("no O_DIRECT here: the AIO path is not used")
-        monkeypatch.setattr(r._aio, "compiled", False)
-        monkeypatch.setattr(blockio, "_wave", None)   # never called
-        offsets, lengths = _ranges(data, 50, seed=3)
-        buf, starts = r.read(offsets, lengths)
-        assert all(np.array_equal(buf[s: s + n], data[o: o + n]) for o, n, s in zip(offsets, lengths, starts))
-    finally:
-        r.close()
+    monkeypatch.setattr(blockio, "_wave", None)   # never called
+    assert _reads_back_exactly(ctypes_reader, data_file[1], 50, seed=3)
 
 
-def test_a_wave_cut_off_after_its_requests_went_out_leaves_no_completions_for_the_next(data_file, monkeypatch):
+def test_a_wave_cut_off_after_its_requests_went_out_leaves_no_completions_for_the_next(data_file, ctypes_reader,
+                                                                                      monkeypatch):
     # an exception (a signal handler's, a KeyboardInterrupt) after the requests were submitted left them in
     # flight on the thread's context: they landed in a freed buffer and the next wave counted their completions
     # as its own, returning before its own reads arrived (reviewer's reproducer: 959 of 959 later reads wrong)
-    path, data = data_file
-    r = BlockReader(path)
-    try:
-        if not r.direct:
-            pytest.skip("no O_DIRECT here: the AIO path is not used")
-        monkeypatch.setattr(r._aio, "compiled", False)    # the ctypes calls, so the test can cut in between
+    r, data = ctypes_reader, data_file[1]   # the ctypes calls, so the test can cut in between them
 
-        def interrupted(*args):
-            raise KeyboardInterrupt
-        monkeypatch.setattr(r._aio, "getevents", interrupted)
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(r._aio, "getevents", interrupted)
         offsets, lengths = _ranges(data, 60, seed=4)
         with pytest.raises(KeyboardInterrupt):
             r.read(offsets, lengths)
-        monkeypatch.undo()
-        for seed in (5, 6, 7):
-            offsets, lengths = _ranges(data, 60, seed=seed)
-            buf, starts = r.read(offsets, lengths)
-            assert all(np.array_equal(buf[s: s + n], data[o: o + n]) for o, n, s in zip(offsets, lengths, starts))
-    finally:
-        r.close()
+    assert all(_reads_back_exactly(r, data, 60, seed) for seed in (5, 6, 7))

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tree_ab import add_side_arguments  # noqa: E402
+
 
 def worker(tree: str, index: str, queries: str, budget_mb: float, scan_tier: bool, warm: int, threads: int,
            seconds: float) -> dict:
@@ -59,18 +62,10 @@ def worker(tree: str, index: str, queries: str, budget_mb: float, scan_tier: boo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("index")
-    ap.add_argument("queries")
-    ap.add_argument("--a", required=True, help="source tree of side a")
-    ap.add_argument("--b", required=True, help="source tree of side b")
-    ap.add_argument("--budget-mb", type=float, required=True)
-    ap.add_argument("--no-tier", action="store_true", help="serve without the scan tier (the INT8 path)")
-    ap.add_argument("--warm", type=int, default=1000)
+    add_side_arguments(ap)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
-    ap.add_argument("--out")
     args = ap.parse_args()
     if args.worker:
         res = worker(args.worker[0], args.index, args.queries, args.budget_mb, not args.no_tier, args.warm,

@@ -51,21 +51,26 @@ def _summary(lat: list[float]) -> dict:
             "qps_1thread": round(1e3 / float(ms.mean()), 1)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def add_side_arguments(ap: argparse.ArgumentParser) -> None:
+    """What both A/B tools take: the index, its queries, the two trees, the budget, the path, the warm-up."""
     ap.add_argument("index")
     ap.add_argument("queries")
     ap.add_argument("--a", required=True, help="source tree of side a")
     ap.add_argument("--b", required=True, help="source tree of side b")
-    ap.add_argument("--env-a", action="append", default=[], help="VAR=VALUE for side a's worker")
-    ap.add_argument("--env-b", action="append", default=[], help="VAR=VALUE for side b's worker")
     ap.add_argument("--budget-mb", type=float, required=True)
     ap.add_argument("--no-tier", action="store_true", help="serve without the scan tier (the INT8 path)")
     ap.add_argument("--warm", type=int, default=1000)
-    ap.add_argument("--blocks", type=int, default=16)
-    ap.add_argument("--block", type=int, default=250)
     ap.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
     ap.add_argument("--out")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    add_side_arguments(ap)
+    ap.add_argument("--env-a", action="append", default=[], help="VAR=VALUE for side a's worker")
+    ap.add_argument("--env-b", action="append", default=[], help="VAR=VALUE for side b's worker")
+    ap.add_argument("--blocks", type=int, default=16)
+    ap.add_argument("--block", type=int, default=250)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker[0], args.index, args.queries, args.budget_mb, not args.no_tier, args.warm)
